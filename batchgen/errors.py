@@ -1,0 +1,135 @@
+"""The exception tree.
+
+Every error batchgen raises on purpose is a ``BatchgenError``::
+
+    BatchgenError
+    ├── ManifestError            the manifest is unusable; carries every problem found
+    ├── LedgerError              the ledger cannot be opened, read or written
+    │   └── LedgerBusy           another runner holds the ledger
+    ├── OutputError              an output file cannot be written (disk full, permissions)
+    └── ApiError                 anything the Runbase API (or the way to it) answered
+        ├── TransientError       worth retrying: 5xx, timeouts, resets, malformed bodies
+        │   └── RateLimited      429; carries ``retry_after`` seconds when the server gave one
+        ├── AccountError         about the account, not the job: stop creating runs
+        │   ├── Unauthorized     401
+        │   ├── OutOfCredits     402
+        │   └── Forbidden        403
+        └── JobError             about one job or run; the batch goes on
+            ├── BadRequest       400 on create: the job fails for good
+            ├── RunNotFound      404 on a poll: the run is gone, try a new one
+            └── DownloadRefused  an output URL refused (403/404/410), bad scheme, too big
+
+A job's failure is recorded in the ledger, not raised out of the batch; only
+batch-level failures (manifest, ledger, account) leave the scheduler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BatchgenError(Exception):
+    """Base class of every error batchgen raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest, and where."""
+
+    path: str
+    line: int | None  # YAML/JSONL line or CSV row; None when the file itself is the problem
+    field: str | None
+    message: str
+    where_kind: str = "line"  # "line" for YAML and JSONL, "row" for CSV
+
+    def __str__(self) -> str:
+        where = self.path
+        if self.line is not None:
+            where += f", {self.where_kind} {self.line}"
+        if self.field:
+            where += f", field '{self.field}'"
+        return f"{where}: {self.message}"
+
+
+class ManifestError(BatchgenError):
+    """The manifest cannot be used; ``problems`` lists everything found, in order."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        first = str(self.problems[0]) if self.problems else "invalid manifest"
+        more = len(self.problems) - 1
+        super().__init__(first + (f" (and {more} more)" if more > 0 else ""))
+
+
+class LedgerError(BatchgenError):
+    """The ledger cannot be opened, read or written."""
+
+
+class LedgerBusy(LedgerError):
+    """Another ``batchgen run`` holds this ledger."""
+
+
+class OutputError(BatchgenError):
+    """An output file cannot be written; the batch stops, nothing recorded is lost."""
+
+
+class ApiError(BatchgenError):
+    """The API, or the network on the way to it, answered something we cannot use."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class TransientError(ApiError):
+    """Worth retrying after a pause.
+
+    ``maybe_created`` is True when a create request may have reached the server
+    although no answer came back (a read timeout, a reset after sending): the
+    run may exist and be paid for.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, maybe_created: bool = False):
+        super().__init__(message, status=status)
+        self.maybe_created = maybe_created
+
+
+class RateLimited(TransientError):
+    """429. ``retry_after`` is the server's wait in seconds, or None when it gave none."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message, status=429)
+        self.retry_after = retry_after
+
+
+class AccountError(ApiError):
+    """The account cannot create runs; more requests only burn the rate limit."""
+
+
+class Unauthorized(AccountError):
+    """401: the key is missing or refused."""
+
+
+class OutOfCredits(AccountError):
+    """402: the account has no credits left."""
+
+
+class Forbidden(AccountError):
+    """403: IP not allowed, or the key's spending cap is reached."""
+
+
+class JobError(ApiError):
+    """Concerns one job or run; the batch goes on."""
+
+
+class BadRequest(JobError):
+    """400 on create: the API refuses this job's input."""
+
+
+class RunNotFound(JobError):
+    """404 on a poll: the run no longer exists."""
+
+
+class DownloadRefused(JobError):
+    """An output URL was refused, redirected somewhere unsafe, or was too big."""

@@ -1,0 +1,264 @@
+"""``run_batch``: manifest → ledger → scheduler → result, callable from Python.
+
+The CLI is a thin layer over this module: everything ``batchgen run`` does, a
+program can do with ``batchgen.run_batch("catalogue.yaml", concurrency=16)``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from .api import DEFAULT_BASE_URL, RunbaseClient, Timeouts
+from .errors import BatchgenError, LedgerError, ManifestError, Unauthorized
+from .ledger import Ledger
+from .manifest import iter_jobs
+from .outputs import remove_stale_partials
+from .progress import Progress
+from .scheduler import INTERRUPT_GRACE, BatchStats, Outcome, Scheduler
+from .throttle import Throttle
+
+LEDGER_NAME = "batchgen.sqlite"
+SIMULATED_BASE_URL = "http://api.runbase.test/api/v1"
+
+
+class ExitCode:
+    OK = 0
+    JOBS_FAILED = 1
+    USAGE = 2  # usage or manifest error: nothing was submitted
+    ACCOUNT = 3  # 402 / 403: resumable
+    UNAUTHORIZED = 4  # the key is missing or refused
+    LOCAL = 5  # the ledger or output folder cannot be used (disk full, busy, permissions)
+    INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Everything a batch run takes. ``api_key`` is kept out of ``repr``."""
+
+    manifest: Path
+    output_dir: Path = Path("output")
+    ledger_path: Path | None = None  # default: output_dir / batchgen.sqlite
+    concurrency: int = 8
+    rate: float | None = None  # creates per second, if the account's limit is known
+    max_attempts: int = 3
+    base_url: str | None = None  # default: $RUNBASE_BASE_URL or the public API
+    api_key: str | None = field(default=None, repr=False)  # default: $RUNBASE_API_KEY
+    simulate: bool = False
+    retry_failed: bool = False
+    timeout: float = 30.0  # seconds to wait for one API answer
+    run_timeout: float = 900.0  # a run still unfinished after this long is tried again
+    max_download_bytes: int = 100 * 1024 * 1024
+    backoff_base: float = 0.5  # seconds before the first retry of a transient failure; doubles after
+    progress: str = "auto"  # auto | bar | lines | none
+    handle_signals: bool = False  # SIGINT/SIGTERM stop the batch cleanly (the CLI sets this)
+    transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False, compare=False)
+    simulator_options: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def ledger_file(self) -> Path:
+        return self.ledger_path or self.output_dir / LEDGER_NAME
+
+
+@dataclass
+class BatchResult:
+    outcome: Outcome
+    exit_code: int
+    message: str  # what happened and, when the batch stopped early, what to do
+    counts: dict[str, int] = field(default_factory=dict)  # jobs by state in the ledger
+    stats: BatchStats = field(default_factory=BatchStats)  # this session's work
+    unknown_creates_total: int = 0  # possible double charges, all sessions
+    elapsed: float = 0.0
+    output_dir: Path | None = None
+
+
+def run_batch(manifest: str | os.PathLike[str], **options: Any) -> BatchResult:
+    """Run a batch to its end (or to a stop) and return what happened. Options: see BatchConfig."""
+    config = BatchConfig(manifest=Path(manifest), **options)
+    return anyio.run(run_batch_async, config)
+
+
+async def run_batch_async(config: BatchConfig) -> BatchResult:
+    started = time.monotonic()
+    try:
+        config = _resolve(config)
+        api_key = _api_key(config)
+        ledger = Ledger(config.ledger_file)
+    except Unauthorized as exc:
+        return BatchResult(Outcome.UNAUTHORIZED, ExitCode.UNAUTHORIZED, str(exc))
+    except BatchgenError as exc:
+        return BatchResult(Outcome.ERROR, ExitCode.LOCAL, str(exc))
+    with ledger:
+        try:
+            ledger.lock_for_run()
+            config.output_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(config.output_dir)
+            summary = ledger.sync_manifest(
+                str(config.manifest),
+                iter_jobs(config.manifest),
+                output_dir=str(config.output_dir.resolve()),
+                retry_failed=config.retry_failed,
+            )
+            ledger.recover()
+        except ManifestError as exc:
+            problems = "\n".join(f"  {p}" for p in exc.problems)
+            return BatchResult(
+                Outcome.ERROR, ExitCode.USAGE, f"the manifest has errors; nothing was sent:\n{problems}"
+            )
+        except (BatchgenError, OSError) as exc:
+            return BatchResult(Outcome.ERROR, ExitCode.LOCAL, _local_error(exc, config))
+        if summary.to_do == 0:
+            return _result(Outcome.DONE, ledger, BatchStats(), started, config)
+        session = ledger.session_started(str(config.manifest))
+        scheduler, outcome = await _run_scheduler(config, ledger, api_key)
+        result = _result(outcome, ledger, scheduler.stats, started, config, scheduler.error)
+        ledger.session_finished(session, result.outcome.value)
+        return result
+
+
+async def _run_scheduler(config: BatchConfig, ledger: Ledger, api_key: str) -> tuple[Scheduler, Outcome]:
+    assert config.base_url is not None
+    client = RunbaseClient(
+        config.base_url,
+        api_key,
+        transport=config.transport or _simulator_transport(config),
+        timeouts=Timeouts(read=config.timeout, write=config.timeout),
+        max_connections=max(16, config.concurrency * 2),
+        max_download_bytes=config.max_download_bytes,
+    )
+    async with client:
+        scheduler = Scheduler(
+            ledger=ledger,
+            client=client,
+            output_dir=config.output_dir,
+            concurrency=config.concurrency,
+            max_attempts=config.max_attempts,
+            throttle=Throttle(config.rate, backoff_base=config.backoff_base),
+            run_timeout=config.run_timeout,
+            backoff_base=config.backoff_base,
+        )
+        counts = ledger.counts()
+        progress = Progress.create(config.progress, total=counts["pending"] + counts["running"])
+        async with anyio.create_task_group() as tg:
+            if config.handle_signals:
+                tg.start_soon(_watch_signals, scheduler)
+            if progress is not None:
+                tg.start_soon(progress.run, scheduler.stats)
+            outcome = await scheduler.run(ledger.open_runs())
+            tg.cancel_scope.cancel()
+        if progress is not None:
+            progress.close(scheduler.stats)
+    return scheduler, outcome
+
+
+async def _watch_signals(scheduler: Scheduler) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scheduler.interrupt()
+            break
+        with anyio.move_on_after(INTERRUPT_GRACE):
+            async for _ in signals:  # a second signal: stop without waiting
+                break
+        scheduler.force_finish()
+
+
+def _resolve(config: BatchConfig) -> BatchConfig:
+    if config.concurrency < 1:
+        raise BatchgenError("--concurrency must be at least 1")
+    if config.max_attempts < 1:
+        raise BatchgenError("--max-attempts must be at least 1")
+    if config.rate is not None and config.rate <= 0:
+        raise BatchgenError("--rate must be a positive number of creates per second")
+    if config.simulate:
+        base_url = config.base_url or SIMULATED_BASE_URL
+    else:
+        base_url = config.base_url or os.environ.get("RUNBASE_BASE_URL") or DEFAULT_BASE_URL
+    return replace(config, base_url=base_url)
+
+
+def _api_key(config: BatchConfig) -> str:
+    if config.simulate and config.transport is None:
+        return "simulated"  # the in-process simulator never sees a real key
+    key = config.api_key if config.api_key is not None else os.environ.get("RUNBASE_API_KEY", "")
+    key = key.strip()
+    if not key:
+        raise Unauthorized("RUNBASE_API_KEY is not set: export your Runbase API key, or use --simulate")
+    if any(ch.isspace() or not ch.isprintable() for ch in key):
+        raise Unauthorized("RUNBASE_API_KEY contains spaces or control characters; check how it was set")
+    return key
+
+
+def _simulator_transport(config: BatchConfig) -> httpx.AsyncBaseTransport | None:
+    if not config.simulate:
+        return None
+    from .simulator import SimConfig, Simulator
+
+    options = {"latency": 1.0, "latency_sigma": 0.3, **config.simulator_options}
+    return Simulator(SimConfig(**options)).transport()
+
+
+def _local_error(exc: BaseException, config: BatchConfig) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot use the output folder {config.output_dir}: {exc.strerror or exc}"
+    return str(exc)
+
+
+def _result(
+    outcome: Outcome,
+    ledger: Ledger,
+    stats: BatchStats,
+    started: float,
+    config: BatchConfig,
+    error: BatchgenError | None = None,
+) -> BatchResult:
+    try:
+        counts = ledger.counts()
+        unknown = ledger.attempt_counts().get("unknown", 0)
+    except (LedgerError, Exception):  # noqa: BLE001 - the ledger may be what failed; report without it
+        counts, unknown = {}, 0
+    left = counts.get("pending", 0) + counts.get("running", 0)
+    failed = counts.get("failed", 0)
+    if outcome is Outcome.DONE:
+        code = ExitCode.JOBS_FAILED if failed else ExitCode.OK
+        message = (
+            "all jobs succeeded" if not failed else f"{failed} job(s) failed for good; see `batchgen status`"
+        )
+        if not failed and stats.created == 0 and stats.downloads == 0:
+            message = "nothing to do: every job in the manifest has already succeeded"
+        if failed:
+            message += "; `batchgen run --retry-failed` tries them again"
+    elif outcome is Outcome.ACCOUNT:
+        code = ExitCode.ACCOUNT
+        message = (
+            f"stopped by the account: {error}. Runs already created were collected; {left} job(s) wait. "
+            "Add credits or lift the cap, then run the same command again to finish."
+        )
+    elif outcome is Outcome.UNAUTHORIZED:
+        code = ExitCode.UNAUTHORIZED
+        message = (
+            f"the API refused the key ({error}): check RUNBASE_API_KEY. "
+            "Nothing was lost; run the same command again once it is fixed."
+        )
+    elif outcome is Outcome.INTERRUPTED:
+        code = ExitCode.INTERRUPTED
+        message = f"interrupted; {left} job(s) wait. Run the same command again to finish."
+    else:
+        code = ExitCode.LOCAL
+        message = f"stopped: {error}. Nothing recorded was lost; run the same command again once fixed."
+    return BatchResult(
+        outcome=outcome,
+        exit_code=code,
+        message=message,
+        counts=counts,
+        stats=stats,
+        unknown_creates_total=unknown,
+        elapsed=time.monotonic() - started,
+        output_dir=config.output_dir,
+    )

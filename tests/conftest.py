@@ -1,0 +1,83 @@
+"""Shared fixtures: manifests written to tmp_path, and the real runner against the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from batchgen import BatchResult, run_batch
+from batchgen.simulator import SimConfig, Simulator
+
+API_KEY = "sk-test-0123456789abcdef"  # distinctive, so tests can search files for leaks
+BASE_URL = "http://api.runbase.test/api/v1"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def write_manifest(tmp_path: Path) -> Callable[..., Path]:
+    """Write a YAML manifest with ``n`` jobs (or the given job dicts) and return its path."""
+
+    def write(
+        n: int = 5, jobs: list[dict[str, Any]] | None = None, name: str = "manifest.yaml", **top: Any
+    ) -> Path:
+        if jobs is None:
+            jobs = [{"id": f"job-{i:03d}", "prompt": f"product photo number {i}"} for i in range(n)]
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump({**top, "jobs": jobs}, sort_keys=False), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def sim() -> Simulator:
+    """A simulator with short generations, so batches finish in a fraction of a second."""
+    return Simulator(SimConfig(latency=0.05))
+
+
+@pytest.fixture
+def run(tmp_path: Path, sim: Simulator) -> Callable[..., BatchResult]:
+    """The real runner against the in-process simulator, with test-sized defaults."""
+
+    def run_against(manifest: Path, simulator: Simulator | None = None, **options: Any) -> BatchResult:
+        options.setdefault("output_dir", tmp_path / "out")
+        options.setdefault("progress", "none")
+        options.setdefault("api_key", API_KEY)
+        options.setdefault("base_url", BASE_URL)
+        options.setdefault("backoff_base", 0.01)  # retries in milliseconds
+        return run_batch(manifest, transport=(simulator or sim).transport(), **options)
+
+    return run_against
+
+
+def batchgen_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60):
+    """Run the real CLI in a subprocess, as a user would."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBASE_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "batchgen", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def export_records(output_dir: Path) -> list[dict[str, Any]]:
+    result = batchgen_cli("export", "--output", str(output_dir))
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
