@@ -91,7 +91,7 @@ _WINDOWS_DEVICE_RE = re.compile(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?
 _SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
 _BAD_URL_CHAR_RE = re.compile(r"[\s\x00-\x1f\x7f\ud800-\udfff]")
 _URL_SEPARATOR_RE = re.compile(r"[\s,|]+")
-_NOT_SLUG_CHAR_RE = re.compile(r"[^A-Za-z0-9]+")
+_NOT_SLUG_CHAR_RE = re.compile(r"[^A-Za-z0-9 ]+")
 
 
 def iter_jobs(path: str | os.PathLike[str]) -> Iterator[JobSpec]:
@@ -159,7 +159,8 @@ def _read(path: str | os.PathLike[str], build: bool) -> Iterator[JobSpec | None]
             f"unsupported manifest type {kind or '(no extension)'!r}; use .yaml, .yml, .csv or .jsonl",
         )
     else:
-        ids = _Ids(problems.where_kind, lambda: _explicit_ids(reader, name))
+        id_reader = _ID_READERS.get(kind, reader)
+        ids = _Ids(problems.where_kind, lambda: _explicit_ids(id_reader, name))
         jobs = 0
         try:
             for line, values, field_lines, note, metadata in reader(name, problems):
@@ -220,8 +221,7 @@ def _check_job(line, values, field_lines, note, metadata, problems, ids, build) 
         return None
     if not build:
         return True
-    spec = JobSpec(
-        job_id or "",
+    fields = (
         checked["prompt"],
         DEFAULT_MODEL,
         checked.get("aspect_ratio"),
@@ -230,8 +230,8 @@ def _check_job(line, values, field_lines, note, metadata, problems, ids, build) 
         checked.get("metadata", metadata if metadata is not None else {}),
     )
     if job_id is None:
-        spec = dataclasses.replace(spec, job_id=ids.generate(_generated_id_base(spec), line))
-    return spec
+        job_id = ids.generate(_generated_id_base(JobSpec("", *fields)), line)
+    return JobSpec(job_id, *fields)
 
 
 class _Ids:
@@ -292,8 +292,8 @@ def _explicit_ids(reader: _Reader, name: str) -> set[str]:
 
 
 def _generated_id_base(spec: JobSpec) -> str:
-    words = (_NOT_SLUG_CHAR_RE.sub("", word).lower() for word in spec.prompt.split(maxsplit=5)[:5])
-    slug = "-".join(word for word in words if word)[:40].rstrip("-") or "job"
+    first_words = " ".join(spec.prompt.split(maxsplit=5)[:5])
+    slug = "-".join(_NOT_SLUG_CHAR_RE.sub("", first_words).lower().split())[:40].rstrip("-") or "job"
     return f"{slug}-{spec.spec_hash()[len(SPEC_HASH_PREFIX) :][:10]}"
 
 
@@ -500,9 +500,7 @@ def _read_yaml(path: str, problems: _Problems) -> Iterator[_Record]:
     with open(path, "rb") as file:
         data = file.read(MAX_YAML_BYTES + 1)
     if len(data) > MAX_YAML_BYTES:
-        problems.add(
-            None, None, f"YAML manifests are limited to {MAX_YAML_BYTES >> 20} MiB; use CSV or JSONL"
-        )
+        problems.add(None, None, f"YAML manifests are limited to {MAX_YAML_BYTES >> 20} MiB; use CSV or JSONL")
         return
     data = data.removeprefix(codecs.BOM_UTF8)
     try:
@@ -540,9 +538,7 @@ def _read_yaml(path: str, problems: _Problems) -> Iterator[_Record]:
                 message = f"model {_describe(model)} is not supported; the only model is {DEFAULT_MODEL!r}"
                 problems.add(line, "model", message)
     elif root is not None and not isinstance(root, yaml.SequenceNode):
-        problems.add(
-            root.start_mark.line + 1, None, "expected a mapping with a 'jobs:' list, or a list of jobs"
-        )
+        problems.add(root.start_mark.line + 1, None, "expected a mapping with a 'jobs:' list, or a list of jobs")
         return
     if jobs_node is None or jobs_node.tag == _YAML_NULL:
         return
@@ -693,12 +689,24 @@ def _read_csv(path: str, problems: _Problems) -> Iterator[_Record]:
                 if layout is None:
                     layout = _csv_layout(row, row_number, problems)
                     continue
-                note = (
-                    f" (row {row_number} is lines {first_line}-{last_line})" if last_line > first_line else ""
-                )
+                note = f" (row {row_number} is lines {first_line}-{last_line})" if last_line > first_line else ""
                 yield _csv_record(row, row_number, note, layout, problems)
         except csv.Error as error:
             problems.add(row_number + 1, None, f"cannot read the CSV: {error}")
+
+
+def _read_csv_ids(path: str, problems: _Problems) -> Iterator[_Record]:
+    """Just the ids of a CSV, for the pass that collects explicit ids; nothing if there is no id column."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
+        rows = csv.reader(file)
+        try:
+            names = next((row for row in rows if any(row)), [])
+            index = [name.replace("\ufeff", "").strip() for name in names].index("id")
+            for row in rows:
+                if len(row) > index and row[index]:
+                    yield 0, {"id": row[index]}, None, "", None
+        except (ValueError, csv.Error):  # no id column, or a file the main pass reports on
+            return
 
 
 def _undecodable_byte(row: list[str]) -> int | None:
@@ -733,9 +741,7 @@ def _csv_layout(header: list[str], row_number: int, problems: _Problems) -> _Csv
     return _CsvLayout(len(header), list(fields.items()), list(metadata.items()), unnamed, "prompt" in fields)
 
 
-def _csv_record(
-    row: list[str], row_number: int, note: str, layout: _CsvLayout, problems: _Problems
-) -> _Record:
+def _csv_record(row: list[str], row_number: int, note: str, layout: _CsvLayout, problems: _Problems) -> _Record:
     width = layout.width
     if len(row) > width:
         if any(row[width:]):
@@ -761,3 +767,4 @@ _READERS: dict[str, _Reader] = {
     ".csv": _read_csv,
     ".jsonl": _read_jsonl,
 }
+_ID_READERS: dict[str, _Reader] = {".csv": _read_csv_ids}
