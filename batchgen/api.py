@@ -189,14 +189,11 @@ class RunbaseClient:
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > self.max_download_bytes:
-                    raise DownloadRefused(
-                        f"output exceeds the {self.max_download_bytes}-byte cap: {_redact(url)}"
-                    )
+                    raise DownloadRefused(f"output exceeds the {self.max_download_bytes}-byte cap: {_redact(url)}")
                 sink.write(chunk)
         if declared is not None and response.num_bytes_downloaded != declared:
             raise TransientError(
-                f"download truncated: got {response.num_bytes_downloaded} of {declared} bytes "
-                f"from {_redact(url)}"
+                f"download truncated: got {response.num_bytes_downloaded} of {declared} bytes from {_redact(url)}"
             )
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         return Download(content_type=content_type, size=size)

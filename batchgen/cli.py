@@ -49,34 +49,22 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="generate every job of a manifest (run again to resume)")
     run.add_argument("manifest", type=Path, help="YAML, CSV or JSONL manifest")
     _add_location(run)
-    run.add_argument(
-        "--concurrency", type=_positive_int, default=8, help="runs in flight at most (default 8)"
-    )
-    run.add_argument(
-        "--rate", type=_positive_float, help="run creations per second at most, if you know your limit"
-    )
+    run.add_argument("--concurrency", type=_positive_int, default=8, help="runs in flight at most (default 8)")
+    run.add_argument("--rate", type=_positive_float, help="run creations per second at most, if you know your limit")
     run.add_argument("--max-attempts", type=_positive_int, default=3, help="runs tried per job (default 3)")
     run.add_argument("--retry-failed", action="store_true", help="try jobs that failed for good again")
     run.add_argument("--simulate", action="store_true", help="use the built-in simulator: no key, no network")
-    run.add_argument(
-        "--base-url", help="API base URL (default: $RUNBASE_BASE_URL or https://runbase.net/api/v1)"
-    )
-    run.add_argument(
-        "--timeout", type=_positive_float, default=30.0, help="seconds to wait for an API answer"
-    )
+    run.add_argument("--base-url", help="API base URL (default: $RUNBASE_BASE_URL or https://runbase.net/api/v1)")
+    run.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds to wait for an API answer")
     run.add_argument(
         "--run-timeout",
         type=_positive_float,
         default=900.0,
         help="seconds before an unfinished run is tried again",
     )
-    run.add_argument(
-        "--max-download-mb", type=_positive_float, default=100.0, help="size cap per output file"
-    )
+    run.add_argument("--max-download-mb", type=_positive_float, default=100.0, help="size cap per output file")
     run.add_argument("--no-progress", action="store_true", help="no progress bar or status lines")
-    run.add_argument(
-        "--progress", choices=("auto", "bar", "lines", "none"), default="auto", help=argparse.SUPPRESS
-    )
+    run.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto", help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
 
     check = commands.add_parser("validate", help="check a manifest without sending anything")
@@ -97,9 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     simulate.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     simulate.add_argument("--latency", type=float, default=1.0, help="seconds a generation takes (median)")
-    simulate.add_argument(
-        "--latency-sigma", type=float, default=0.0, help="lognormal spread of generation time"
-    )
+    simulate.add_argument("--latency-sigma", type=float, default=0.0, help="lognormal spread of generation time")
     simulate.add_argument("--failure-rate", type=float, default=0.0, help="share of runs that fail")
     simulate.add_argument("--create-rate", type=float, help="creates per second allowed (429 above)")
     simulate.add_argument("--request-rate", type=float, help="API requests per second allowed (429 above)")
@@ -198,9 +184,7 @@ def _validate(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        print(
-            f"batchgen: {len(exc.problems)} problem(s) in {args.manifest}; nothing was sent", file=sys.stderr
-        )
+        print(f"batchgen: {len(exc.problems)} problem(s) in {args.manifest}; nothing was sent", file=sys.stderr)
         return ExitCode.USAGE
     print(f"{args.manifest}: {count} job{'s' if count != 1 else ''}, valid")
     return ExitCode.OK
@@ -212,9 +196,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _open_existing(args: argparse.Namespace) -> Ledger:
     path = args.ledger or args.output / LEDGER_NAME
     if not path.is_file():
-        raise BatchgenError(
-            f"no ledger at {path}: run `batchgen run MANIFEST` first (or pass --output/--ledger)"
-        )
+        raise BatchgenError(f"no ledger at {path}: run `batchgen run MANIFEST` first (or pass --output/--ledger)")
     return Ledger(path)
 
 

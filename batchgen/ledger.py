@@ -203,7 +203,7 @@ class Ledger:
             return
         lock_path = str(self.path) + ".lock"
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise LedgerError(f"cannot create the lock file {lock_path}: {exc}") from exc
         try:
@@ -211,8 +211,7 @@ class Ledger:
         except BlockingIOError:
             os.close(fd)
             raise LedgerBusy(
-                f"another batchgen run is using {self.path} (lock {lock_path}); "
-                "wait for it to finish, or stop it first"
+                f"another batchgen run is using {self.path} (lock {lock_path}); wait for it to finish, or stop it first"
             ) from None
         self._lock_file = fd
 
@@ -313,8 +312,7 @@ class Ledger:
             (generation,),
         ).fetchall()
         return [
-            OpenRun(attempt_id=r[0], run_id=r[1], created_at=r[2], job=_pending(r[3], r[4], r[5], r[6]))
-            for r in rows
+            OpenRun(attempt_id=r[0], run_id=r[1], created_at=r[2], job=_pending(r[3], r[4], r[5], r[6])) for r in rows
         ]
 
     def pending_page(self, after_seq: int, limit: int = PAGE_SIZE) -> list[tuple[int, PendingJob]]:
@@ -374,9 +372,7 @@ class Ledger:
                 (job_id,),
             )
 
-    def attempt_ended(
-        self, attempt_id: int, job_id: str, status: str, error: str, *, job_failed: bool
-    ) -> None:
+    def attempt_ended(self, attempt_id: int, job_id: str, status: str, error: str, *, job_failed: bool) -> None:
         """An attempt ended without outputs: ``unknown``, ``failed`` or ``rejected``."""
         now = time.time()
         with self._transaction():
@@ -417,9 +413,7 @@ class Ledger:
     # -- sessions -------------------------------------------------------------
 
     def session_started(self, manifest: str) -> int:
-        cursor = self._write(
-            "INSERT INTO sessions (manifest, started_at) VALUES (?, ?)", (manifest, time.time())
-        )
+        cursor = self._write("INSERT INTO sessions (manifest, started_at) VALUES (?, ?)", (manifest, time.time()))
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
@@ -504,8 +498,7 @@ class Ledger:
 
     def _set_meta(self, key: str, value: str) -> None:
         self._db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
 
@@ -531,9 +524,7 @@ class _Transaction:
             except sqlite3.Error as commit_exc:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
-                raise LedgerError(
-                    f"cannot write the ledger {self._ledger.path}: {commit_exc}"
-                ) from commit_exc
+                raise LedgerError(f"cannot write the ledger {self._ledger.path}: {commit_exc}") from commit_exc
         if db.in_transaction:
             db.execute("ROLLBACK")
         if isinstance(exc, sqlite3.Error):

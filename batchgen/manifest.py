@@ -192,28 +192,20 @@ def _file_problem(name: str) -> str | None:
 def _check_job(line, values, field_lines, note, metadata, problems, ids, build) -> JobSpec | bool | None:
     """Validate one job, report its problems, and return its spec (True when not building)."""
     errors: list[tuple[str, str]] = []
+    if values.get("prompt") is None:
+        errors.append(("prompt", "prompt is missing or empty"))
     checked: dict[str, Any] = {}
-    job_id = values.get("id")
-    if job_id is _REPORTED:
-        errors.append(("id", ""))
-    elif job_id is not None:
-        try:
-            job_id = _check_id(job_id)
-        except _Invalid as error:
-            errors.append(("id", str(error)))
-        else:
-            clash = ids.claim(job_id, line)
-            if clash:
-                errors.append(("id", clash))
-    for field, check in _CHECKS.items():
-        value = values.get(field)
+    for field, value in values.items():
         if value is _REPORTED:
             errors.append((field, ""))
-        elif value is not None or field == "prompt":
+        elif value is not None and (check := _CHECKS.get(field)):
             try:
                 checked[field] = check(value)
             except _Invalid as error:
                 errors.append((field, str(error)))
+    job_id = checked.get("id")
+    if job_id is not None and (clash := ids.claim(job_id, line)):
+        errors.append(("id", clash))
     if errors:
         for field, message in errors:
             if message:
@@ -320,17 +312,15 @@ def _check_id(value: Any) -> str:
 
 
 def _check_prompt(value: Any) -> str:
-    if value is None:
-        raise _Invalid("prompt is missing or empty")
     if not isinstance(value, str):
         raise _Invalid(f"prompt must be text, not {_describe(value)}")
     prompt = value.strip()
+    if "\r" in prompt:  # a CRLF file must give the same prompt, hence the same spec hash, as an LF one
+        prompt = prompt.replace("\r\n", "\n").replace("\r", "\n")
     if not prompt:
         raise _Invalid("prompt is empty")
     if len(prompt) > MAX_PROMPT_LENGTH:
         raise _Invalid(f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_LENGTH}")
-    if "\r" in prompt:  # a CRLF file must give the same prompt, hence the same spec hash, as an LF one
-        prompt = prompt.replace("\r\n", "\n").replace("\r", "\n")
     if "\x00" in prompt:
         raise _Invalid("prompt contains a NUL character")
     if not prompt.isascii() and _SURROGATE_RE.search(prompt):
@@ -338,24 +328,26 @@ def _check_prompt(value: Any) -> str:
     return prompt
 
 
-def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
-    if isinstance(value, str) and value in choices:
+def _check_aspect_ratio(value: Any) -> str:
+    if value.__class__ is str and value in ASPECT_RATIOS:
         return value
+    raise _Invalid(_not_a_choice("aspect_ratio", value, ASPECT_RATIOS))
+
+
+def _check_quality(value: Any) -> str:
+    if value.__class__ is str and value in QUALITIES:
+        return value
+    raise _Invalid(_not_a_choice("quality", value, QUALITIES))
+
+
+def _not_a_choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
     message = f"{field} must be one of {', '.join(choices)}, not {_describe(value)}"
     if isinstance(value, str):
         normal = value.strip().lower().replace("x", ":").replace("/", ":")
         close = difflib.get_close_matches(normal, choices, n=1, cutoff=0.75)
         if close:
             message += f"; did you mean {close[0]!r}?"
-    raise _Invalid(message)
-
-
-def _check_aspect_ratio(value: Any) -> str:
-    return _check_choice("aspect_ratio", value, ASPECT_RATIOS)
-
-
-def _check_quality(value: Any) -> str:
-    return _check_choice("quality", value, QUALITIES)
+    return message
 
 
 def _check_image_urls(value: Any) -> tuple[str, ...]:
@@ -405,7 +397,7 @@ def _plain(value: Any, where: str, depth: int) -> Any:
         if not math.isfinite(value):
             raise _Invalid(f"{where} is {value}, which JSON cannot store")
         return value
-    if isinstance(value, (datetime.date, datetime.datetime)):
+    if isinstance(value, datetime.date):  # and datetime, its subclass
         return value.isoformat()
     if isinstance(value, (list, tuple)):
         return [_plain(item, f"{where}[{index}]", depth + 1) for index, item in enumerate(value)]
@@ -418,6 +410,7 @@ def _plain(value: Any, where: str, depth: int) -> Any:
 
 
 _CHECKS: dict[str, Callable[[Any], Any]] = {
+    "id": _check_id,
     "prompt": _check_prompt,
     "aspect_ratio": _check_aspect_ratio,
     "quality": _check_quality,
@@ -508,9 +501,9 @@ def _read_yaml(path: str, problems: _Problems) -> Iterator[_Record]:
     except UnicodeDecodeError as error:
         problems.add(data.count(b"\n", 0, error.start) + 1, None, _not_utf8(data[error.start]))
         return
-    loader = _YAML_LOADER(text)
     try:
         _check_yaml_events(text)
+        loader = _YAML_LOADER(text)
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as error:
         mark, context_mark = error.problem_mark or error.context_mark, error.context_mark

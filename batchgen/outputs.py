@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,16 +32,6 @@ EXTENSIONS = {
     "image/avif": "avif",
 }
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-# Temporary files are created 0600; the finished file gets what the user's umask allows.
-_FILE_MODE = 0o666 & ~_read_umask()
 
 
 class UnsafeName(ValueError):
@@ -79,9 +69,10 @@ class PartialFile:
 
     def __init__(self, output_dir: Path, job_id: str):
         self.output_dir = output_dir
-        fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{job_id[:40]}-", suffix=TEMP_SUFFIX, dir=output_dir)
-        self.temp_path = Path(name)
-        self._file = os.fdopen(fd, "wb")
+        self.temp_path = output_dir / f"{TEMP_PREFIX}{job_id[:40]}-{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        # Mode 0666 filtered by the umask at this moment: the file gets the user's usual permissions.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        self._file = os.fdopen(os.open(self.temp_path, flags, 0o666), "wb")
         self._sha256 = hashlib.sha256()
         self.size = 0
 
@@ -93,11 +84,8 @@ class PartialFile:
     def commit(self, name: str, n: int, content_type: str) -> SavedOutput:
         final = output_path(self.output_dir, name)
         self._file.close()
-        os.chmod(self.temp_path, _FILE_MODE)
         os.replace(self.temp_path, final)
-        return SavedOutput(
-            n=n, path=name, bytes=self.size, sha256=self._sha256.hexdigest(), content_type=content_type
-        )
+        return SavedOutput(n=n, path=name, bytes=self.size, sha256=self._sha256.hexdigest(), content_type=content_type)
 
     def discard(self) -> None:
         self._file.close()

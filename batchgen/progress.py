@@ -20,9 +20,7 @@ class Progress:
         self.total = total
         self.stream = stream
         self._started = time.monotonic()
-        self._bar = (
-            tqdm(total=total, unit="job", file=stream, dynamic_ncols=True, smoothing=0.1) if bar else None
-        )
+        self._bar = tqdm(total=total, unit="job", file=stream, dynamic_ncols=True, smoothing=0.1) if bar else None
 
     @classmethod
     def create(cls, mode: str, total: int, stream: TextIO | None = None) -> Progress | None:

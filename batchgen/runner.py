@@ -109,9 +109,7 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
             ledger.recover()
         except ManifestError as exc:
             problems = "\n".join(f"  {p}" for p in exc.problems)
-            return BatchResult(
-                Outcome.ERROR, ExitCode.USAGE, f"the manifest has errors; nothing was sent:\n{problems}"
-            )
+            return BatchResult(Outcome.ERROR, ExitCode.USAGE, f"the manifest has errors; nothing was sent:\n{problems}")
         except (BatchgenError, OSError) as exc:
             return BatchResult(Outcome.ERROR, ExitCode.LOCAL, _local_error(exc, config))
         if summary.to_do == 0:
@@ -227,9 +225,7 @@ def _result(
     failed = counts.get("failed", 0)
     if outcome is Outcome.DONE:
         code = ExitCode.JOBS_FAILED if failed else ExitCode.OK
-        message = (
-            "all jobs succeeded" if not failed else f"{failed} job(s) failed for good; see `batchgen status`"
-        )
+        message = "all jobs succeeded" if not failed else f"{failed} job(s) failed for good; see `batchgen status`"
         if not failed and stats.created == 0 and stats.downloads == 0:
             message = "nothing to do: every job in the manifest has already succeeded"
         if failed:

@@ -304,12 +304,8 @@ class Scheduler:
                         if exc.maybe_created:
                             self.stats.unknown_creates += 1
                             give_up = attempts >= self.max_attempts
-                            error = (
-                                f"the create was sent but its answer lost; the run may exist: {exc.message}"
-                            )
-                            self.ledger.attempt_ended(
-                                open_attempt, spec.job_id, "unknown", error, job_failed=give_up
-                            )
+                            error = f"the create was sent but its answer lost; the run may exist: {exc.message}"
+                            self.ledger.attempt_ended(open_attempt, spec.job_id, "unknown", error, job_failed=give_up)
                             open_attempt = None
                             if give_up:
                                 return self._fail_job_now()
@@ -330,9 +326,7 @@ class Scheduler:
                         return self._drop_slot_and_job()
                     except JobError as exc:  # 400: the API refuses this job's input
                         sending = False
-                        self.ledger.attempt_ended(
-                            open_attempt, spec.job_id, "rejected", exc.message, job_failed=True
-                        )
+                        self.ledger.attempt_ended(open_attempt, spec.job_id, "rejected", exc.message, job_failed=True)
                         open_attempt = None
                         return self._fail_job_now()
                     # No await between the answer and this commit: the run id cannot be lost.

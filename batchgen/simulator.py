@@ -177,9 +177,7 @@ class _Response:
         if mode == "reset":
             raise SimulatedDisconnect("simulated connection reset")
         if mode == "truncated":
-            await send(
-                {"type": "http.response.body", "body": self.body[: len(self.body) // 2], "more_body": True}
-            )
+            await send({"type": "http.response.body", "body": self.body[: len(self.body) // 2], "more_body": True})
             try:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             except Exception as exc:  # a real server refuses to end a short body: drop the connection
@@ -259,9 +257,7 @@ class Simulator:
         if "host" not in headers and scope.get("server"):
             headers["host"] = "{}:{}".format(*scope["server"])
         body = await _read_body(receive)
-        req = _Request(
-            scope["method"], scope["path"], query, headers, body, scope.get("scheme", "http"), receive
-        )
+        req = _Request(scope["method"], scope["path"], query, headers, body, scope.get("scheme", "http"), receive)
         path, method = req.path, req.method
         if path.startswith("/files/") and method == "GET":
             await self._download(req, send)
@@ -624,8 +620,7 @@ def _png(width: int, height: int, seed: bytes, comment: bytes) -> bytes:
         (b"IEND", b""),
     ]
     return b"\x89PNG\r\n\x1a\n" + b"".join(
-        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        for kind, data in chunks
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)) for kind, data in chunks
     )
 
 
@@ -660,9 +655,7 @@ def _hide_injected_errors(record: logging.LogRecord) -> bool:
 class SimulatorServer:
     """Serves a Simulator over real sockets with uvicorn in a background thread."""
 
-    def __init__(
-        self, simulator: Simulator, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 10.0
-    ):
+    def __init__(self, simulator: Simulator, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 10.0):
         self.simulator = simulator
         self.host = host
         self.port = port

@@ -30,9 +30,7 @@ def anyio_backend() -> str:
 def write_manifest(tmp_path: Path) -> Callable[..., Path]:
     """Write a YAML manifest with ``n`` jobs (or the given job dicts) and return its path."""
 
-    def write(
-        n: int = 5, jobs: list[dict[str, Any]] | None = None, name: str = "manifest.yaml", **top: Any
-    ) -> Path:
+    def write(n: int = 5, jobs: list[dict[str, Any]] | None = None, name: str = "manifest.yaml", **top: Any) -> Path:
         if jobs is None:
             jobs = [{"id": f"job-{i:03d}", "prompt": f"product photo number {i}"} for i in range(n)]
         path = tmp_path / name

