@@ -56,6 +56,11 @@ class Timeouts:
     write: float = 30.0
     pool: float = 60.0
 
+    @classmethod
+    def from_seconds(cls, seconds: float) -> Timeouts:
+        """One number for everything, as ``--timeout`` gives it."""
+        return cls(connect=min(10.0, seconds), read=seconds, write=seconds, pool=max(60.0, seconds))
+
     def as_httpx(self) -> httpx.Timeout:
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
 
@@ -88,7 +93,7 @@ class RunbaseClient:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self.base_url = base_url.rstrip("/")
         self.max_download_bytes = max_download_bytes
-        self._request_deadline = timeouts.read + timeouts.connect + timeouts.pool
+        self._request_deadline = timeouts.connect + 2 * timeouts.read
         self._api = httpx.AsyncClient(
             base_url=self.base_url + "/",
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "batchgen"},

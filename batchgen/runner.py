@@ -127,7 +127,7 @@ async def _run_scheduler(config: BatchConfig, ledger: Ledger, api_key: str) -> t
         config.base_url,
         api_key,
         transport=config.transport or _simulator_transport(config),
-        timeouts=Timeouts(read=config.timeout, write=config.timeout),
+        timeouts=Timeouts.from_seconds(config.timeout),
         max_connections=max(16, config.concurrency * 2),
         max_download_bytes=config.max_download_bytes,
     )
