@@ -382,7 +382,7 @@ class Ledger:
             )
             self._db.execute(
                 "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE job_id = ?",
-                ("failed" if job_failed else "running", error, now, job_id),
+                ("failed" if job_failed else "pending", error, now, job_id),
             )
 
     def job_failed(self, job_id: str, error: str) -> None:

@@ -50,7 +50,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import yaml
@@ -189,7 +189,16 @@ def _file_problem(name: str) -> str | None:
     return None
 
 
-def _check_job(line, values, field_lines, note, metadata, problems, ids, build) -> JobSpec | bool | None:
+def _check_job(
+    line: int,
+    values: dict[str, Any],
+    field_lines: dict[str, int] | None,
+    note: str,
+    metadata: dict[str, Any] | None,
+    problems: _Problems,
+    ids: _Ids,
+    build: bool,
+) -> JobSpec | bool | None:
     """Validate one job, report its problems, and return its spec (True when not building)."""
     errors: list[tuple[str, str]] = []
     if values.get("prompt") is None:
@@ -635,7 +644,7 @@ def _read_jsonl(path: str, problems: _Problems) -> Iterator[_Record]:
             yield number, job, None, "", None
 
 
-def _bounded_lines(file) -> Iterator[tuple[int, bytes | None]]:  # type: ignore[no-untyped-def]
+def _bounded_lines(file: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
     """Numbered lines, with None for one too long to hold, so memory stays bounded."""
     number = 0
     while line := file.readline(MAX_JSONL_LINE_BYTES + 1):
@@ -683,7 +692,8 @@ def _read_csv(path: str, problems: _Problems) -> Iterator[_Record]:
                     layout = _csv_layout(row, row_number, problems)
                     continue
                 note = f" (row {row_number} is lines {first_line}-{last_line})" if last_line > first_line else ""
-                yield _csv_record(row, row_number, note, layout, problems)
+                if record := _csv_record(row, row_number, note, layout, problems):
+                    yield record
         except csv.Error as error:
             problems.add(row_number + 1, None, f"cannot read the CSV: {error}")
 
@@ -734,15 +744,17 @@ def _csv_layout(header: list[str], row_number: int, problems: _Problems) -> _Csv
     return _CsvLayout(len(header), list(fields.items()), list(metadata.items()), unnamed, "prompt" in fields)
 
 
-def _csv_record(row: list[str], row_number: int, note: str, layout: _CsvLayout, problems: _Problems) -> _Record:
+def _csv_record(row: list[str], row_number: int, note: str, layout: _CsvLayout, problems: _Problems) -> _Record | None:
+    """The row's job, or None for a row of blank cells."""
     width = layout.width
-    if len(row) > width:
-        if any(row[width:]):
-            message = f"the row has {len(row)} cells but the header has {width} columns"
-            problems.add(row_number, None, message + note)
-    elif len(row) < width:
+    if len(row) < width:
         row = row + [""] * (width - len(row))
     values: dict[str, Any] = {field: row[index] for field, index in layout.fields if row[index].strip()}
+    if not values and not "".join(row).strip():
+        return None
+    if len(row) > width and any(row[width:]):
+        message = f"the row has {len(row)} cells but the header has {width} columns"
+        problems.add(row_number, None, message + note)
     if not layout.has_prompt:
         values["prompt"] = _REPORTED
     urls = values.get("image_urls")

@@ -117,7 +117,10 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
         session = ledger.session_started(str(config.manifest))
         scheduler, outcome = await _run_scheduler(config, ledger, api_key)
         result = _result(outcome, ledger, scheduler.stats, started, config, scheduler.error)
-        ledger.session_finished(session, result.outcome.value)
+        try:
+            ledger.session_finished(session, result.outcome.value)
+        except LedgerError:
+            pass  # the ledger may be what failed (disk full); the result already says so
         return result
 
 
