@@ -87,7 +87,7 @@ _REPORTED = object()
 _MODELS = (None, _REPORTED, DEFAULT_MODEL)  # what 'model:' may be (once it is reported or missing)
 
 _ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-_WINDOWS_DEVICE_RE = re.compile(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?")
+_WINDOWS_DEVICE_RE = re.compile(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?")  # CON, lpt1.txt...
 _SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
 _BAD_URL_CHAR_RE = re.compile(r"[\s\x00-\x1f\x7f\ud800-\udfff]")
 _URL_SEPARATOR_RE = re.compile(r"[\s,|]+")
@@ -315,7 +315,7 @@ def _check_id(value: Any) -> str:
             f"id {_show(value)} is not allowed: ids become file names, so use only ASCII letters, "
             "digits, '.', '_' and '-', and do not start with '.' or '-'"
         )
-    if _WINDOWS_DEVICE_RE.fullmatch(value):
+    if (value[3:4] in ("", ".") or value[4:5] in ("", ".")) and _WINDOWS_DEVICE_RE.fullmatch(value):
         raise _Invalid(f"id {_show(value)} is a reserved device name on Windows")
     return value
 

@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batchgen import manifest
 from batchgen.errors import ManifestError, Problem
 from batchgen.manifest import iter_jobs, load_jobs, validate
 from batchgen.models import DEFAULT_MODEL, MAX_JOB_ID_LENGTH, MAX_PROMPT_LENGTH, JobSpec
@@ -179,11 +181,32 @@ def test_yaml_deep_nesting_and_unsafe_tags_are_problems(tmp_path):
 
 
 def test_yaml_shape_errors(tmp_path):
-    """A non-list 'jobs', a non-mapping job and a scalar document are problems with lines."""
+    """A non-list 'jobs', a non-mapping job, a scalar document and two documents are problems."""
     assert only_problem(write(tmp_path, "a.yaml", "jobs: 3\n")).field == "jobs"
     problem = only_problem(write(tmp_path, "b.yaml", "jobs:\n  - just a prompt\n"))
     assert problem.line == 2 and "mapping" in problem.message
     assert "list of jobs" in only_problem(write(tmp_path, "c.yaml", "hello\n")).message
+    assert only_problem(write(tmp_path, "d.yaml", "- prompt: a\n---\n- prompt: b\n")).line == 2
+
+
+def test_yaml_with_bom_and_crlf_parses(tmp_path):
+    """A UTF-8 BOM and CRLF line ends are fine in YAML, and lines are still counted right."""
+    path = write(tmp_path, "m.yaml", "\ufeffjobs:\r\n  - prompt: Été 🌞\r\n  - prompt: 5\r\n")
+    assert only_problem(path).line == 3
+    assert load_jobs(write(tmp_path, "ok.yaml", "\ufeffjobs:\r\n  - prompt: Été 🌞\r\n"))[0].prompt == "Été 🌞"
+
+
+def test_size_caps_give_problems(tmp_path, monkeypatch):
+    """Over-large YAML (bytes or values) and over-long JSONL lines are problems, not memory hogs."""
+    monkeypatch.setattr(manifest, "MAX_YAML_EVENTS", 20)
+    problem = only_problem(write(tmp_path, "many.yaml", "- prompt: a\n" * 20))
+    assert "over 20 values" in problem.message
+    monkeypatch.setattr(manifest, "MAX_YAML_BYTES", 100)
+    assert "limited to" in only_problem(write(tmp_path, "big.yaml", "- prompt: a\n" * 20)).message
+    monkeypatch.setattr(manifest, "MAX_JSONL_LINE_BYTES", 100)
+    text = '{"prompt": "a"}\n{"prompt": "' + "b" * 300 + '"}\n{"prompt": 3}\n'
+    problems = problems_of(write(tmp_path, "m.jsonl", text))
+    assert [(p.line, p.field) for p in problems] == [(2, None), (3, "prompt")]
 
 
 # --- CSV ----------------------------------------------------------------------------------
@@ -225,10 +248,10 @@ def test_csv_bom_crlf_multiline_and_unicode(tmp_path):
 
 
 def test_csv_rows_are_record_numbers_not_lines(tmp_path):
-    """Row numbers count CSV records (header = row 1, blank rows included), not physical lines."""
-    text = 'id,prompt,quality\na,"three\nline\nprompt",high\n\n,,\nb,x,ultra\n'
+    """Row numbers count CSV records (header = row 1, skipped blank rows included), not file lines."""
+    text = 'id,prompt,quality\na,"three\nline\nprompt",high\n\n,,\n  , ,\t\nb,x,ultra\n'
     problem = only_problem(write(tmp_path, "m.csv", text))
-    assert (problem.where_kind, problem.line, problem.field) == ("row", 5, "quality")
+    assert (problem.where_kind, problem.line, problem.field) == ("row", 6, "quality")
     text = 'id,prompt,quality\na,"two\nlines",ultra\n'
     problem = only_problem(write(tmp_path, "n.csv", text))
     assert problem.line == 2 and "(row 2 is lines 2-3)" in problem.message
@@ -600,3 +623,26 @@ def test_example_manifests_are_valid():
     csv_jobs = load_jobs(examples / "example.csv")
     assert len(csv_jobs) == 6 and any(len(job.image_urls) == 2 for job in csv_jobs)
     assert any("\n" in job.prompt for job in csv_jobs)
+
+
+def test_pure_python_yaml_loader_behaves_the_same(tmp_path, monkeypatch):
+    """Without libyaml the same jobs, lines and refusals come out of the pure-Python loader."""
+    samples = {
+        "ok.yaml": EXAMPLE_YAML,
+        "syntax.yaml": "jobs:\n  - id: a\n    prompt: x\n   quality: high\n",
+        "char.yaml": "jobs:\n  - prompt: é\x01\n",
+        "deep.yaml": "[" * 1000,
+    }
+    paths = [write(tmp_path, name, text) for name, text in samples.items()]
+    paths.append(BAD_MANIFESTS / "billion_laughs.yaml")
+
+    def outcome(path):
+        try:
+            return load_jobs(path)
+        except ManifestError as error:
+            return [(p.line, p.field) for p in error.problems]
+
+    with_libyaml = [outcome(path) for path in paths]
+    monkeypatch.setattr(manifest, "_YAML_LOADER", yaml.SafeLoader)
+    assert [outcome(path) for path in paths] == with_libyaml
+    assert with_libyaml[2] == [(2, None)]
