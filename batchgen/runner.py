@@ -6,6 +6,7 @@ program can do with ``batchgen.run_batch("catalogue.yaml", concurrency=16)``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import anyio
 import httpx
 
+from . import __version__
 from .api import DEFAULT_BASE_URL, RunbaseClient, Timeouts
 from .errors import BatchgenError, LedgerError, ManifestError, Unauthorized
 from .ledger import Ledger
@@ -105,6 +107,7 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
                 iter_jobs(config.manifest),
                 output_dir=str(config.output_dir.resolve()),
                 retry_failed=config.retry_failed,
+                fingerprint=_fingerprint(config.manifest),
             )
             ledger.recover()
         except ManifestError as exc:
@@ -194,6 +197,20 @@ def _api_key(config: BatchConfig) -> str:
     if any(ch.isspace() or not ch.isprintable() for ch in key):
         raise Unauthorized("RUNBASE_API_KEY contains spaces or control characters; check how it was set")
     return key
+
+
+def _fingerprint(manifest: Path) -> str | None:
+    """This batchgen's version and the manifest's bytes: equal fingerprints, equal jobs."""
+    digest = hashlib.sha256(f"batchgen {__version__}\n".encode())
+    if not manifest.is_file():  # a FIFO would block here; the manifest reader explains
+        return None
+    try:
+        with open(manifest, "rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None  # the manifest reader will report why
+    return digest.hexdigest()
 
 
 def _simulator_transport(config: BatchConfig) -> httpx.AsyncBaseTransport | None:
