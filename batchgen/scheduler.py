@@ -76,6 +76,8 @@ class BatchStats:
     retries: int = 0  # transient failures retried (creates, polls, downloads)
     failed_runs: int = 0  # runs that failed or vanished and were tried again or gave up
     polls: int = 0
+    last_poll_age: float = 0.0
+    first_delay: float = 0.0
     downloads: int = 0
     url_refreshes: int = 0
     in_flight: int = 0
@@ -92,6 +94,8 @@ class _Run:
     due: float = 0.0
     errors: int = 0
     polls: int = 0
+    last_poll_age: float = 0.0
+    first_delay: float = 0.0
     adopted: bool = False  # created by an earlier session: its first poll teaches nothing
 
 
@@ -337,7 +341,8 @@ class Scheduler:
                     self.throttle.accepted(create=True)
                     self.stats.created += 1
                     run = _Run(PendingJob(spec, attempts), attempt_id, info.run_id, self._clock())
-                    self._track(run, self.planner.next_poll(0.0))
+                    run.first_delay = self.planner.next_poll(0.0)
+                    self._track(run, run.first_delay)
                     return
         finally:
             # Certainly never sent (refused, or cancelled while waiting): forget the attempt.
@@ -413,9 +418,16 @@ class Scheduler:
         self.stats.polls += 1
         run.errors = 0
         age = self._clock() - run.created_at
-        if run.polls == 0 and not run.adopted:
-            self.planner.first_poll_result(info.finished)
+        if not run.adopted:
+            if run.polls == 0:
+                # The delay it was scheduled at: the age at the answer also counts our own lag.
+                self.planner.first_poll_result(info.finished, run.first_delay)
+            elif info.finished:
+                self.planner.finished_between(run.last_poll_age, age)
+            else:
+                self.planner.still_running(age)
         run.polls += 1
+        run.last_poll_age = age
         if info.succeeded:
             self._untrack(run)
             self._downloading += 1

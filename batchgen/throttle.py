@@ -154,44 +154,81 @@ class GentleStart:
 class PollPlanner:
     """When to poll a run next, learned from how runs have gone so far.
 
-    The first poll's delay tracks a quantile of generation time by stochastic
-    approximation: a run found finished at its first poll shortens the delay a
-    little, one still running lengthens it, so about ``first_hit`` of runs are
-    done when first polled. We cannot learn from the age at which a run was
-    seen finished, since that is only ever the age of a poll. After a miss the
-    gap grows with the run's age, so the time between a run finishing and us
-    seeing it stays a small share of its duration and slow runs cost few polls.
+    First poll: its delay tracks a quantile of generation time by stochastic
+    approximation. A run found finished at its first poll pulls the delay
+    below the one it was polled at; one still running pushes it above. (The
+    age at which a run is seen finished teaches little on its own: it is only
+    ever the age of a poll.) Updates are relative to the delay the run was
+    actually polled at, so a wave of runs polled at the same moment moves the
+    delay once, not once per run.
+
+    Later polls: the gap grows with the run's age (``growth``), which bounds
+    the time between a run finishing and us seeing it to that share of its
+    duration, and slow runs cost few polls.
+
+    Which quantile: runs that needed several polls tell how long they really
+    took (within ``growth``). When those durations are tightly bunched, as
+    with a fixed generation time, a first poll just after most runs finish is
+    nearly free of added latency, so the target is high (one poll per run);
+    when they spread widely, polling late would add much latency, so the
+    target drops and the growing gaps do the work.
     """
 
     def __init__(
         self,
         *,
         initial: float = 0.5,
-        first_hit: float = 0.5,
         growth: float = 0.12,
         min_gap: float = 0.01,
         max_gap: float = 30.0,
+        window: int = 64,
     ):
         self.first = initial
-        self.first_hit = first_hit
+        self.target = 0.5  # share of runs meant to be finished at their first poll
         self.growth = growth
         self.min_gap = min_gap
         self.max_gap = max_gap
-        self._first_polls = 0
+        self._updates = 0
+        self._durations: deque[float] = deque(maxlen=window)
 
-    def first_poll_result(self, finished: bool) -> None:
-        """Feed back whether a run was finished at its first poll."""
-        self._first_polls += 1
-        # Big steps while learning, small ones once settled.
-        step = max(0.05, 1.0 / math.sqrt(self._first_polls))
+    def first_poll_result(self, finished: bool, delay: float) -> None:
+        """A run's first poll, made ``delay`` seconds after its creation, found it finished or not."""
+        # Big steps while learning, small ones once settled. Only updates that moved
+        # the delay count, so a wave of runs polled together is one update, not many.
+        step = max(0.02, 1.0 / (1 + self._updates))
         if finished:
-            self.first *= math.exp(-step * (1 - self.first_hit))
+            moved = delay * math.exp(-step * (1 - self.target))
+            if moved < self.first:
+                self.first, self._updates = max(self.min_gap, moved), self._updates + 1
         else:
-            self.first *= math.exp(step * self.first_hit)
-        self.first = min(self.max_gap * 10, max(self.min_gap, self.first))
+            self.still_running(delay, step)
+
+    def still_running(self, age: float, step: float | None = None) -> None:
+        """A run was still running at ``age``; before any run has shown how long runs
+        take, that alone says the first poll should come later."""
+        if step is None:
+            if self._durations:
+                return
+            step = max(0.02, 1.0 / (1 + self._updates))
+        moved = age * math.exp(step * self.target)
+        if moved > self.first:
+            self.first, self._updates = min(self.max_gap * 10, moved), self._updates + 1
+
+    def finished_between(self, low: float, high: float) -> None:
+        """A run not finished at age ``low`` was finished at age ``high``."""
+        self._durations.append((low + high) / 2)
+        if len(self._durations) >= 8 and len(self._durations) % 4 == 0:
+            ordered = sorted(self._durations)
+            n = len(ordered) - 1
+            # These runs all outlived their first poll, so this is the spread of the upper
+            # part of the distribution; the constants are set for that.
+            spread = math.log(ordered[int(0.8 * n)] / max(ordered[int(0.2 * n)], 1e-9))
+            self.target = min(0.9, max(0.2, 0.9 - 1.35 * spread))
+            self.growth = min(0.25, max(0.05, 0.05 + 0.15 * spread))
 
     def next_poll(self, age: float) -> float:
         """Seconds from now until the next poll of a run ``age`` seconds old."""
         if age <= 0:
             return self.first
-        return min(self.max_gap, max(self.min_gap, age * self.growth))
+        # A run polled before the first-poll delay had been learned waits for it.
+        return min(self.max_gap, max(self.min_gap, age * self.growth, self.first - age))
