@@ -11,6 +11,7 @@ from .errors import (  # noqa: E402
     ManifestError,
     OutputError,
     Problem,
+    UsageError,
 )
 from .models import JobSpec, RunInfo  # noqa: E402
 from .runner import BatchConfig, BatchResult, ExitCode, run_batch, run_batch_async  # noqa: E402
@@ -29,6 +30,7 @@ __all__ = [
     "OutputError",
     "Problem",
     "RunInfo",
+    "UsageError",
     "__version__",
     "run_batch",
     "run_batch_async",

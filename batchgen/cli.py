@@ -197,7 +197,7 @@ def _open_existing(args: argparse.Namespace) -> Ledger:
     path = args.ledger or args.output / LEDGER_NAME
     if not path.is_file():
         raise BatchgenError(f"no ledger at {path}: run `batchgen run MANIFEST` first (or pass --output/--ledger)")
-    return Ledger(path)
+    return Ledger(path, readonly=True)
 
 
 def _status(args: argparse.Namespace) -> int:

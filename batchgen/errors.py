@@ -3,6 +3,7 @@
 Every error batchgen raises on purpose is a ``BatchgenError``::
 
     BatchgenError
+    ├── UsageError               an option's value cannot be used (bad URL, concurrency 0)
     ├── ManifestError            the manifest is unusable; carries every problem found
     ├── LedgerError              the ledger cannot be opened, read or written
     │   └── LedgerBusy           another runner holds the ledger
@@ -30,6 +31,10 @@ from dataclasses import dataclass
 
 class BatchgenError(Exception):
     """Base class of every error batchgen raises on purpose."""
+
+
+class UsageError(BatchgenError):
+    """An option's value cannot be used; nothing was done."""
 
 
 @dataclass(frozen=True)

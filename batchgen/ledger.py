@@ -132,15 +132,23 @@ class SyncSummary:
 class Ledger:
     """All of batchgen's state for one output folder."""
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False):
+        """Open (creating and migrating as needed) the ledger at ``path``.
+
+        ``readonly`` is for status and export: no lock, no migration, no write, so
+        they also work on a ledger in a read-only folder.
+        """
         self.path = Path(path)
         self._lock_file: int | None = None
+        if readonly:
+            self._db = self._open_readonly()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so nothing is implicit.
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         except (OSError, sqlite3.Error) as exc:
-            raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from exc
+            raise LedgerError(self._cannot_open(exc)) from exc
         try:
             self._db.execute("PRAGMA busy_timeout = 30000")
             if self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
@@ -152,10 +160,39 @@ class Ledger:
             self._migrate()
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise LedgerError(f"{self.path} is not a usable batchgen ledger: {exc}") from exc
+            raise LedgerError(self._cannot_open(exc)) from exc
         except LedgerError:
             self._db.close()
             raise
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        uri = self.path.resolve().as_uri()
+        # mode=ro still needs the -shm file of a WAL ledger; in a read-only folder where
+        # it cannot be made, immutable=1 reads the file as it is (a snapshot, fine for a report).
+        for query in ("?mode=ro", "?immutable=1"):
+            try:
+                db = sqlite3.connect(uri + query, uri=True, isolation_level=None, timeout=30.0)
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                db.execute("SELECT count(*) FROM meta").fetchone()
+            except sqlite3.Error as exc:
+                error: sqlite3.Error = exc
+                continue
+            if version != SCHEMA_VERSION:
+                db.close()
+                raise LedgerError(
+                    f"{self.path} has schema {version}, this batchgen reads {SCHEMA_VERSION}: "
+                    "run `batchgen run` on it with this version first, or use the matching batchgen"
+                )
+            return db
+        raise LedgerError(f"{self.path} is not a readable batchgen ledger: {error}")
+
+    def _cannot_open(self, exc: BaseException) -> str:
+        folder = self.path.parent
+        if not os.access(folder, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
+            return f"cannot write the ledger {self.path}: the folder {folder} is read-only or not writable"
+        if isinstance(exc, OSError):
+            return f"cannot open the ledger {self.path}: {exc.strerror or exc}"
+        return f"{self.path} is not a usable batchgen ledger: {exc}"
 
     def __repr__(self) -> str:
         return f"Ledger({str(self.path)!r})"
@@ -167,7 +204,8 @@ class Ledger:
         self.close()
 
     def close(self) -> None:
-        self._db.close()
+        if hasattr(self, "_db"):
+            self._db.close()
         if self._lock_file is not None:
             os.close(self._lock_file)  # releases the flock
             self._lock_file = None

@@ -18,8 +18,8 @@ import anyio
 import httpx
 
 from . import __version__
-from .api import DEFAULT_BASE_URL, RunbaseClient, Timeouts
-from .errors import BatchgenError, LedgerError, ManifestError, Unauthorized
+from .api import DEFAULT_BASE_URL, RunbaseClient, Timeouts, check_base_url
+from .errors import ApiError, BatchgenError, LedgerError, ManifestError, Unauthorized, UsageError
 from .ledger import Ledger
 from .manifest import iter_jobs
 from .outputs import remove_stale_partials
@@ -95,6 +95,8 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
         ledger = Ledger(config.ledger_file)
     except Unauthorized as exc:
         return BatchResult(Outcome.UNAUTHORIZED, ExitCode.UNAUTHORIZED, str(exc))
+    except UsageError as exc:
+        return BatchResult(Outcome.ERROR, ExitCode.USAGE, str(exc))
     except BatchgenError as exc:
         return BatchResult(Outcome.ERROR, ExitCode.LOCAL, str(exc))
     with ledger:
@@ -175,15 +177,19 @@ async def _watch_signals(scheduler: Scheduler) -> None:
 
 def _resolve(config: BatchConfig) -> BatchConfig:
     if config.concurrency < 1:
-        raise BatchgenError("--concurrency must be at least 1")
+        raise UsageError("--concurrency must be at least 1")
     if config.max_attempts < 1:
-        raise BatchgenError("--max-attempts must be at least 1")
+        raise UsageError("--max-attempts must be at least 1")
     if config.rate is not None and config.rate <= 0:
-        raise BatchgenError("--rate must be a positive number of creates per second")
+        raise UsageError("--rate must be a positive number of creates per second")
     if config.simulate:
         base_url = config.base_url or SIMULATED_BASE_URL
     else:
         base_url = config.base_url or os.environ.get("RUNBASE_BASE_URL") or DEFAULT_BASE_URL
+    try:
+        check_base_url(base_url)
+    except ApiError as exc:
+        raise UsageError(str(exc)) from None
     return replace(config, base_url=base_url)
 
 

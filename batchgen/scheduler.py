@@ -429,8 +429,8 @@ class Scheduler:
         run.polls += 1
         run.last_poll_age = age
         if info.succeeded:
+            self._downloading += 1  # before _untrack: a stopping batch must wait for this download
             self._untrack(run)
-            self._downloading += 1
             assert self._download_send is not None
             self._download_send.send_nowait((run, info))
         elif info.failed:
