@@ -1,21 +1,34 @@
-"""batchgen: turn a manifest of prompts into a folder of images through the Runbase API, resumably."""
+"""batchgen: turn a manifest of prompts into a folder of images through the Runbase API, resumably.
+
+Public names are imported on first use (PEP 562), so ``batchgen`` on the command
+line starts, and installs its signal handling, before httpx and anyio load.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
-    AccountError,
-    ApiError,
-    BatchgenError,
-    LedgerBusy,
-    LedgerError,
-    ManifestError,
-    OutputError,
-    Problem,
-    UsageError,
-)
-from .models import JobSpec, RunInfo  # noqa: E402
-from .runner import BatchConfig, BatchResult, ExitCode, run_batch, run_batch_async  # noqa: E402
-
+_EXPORTS = {
+    "AccountError": "errors",
+    "ApiError": "errors",
+    "BatchgenError": "errors",
+    "LedgerBusy": "errors",
+    "LedgerError": "errors",
+    "ManifestError": "errors",
+    "OutputError": "errors",
+    "Problem": "errors",
+    "UsageError": "errors",
+    "JobSpec": "models",
+    "RunInfo": "models",
+    "BatchConfig": "runner",
+    "BatchResult": "runner",
+    "ExitCode": "runner",
+    "run_batch": "runner",
+    "run_batch_async": "runner",
+}
 __all__ = [
     "AccountError",
     "ApiError",
@@ -35,3 +48,26 @@ __all__ = [
     "run_batch",
     "run_batch_async",
 ]
+
+if TYPE_CHECKING:
+    from .errors import (
+        AccountError,
+        ApiError,
+        BatchgenError,
+        LedgerBusy,
+        LedgerError,
+        ManifestError,
+        OutputError,
+        Problem,
+        UsageError,
+    )
+    from .models import JobSpec, RunInfo
+    from .runner import BatchConfig, BatchResult, ExitCode, run_batch, run_batch_async
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'batchgen' has no attribute {name!r}")

@@ -10,32 +10,52 @@ import argparse
 import csv
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import BatchgenError, ManifestError
-from .ledger import Ledger
-from .manifest import validate
-from .runner import LEDGER_NAME, BatchResult, ExitCode, run_batch
+
+if TYPE_CHECKING:
+    from .ledger import Ledger
+    from .runner import BatchResult
+
+LEDGER_NAME = "batchgen.sqlite"  # runner.LEDGER_NAME; repeated so --help needs no heavy import
+EXIT_USAGE, EXIT_LOCAL, EXIT_INTERRUPTED = 2, 5, 130
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM before the run installs its own handling (while modules load, while the
+    # manifest is read) ends the command like Ctrl-C: exit 130, every transaction rolled back.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    from .errors import BatchgenError
+
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
         print("batchgen: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `batchgen export | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return ExitCode.OK
+        return 0
     except BatchgenError as exc:
         print(f"batchgen: error: {exc}", file=sys.stderr)
-        return ExitCode.LOCAL
+        return EXIT_LOCAL
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -130,6 +150,8 @@ def _positive_float(text: str) -> float:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .runner import run_batch
+
     result = run_batch(
         args.manifest,
         output_dir=args.output,
@@ -151,6 +173,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result: BatchResult) -> None:
+    from .runner import ExitCode
+
     out = sys.stderr
     if result.counts:
         c, s = result.counts, result.stats
@@ -179,21 +203,27 @@ def _print_summary(result: BatchResult) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from .errors import ManifestError
+    from .manifest import validate
+
     try:
         count = validate(args.manifest)
     except ManifestError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"batchgen: {len(exc.problems)} problem(s) in {args.manifest}; nothing was sent", file=sys.stderr)
-        return ExitCode.USAGE
+        return EXIT_USAGE
     print(f"{args.manifest}: {count} job{'s' if count != 1 else ''}, valid")
-    return ExitCode.OK
+    return 0
 
 
 # -- status and export ------------------------------------------------------------------
 
 
 def _open_existing(args: argparse.Namespace) -> Ledger:
+    from .errors import BatchgenError
+    from .ledger import Ledger
+
     path = args.ledger or args.output / LEDGER_NAME
     if not path.is_file():
         raise BatchgenError(f"no ledger at {path}: run `batchgen run MANIFEST` first (or pass --output/--ledger)")
@@ -212,7 +242,7 @@ def _status(args: argparse.Namespace) -> int:
         }
     if args.json:
         print(json.dumps(report, indent=2))
-        return ExitCode.OK
+        return 0
     jobs, attempts = report["jobs"], report["attempts"]
     total = sum(jobs.values())
     print(f"ledger:   {report['ledger']}")
@@ -233,7 +263,7 @@ def _status(args: argparse.Namespace) -> int:
         print("last errors:")
         for item in report["recent_errors"]:
             print(f"  {item['job_id']}: {item['error']}")
-    return ExitCode.OK
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -243,7 +273,7 @@ def _export(args: argparse.Namespace) -> int:
                 sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
             _write_csv(ledger)
-    return ExitCode.OK
+    return 0
 
 
 def _export_records(ledger: Ledger) -> Iterator[dict[str, Any]]:
@@ -291,7 +321,7 @@ def _simulate(args: argparse.Namespace) -> int:
             faults[name.strip()] = float(probability)
         except ValueError:
             print(f"batchgen: error: --fault takes NAME=PROBABILITY, not {item!r}", file=sys.stderr)
-            return ExitCode.USAGE
+            return EXIT_USAGE
     try:
         config = SimConfig(
             latency=args.latency,
@@ -310,9 +340,9 @@ def _simulate(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         print(f"batchgen: error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return EXIT_USAGE
     serve(config, host=args.host, port=args.port)
-    return ExitCode.OK
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
