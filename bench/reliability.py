@@ -144,7 +144,8 @@ def kill_chaos(report: Report, kills_wanted: int, rng: random.Random) -> None:
                 report.texts += [stdout, stderr]
                 if process.returncode == 0:
                     break
-            report.add(f"SIGKILL round {rounds}: finished with exit 0", process.returncode, process.returncode == 0)
+            finished = process.returncode == 0
+            report.add(f"SIGKILL round {rounds}: resumed to the end (exit 0)", "yes" if finished else "no", finished)
             check_folder(report, f"SIGKILL round {rounds}", out, sim, jobs)
     report.add("SIGKILLs survived", kills)
 
