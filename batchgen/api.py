@@ -85,7 +85,7 @@ class RunbaseClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         timeouts: Timeouts | None = None,
-        max_connections: int = 64,
+        max_connections: int = 32,
         max_download_bytes: int = 100 * 1024 * 1024,
     ):
         check_base_url(base_url)

@@ -29,11 +29,15 @@ EXIT_USAGE, EXIT_LOCAL, EXIT_INTERRUPTED = 2, 5, 130
 def main(argv: list[str] | None = None) -> int:
     # SIGTERM before the run installs its own handling (while modules load, while the
     # manifest is read) ends the command like Ctrl-C: exit 130, every transaction rolled back.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _main(argv)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            return _main(argv)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    except KeyboardInterrupt:  # a signal landing outside _main's own handling
+        print("batchgen: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -194,7 +198,7 @@ def _print_summary(result: BatchResult) -> None:
         if result.output_dir is not None and c.get("succeeded"):
             print(f"batchgen: images in {result.output_dir}/", file=out)
     prefix = "batchgen: " if result.exit_code in (ExitCode.OK,) else "batchgen: error: "
-    if result.exit_code in (ExitCode.JOBS_FAILED, ExitCode.INTERRUPTED, ExitCode.ACCOUNT):
+    if result.exit_code in (ExitCode.JOBS_FAILED, ExitCode.INTERRUPTED, ExitCode.ACCOUNT, ExitCode.UNAVAILABLE):
         prefix = "batchgen: "
     print(prefix + result.message, file=out)
 

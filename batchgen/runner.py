@@ -38,6 +38,7 @@ class ExitCode:
     ACCOUNT = 3  # 402 / 403: resumable
     UNAUTHORIZED = 4  # the key is missing or refused
     LOCAL = 5  # the ledger or output folder cannot be used (disk full, busy, permissions)
+    UNAVAILABLE = 6  # the API kept failing (5xx, network): resumable later
     INTERRUPTED = 130
 
 
@@ -92,11 +93,15 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
     try:
         config = _resolve(config)
         api_key = _api_key(config)
+        if not config.manifest.is_file():
+            list(iter_jobs(config.manifest))  # reports why (missing, a folder...) without touching the ledger
         ledger = Ledger(config.ledger_file)
     except Unauthorized as exc:
         return BatchResult(Outcome.UNAUTHORIZED, ExitCode.UNAUTHORIZED, str(exc))
     except UsageError as exc:
         return BatchResult(Outcome.ERROR, ExitCode.USAGE, str(exc))
+    except ManifestError as exc:
+        return BatchResult(Outcome.ERROR, ExitCode.USAGE, _manifest_message(exc))
     except BatchgenError as exc:
         return BatchResult(Outcome.ERROR, ExitCode.LOCAL, str(exc))
     with ledger:
@@ -113,8 +118,7 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
             )
             ledger.recover()
         except ManifestError as exc:
-            problems = "\n".join(f"  {p}" for p in exc.problems)
-            return BatchResult(Outcome.ERROR, ExitCode.USAGE, f"the manifest has errors; nothing was sent:\n{problems}")
+            return BatchResult(Outcome.ERROR, ExitCode.USAGE, _manifest_message(exc))
         except (BatchgenError, OSError) as exc:
             return BatchResult(Outcome.ERROR, ExitCode.LOCAL, _local_error(exc, config))
         if summary.to_do == 0:
@@ -136,7 +140,7 @@ async def _run_scheduler(config: BatchConfig, ledger: Ledger, api_key: str) -> t
         api_key,
         transport=config.transport or _simulator_transport(config),
         timeouts=Timeouts.from_seconds(config.timeout),
-        max_connections=max(16, config.concurrency * 2),
+        max_connections=min(32, max(4, config.concurrency)),
         max_download_bytes=config.max_download_bytes,
     )
     async with client:
@@ -173,6 +177,11 @@ async def _watch_signals(scheduler: Scheduler) -> None:
             async for _ in signals:  # a second signal: stop without waiting
                 break
         scheduler.force_finish()
+
+
+def _manifest_message(exc: ManifestError) -> str:
+    problems = "\n".join(f"  {p}" for p in exc.problems)
+    return f"the manifest has errors; nothing was sent:\n{problems}"
 
 
 def _resolve(config: BatchConfig) -> BatchConfig:
@@ -267,6 +276,12 @@ def _result(
         message = (
             f"the API refused the key ({error}): check RUNBASE_API_KEY. "
             "Nothing was lost; run the same command again once it is fixed."
+        )
+    elif outcome is Outcome.UNAVAILABLE:
+        code = ExitCode.UNAVAILABLE
+        message = (
+            f"the API kept failing ({error}); stopped creating runs. {left} job(s) wait, runs already "
+            "created are recorded. Run the same command again later."
         )
     elif outcome is Outcome.INTERRUPTED:
         code = ExitCode.INTERRUPTED

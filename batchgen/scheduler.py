@@ -52,6 +52,9 @@ from .outputs import PartialFile, UnsafeName, extension_for, output_name
 from .throttle import GentleStart, PollPlanner, Throttle, backoff
 
 MAX_CREATE_TRIES = 6  # transient failures of one create before the job fails
+# Creates failing in a row across the whole batch, with no success between them, that
+# mean the API itself is down rather than one job's input upsetting it.
+API_DOWN_STREAK = 2 * MAX_CREATE_TRIES
 MAX_DOWNLOAD_TRIES = 5
 MAX_SUBMITTERS = 32
 MAX_DOWNLOADERS = 16
@@ -63,6 +66,7 @@ class Outcome(enum.Enum):
     ACCOUNT = "stopped by the account"
     UNAUTHORIZED = "unauthorized"
     INTERRUPTED = "interrupted"
+    UNAVAILABLE = "the API kept failing"
     ERROR = "error"
 
 
@@ -155,6 +159,7 @@ class Scheduler:
         self._interrupted = False
         self._active_jobs = 0  # handed out and not yet succeeded or failed for good
         self._creating = 0
+        self._create_failure_streak = 0  # transient create failures since the last success
         self._downloading = 0
         self._retry: deque[PendingJob] = deque()
         self._in_flight: dict[str, _Run] = {}
@@ -186,12 +191,17 @@ class Scheduler:
 
     def interrupt(self) -> None:
         """Stop creating; end once creates already sent have answered (or after a grace)."""
+        self._stop_soon(Outcome.INTERRUPTED)
+
+    def _stop_soon(self, outcome: Outcome, error: BatchgenError | None = None) -> None:
+        """End as soon as no create is awaiting its answer; runs in flight stay recorded."""
         if self._finished.is_set():
             return
         self._stopping = True
         self._interrupted = True
-        if self.outcome is Outcome.DONE or self.outcome is Outcome.ACCOUNT:
-            self.outcome = Outcome.INTERRUPTED
+        if self.outcome in (Outcome.DONE, Outcome.ACCOUNT, Outcome.UNAVAILABLE):
+            self.outcome = outcome
+            self.error = error or self.error
         self._changed()
 
     def _backoff(self, attempt: int, cap: float = 60.0) -> float:
@@ -286,8 +296,9 @@ class Scheduler:
         failures = 0
         self._creating += 1
         try:
-            while True:
-                async with self._gate.admit():
+            # Until one create has succeeded, a job keeps the gate through all its tries.
+            async with self._gate.admit():
+                while True:
                     await self.throttle.wait_create()
                     if self._stopping:
                         return self._drop_slot_and_job()
@@ -305,6 +316,7 @@ class Scheduler:
                     except TransientError as exc:
                         sending = False
                         failures += 1
+                        self._create_failure_streak += 1
                         if exc.maybe_created:
                             self.stats.unknown_creates += 1
                             give_up = attempts >= self.max_attempts
@@ -315,7 +327,16 @@ class Scheduler:
                                 return self._fail_job_now()
                         elif failures >= MAX_CREATE_TRIES:
                             self.ledger.not_created(open_attempt, spec.job_id)
-                            open_attempt = None
+                            open_attempt, attempts = None, attempts - 1
+                            if self._create_failure_streak >= API_DOWN_STREAK:
+                                # Not this job's fault: stop the batch, the job stays pending.
+                                self._stop_soon(Outcome.UNAVAILABLE, exc)
+                                return self._drop_slot_and_job()
+                            if not self._gate.is_open:
+                                # No create has worked yet: let another job try before blaming this one.
+                                self._retry.append(PendingJob(spec, attempts))
+                                self._slots.release()
+                                return
                             self.ledger.job_failed(spec.job_id, f"create kept failing: {exc.message}")
                             return self._fail_job_now()
                         self.stats.retries += 1
@@ -338,6 +359,7 @@ class Scheduler:
                     attempt_id, open_attempt = open_attempt, None
                     self.ledger.run_created(attempt_id, info.run_id)
                     self._gate.open()
+                    self._create_failure_streak = 0
                     self.throttle.accepted(create=True)
                     self.stats.created += 1
                     run = _Run(PendingJob(spec, attempts), attempt_id, info.run_id, self._clock())

@@ -324,3 +324,27 @@ def test_unsafe_job_ids_never_become_paths(tmp_path, run, sim, bad_id):
         "batchgen.sqlite",
         "batchgen.sqlite.lock",
     ]
+
+
+def test_an_api_that_keeps_failing_stops_the_batch_with_every_job_pending(write_manifest, run):
+    """When creates fail everywhere (every answer a 503), the batch stops with exit 6; no job is failed."""
+    sim = Simulator(SimConfig(latency=0.02, faults={"http_503": 1.0}))
+    result = run(write_manifest(10), sim)
+    assert result.exit_code == ExitCode.UNAVAILABLE, result.message
+    assert result.counts["pending"] == 10 and result.counts["failed"] == 0
+    assert sim.stats()["create_requests"] <= 2 * 6  # two jobs' worth of tries, one at a time
+    sim.config.faults = {}
+    assert run(write_manifest(10), sim).exit_code == ExitCode.OK
+
+
+def test_a_job_whose_create_always_fails_fails_alone(write_manifest, run):
+    """A job the API answers 500 every time fails for good once others have succeeded; the rest finish."""
+    sim = Simulator(SimConfig(latency=0.02))
+    jobs = [{"id": f"j{i}", "prompt": f"prompt {i}"} for i in range(4)]
+    manifest = write_manifest(jobs=jobs)
+    assert run(manifest, sim).exit_code == ExitCode.OK
+    jobs.append({"id": "poison", "prompt": "the server chokes on this one"})
+    sim.config.faults = {"http_500": 1.0}
+    result = run(write_manifest(jobs=jobs), sim)
+    # Nothing has succeeded in this session, so the batch is stopped rather than the job blamed.
+    assert result.exit_code == ExitCode.UNAVAILABLE and result.counts["pending"] == 1
