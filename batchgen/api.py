@@ -94,6 +94,10 @@ class RunbaseClient:
         self.base_url = base_url.rstrip("/")
         self.max_download_bytes = max_download_bytes
         self._request_deadline = timeouts.connect + 2 * timeouts.read
+        # Requests wait here rather than in httpcore's pool, whose every hand-out scans
+        # all queued requests against all connections: with 128 waiting, most of our CPU.
+        self._api_slots = anyio.CapacityLimiter(max_connections)
+        self._file_slots = anyio.CapacityLimiter(max_connections)
         self._api = httpx.AsyncClient(
             base_url=self.base_url + "/",
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "batchgen"},
@@ -128,7 +132,8 @@ class RunbaseClient:
         """POST /runs. A TransientError with ``maybe_created`` means the run may exist."""
         body = {"model": job.model, "input": job.api_input()}
         with _translate_transport_errors(creating=True), self._deadline(creating=True):
-            response = await self._api.post("runs", json=body)
+            async with self._api_slots:
+                response = await self._api.post("runs", json=body)
         _raise_for_status(response, creating=True)
         # Assumption (runbase-api.md): 200, 201 or 202 with at least {"id": "..."}.
         data = _json_object(response, creating=True)
@@ -146,7 +151,8 @@ class RunbaseClient:
     async def get_run(self, run_id: str) -> RunInfo:
         """GET /runs/{id}."""
         with _translate_transport_errors(creating=False), self._deadline(creating=False):
-            response = await self._api.get("runs/" + quote(run_id, safe=""))
+            async with self._api_slots:
+                response = await self._api.get("runs/" + quote(run_id, safe=""))
         _raise_for_status(response, creating=False)
         return _run_info(run_id, _json_object(response, creating=False))
 
@@ -180,7 +186,7 @@ class RunbaseClient:
     @asynccontextmanager
     async def _stream(self, url: str) -> AsyncIterator[httpx.Response]:
         with _translate_transport_errors(creating=False):
-            async with self._files.stream("GET", url) as response:
+            async with self._file_slots, self._files.stream("GET", url) as response:
                 yield response
 
     async def _receive(self, response: httpx.Response, url: str, sink: Sink) -> Download:
