@@ -1,0 +1,68 @@
+"""The benchmark harness still runs: `python bench/run.py --quick`, tiny sizes, nothing timed.
+
+Asserts only that every scenario completes against the real simulator process and
+that its ratios and counters are computed; the numbers themselves are for
+bench/RESULTS.md, not for CI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(300)
+def test_bench_quick_completes_and_computes_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "run.py"),
+            "--quick",
+            "--json",
+            str(out),
+            "--markdown",
+            str(md),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    rows = {(r["scenario"], r["client"]): r for r in report["rows"]}
+    for scenario in (1, 2, 3, 4, 5):
+        for client in ("batchgen", "baseline"):
+            row = rows[(scenario, client)]
+            assert row["returncode"] == 0
+            assert row["creates"] >= row["n"]
+            assert row["succeeded_files"] == row["n"]
+            assert row["t"] > 0 and math.isfinite(row["polls_per_run"]) and row["cpu_ms_per_job"] > 0
+            assert row["peak_rss_mb"] > 0
+            if scenario != 5:  # L = 0 and no limit: T* = 0, no ratio
+                assert row["ratio"] is not None and row["ratio"] > 0
+                assert row["added_latency_share"] is not None
+
+    s6 = report["scenario_6"]
+    assert s6["validate"]["wall_s"] > 0 and s6["validate"]["peak_rss_mb"] > 0
+    assert [r["returncode"] for r in s6["runs"]] == [130, 130]  # interrupted with SIGINT, cleanly
+    assert all(r["finished_total"] >= r["stop_after"] for r in s6["runs"])
+    assert math.isfinite(s6["rss_growth"])
+
+    s7 = report["scenario_7"]
+    assert s7["said_nothing_to_do"] and s7["creates_during_resume"] == 0 and s7["resume_wall_s"] > 0
+
+    assert report["targets"], "targets were evaluated"
+    assert "T/T*" in md.read_text()
