@@ -140,7 +140,7 @@ async def _run_scheduler(config: BatchConfig, ledger: Ledger, api_key: str) -> t
         api_key,
         transport=config.transport or _simulator_transport(config),
         timeouts=Timeouts.from_seconds(config.timeout),
-        max_connections=min(32, max(4, config.concurrency)),
+        max_connections=min(16, max(4, config.concurrency)),  # see bench/RESULTS.md
         max_download_bytes=config.max_download_bytes,
     )
     async with client:
