@@ -337,8 +337,8 @@ def test_an_api_that_keeps_failing_stops_the_batch_with_every_job_pending(write_
     assert run(write_manifest(10), sim).exit_code == ExitCode.OK
 
 
-def test_a_job_whose_create_always_fails_fails_alone(write_manifest, run):
-    """A job the API answers 500 every time fails for good once others have succeeded; the rest finish."""
+def test_when_no_create_gets_through_the_first_job_is_not_blamed(write_manifest, run):
+    """A resumed batch whose only remaining job meets 500s every time stops with exit 6; the job stays pending."""
     sim = Simulator(SimConfig(latency=0.02))
     jobs = [{"id": f"j{i}", "prompt": f"prompt {i}"} for i in range(4)]
     manifest = write_manifest(jobs=jobs)
