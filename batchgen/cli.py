@@ -197,10 +197,9 @@ def _print_summary(result: BatchResult) -> None:
             )
         if result.output_dir is not None and c.get("succeeded"):
             print(f"batchgen: images in {result.output_dir}/", file=out)
-    prefix = "batchgen: " if result.exit_code in (ExitCode.OK,) else "batchgen: error: "
-    if result.exit_code in (ExitCode.JOBS_FAILED, ExitCode.INTERRUPTED, ExitCode.ACCOUNT, ExitCode.UNAVAILABLE):
-        prefix = "batchgen: "
-    print(prefix + result.message, file=out)
+    # "error" for what the user must fix; a batch that stopped for a reason is not an error.
+    is_error = result.exit_code in (ExitCode.USAGE, ExitCode.UNAUTHORIZED, ExitCode.LOCAL)
+    print(("batchgen: error: " if is_error else "batchgen: ") + result.message, file=out)
 
 
 # -- validate ------------------------------------------------------------------------

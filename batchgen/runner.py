@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -254,7 +255,7 @@ def _result(
     try:
         counts = ledger.counts()
         unknown = ledger.attempt_counts().get("unknown", 0)
-    except (LedgerError, Exception):  # noqa: BLE001 - the ledger may be what failed; report without it
+    except (LedgerError, sqlite3.Error):  # the ledger may be what failed; report without its counts
         counts, unknown = {}, 0
     left = counts.get("pending", 0) + counts.get("running", 0)
     failed = counts.get("failed", 0)
