@@ -66,6 +66,13 @@ class BatchConfig:
     transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False, compare=False)
     simulator_options: dict[str, Any] = field(default_factory=dict, compare=False)
 
+    def __post_init__(self) -> None:
+        # Python callers pass strings as often as Paths.
+        object.__setattr__(self, "manifest", Path(self.manifest))
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
+        if self.ledger_path is not None:
+            object.__setattr__(self, "ledger_path", Path(self.ledger_path))
+
     @property
     def ledger_file(self) -> Path:
         return self.ledger_path or self.output_dir / LEDGER_NAME

@@ -348,3 +348,13 @@ def test_when_no_create_gets_through_the_first_job_is_not_blamed(write_manifest,
     result = run(write_manifest(jobs=jobs), sim)
     # Nothing has succeeded in this session, so the batch is stopped rather than the job blamed.
     assert result.exit_code == ExitCode.UNAVAILABLE and result.counts["pending"] == 1
+
+
+def test_python_api_takes_plain_strings(write_manifest, tmp_path, monkeypatch):
+    """The README's Python example: run_batch with string paths and simulate=True."""
+    from batchgen import run_batch
+
+    monkeypatch.chdir(tmp_path)
+    result = run_batch(str(write_manifest(3)), output_dir="images", simulate=True, progress="none")
+    assert result.exit_code == ExitCode.OK, result.message
+    assert len(list((tmp_path / "images").glob("*.png"))) == 3

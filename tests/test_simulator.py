@@ -450,10 +450,7 @@ async def test_download_faults():
         assert hop.status_code == 302
         assert hop.headers["location"].startswith("http://files.api.runbase.test/files/")
         followed = await files.get(url, follow_redirects=True)
-        assert (
-            followed.status_code == 200
-            and followed.content == (await files.get(hop.headers["location"])).content
-        )
+        assert followed.status_code == 200 and followed.content == (await files.get(hop.headers["location"])).content
         sim.config.faults = {"redirect_bad_scheme": 1.0}
         bad = await files.get(url)
         assert bad.status_code == 302 and bad.headers["location"].startswith(("ftp://", "file://"))
