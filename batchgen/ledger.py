@@ -126,7 +126,6 @@ class SyncSummary:
     succeeded: int
     failed: int
     to_do: int
-    new_or_changed: int
 
 
 class Ledger:
@@ -274,7 +273,7 @@ class Ledger:
         now = time.time()
         same_manifest = fingerprint is not None and self._meta("fingerprint", "") == fingerprint
         if same_manifest and not retry_failed and self._meta("output_dir", "") == output_dir:
-            return self._summary(new_or_changed=0)
+            return self._summary()
         with self._transaction():
             self._set_meta("fingerprint", "")  # set again below only if this sync completes
             generation = int(self._meta("generation", "0")) + 1
@@ -289,10 +288,6 @@ class Ledger:
                     batch.clear()
             if batch:
                 self._upsert_jobs(batch)
-            # The upsert stamps updated_at only on new or changed jobs.
-            changed = self._db.execute(
-                "SELECT count(*) FROM jobs WHERE generation = ? AND updated_at = ?", (generation, now)
-            ).fetchone()[0]
             # Runs still open for a spec that has since changed will never be used.
             self._db.execute(
                 """UPDATE attempts SET status = 'superseded', finished_at = ?
@@ -308,16 +303,15 @@ class Ledger:
                 )
             if fingerprint is not None:
                 self._set_meta("fingerprint", fingerprint)
-        return self._summary(new_or_changed=changed)
+        return self._summary()
 
-    def _summary(self, *, new_or_changed: int) -> SyncSummary:
+    def _summary(self) -> SyncSummary:
         counts = self.counts()
         return SyncSummary(
             jobs=sum(counts.values()),
             succeeded=counts["succeeded"],
             failed=counts["failed"],
             to_do=counts["pending"] + counts["running"],
-            new_or_changed=new_or_changed,
         )
 
     def _upsert_jobs(self, rows: list[tuple[Any, ...]]) -> None:

@@ -61,12 +61,6 @@ class Throttle:
         self._consecutive_429 = 0
         self._accepted: deque[float] = deque()
         self._last_adjust = 0.0
-        self.rate_limited_count = 0
-        self.pauses = 0
-
-    @property
-    def paused_for(self) -> float:
-        return max(0.0, self._paused_until - self._clock())
 
     async def wait_api(self) -> None:
         """Wait out the shared pause; every API request calls this first."""
@@ -91,11 +85,9 @@ class Throttle:
     def rate_limited(self, retry_after: float | None, *, create: bool) -> float:
         """Record a 429; returns how long every sender now pauses."""
         now = self._clock()
-        self.rate_limited_count += 1
         in_same_episode = now < self._paused_until
         if not in_same_episode:
             self._consecutive_429 += 1
-            self.pauses += 1
         if retry_after is not None:
             delay = retry_after
         else:
