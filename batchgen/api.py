@@ -17,7 +17,7 @@ import email.utils
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -128,11 +128,18 @@ class RunbaseClient:
         await self._api.aclose()
         await self._files.aclose()
 
-    async def create_run(self, job: JobSpec) -> RunInfo:
-        """POST /runs. A TransientError with ``maybe_created`` means the run may exist."""
-        body = {"model": job.model, "input": job.api_input()}
+    async def create_run(self, job: JobSpec, *, before_send: Callable[[], Awaitable[None]] | None = None) -> RunInfo:
+        """POST /runs. A TransientError with ``maybe_created`` means the run may exist.
+
+        ``before_send`` is awaited once a connection slot is ours, just before the
+        request leaves: the caller records the attempt there, so an attempt is
+        'on the wire' only while its request can actually be.
+        """
+        body = job.request_body()
         with _translate_transport_errors(creating=True), self._deadline(creating=True):
             async with self._api_slots:
+                if before_send is not None:
+                    await before_send()
                 response = await self._api.post("runs", json=body)
         _raise_for_status(response, creating=True)
         # Assumption (runbase-api.md): 200, 201 or 202 with at least {"id": "..."}.

@@ -27,12 +27,11 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import LedgerBusy, LedgerError
-from .models import JobSpec
+from .models import JobSpec, OpenRun, PendingJob, SavedOutput, SyncSummary
 
 try:
     import fcntl
@@ -92,40 +91,23 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def sql_statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script, split where sqlite says a statement is complete
+    (so a ';' inside a string literal or a trigger body does not split it)."""
+    statement = ""
+    for piece in script.split(";"):
+        statement += piece + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \t\n;"):
+                yield statement.strip()
+            statement = ""
+    if statement.strip(" \t\n;"):
+        yield statement.strip()
+
+
 PAGE_SIZE = 500
-
-
-@dataclass(frozen=True, slots=True)
-class PendingJob:
-    spec: JobSpec
-    attempts: int  # attempts already made at this spec
-
-
-@dataclass(frozen=True, slots=True)
-class OpenRun:
-    """A run created by an earlier session and not yet seen finished."""
-
-    attempt_id: int
-    run_id: str
-    created_at: float
-    job: PendingJob
-
-
-@dataclass(frozen=True, slots=True)
-class SavedOutput:
-    n: int
-    path: str
-    bytes: int
-    sha256: str
-    content_type: str
-
-
-@dataclass(frozen=True)
-class SyncSummary:
-    jobs: int
-    succeeded: int
-    failed: int
-    to_do: int
 
 
 class Ledger:
@@ -212,7 +194,7 @@ class Ledger:
     # -- plumbing -------------------------------------------------------------
 
     def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        version = self._query("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise LedgerError(
                 f"{self.path} was written by a newer batchgen (schema {version}, this one knows "
@@ -220,17 +202,37 @@ class Ledger:
             )
         for number in range(version + 1, SCHEMA_VERSION + 1):
             with self._transaction():
-                for statement in MIGRATIONS[number - 1].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {number}")
+                for statement in sql_statements(MIGRATIONS[number - 1]):
+                    self._query(statement)
+                self._query(f"PRAGMA user_version = {number}")
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self)
 
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        """Run one statement; sqlite's errors become LedgerError (callers never see sqlite3)."""
+        try:
+            return self._db.execute(sql, tuple(params))
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def _query_many(self, sql: str, rows: Iterable[Iterable[Any]]) -> sqlite3.Cursor:
+        try:
+            return self._db.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.Error) -> LedgerError:
+        if isinstance(exc, sqlite3.DatabaseError) and ("malformed" in str(exc) or "not a database" in str(exc)):
+            return LedgerError(
+                f"the ledger {self.path} is damaged ({exc}); move it aside to start a new one, "
+                "or restore it from a backup"
+            )
+        return LedgerError(f"cannot use the ledger {self.path}: {exc}")
+
     def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         with self._transaction():
-            return self._db.execute(sql, tuple(params))
+            return self._query(sql, tuple(params))
 
     # -- the runner lock --------------------------------------------------------
 
@@ -289,14 +291,14 @@ class Ledger:
             if batch:
                 self._upsert_jobs(batch)
             # Runs still open for a spec that has since changed will never be used.
-            self._db.execute(
+            self._query(
                 """UPDATE attempts SET status = 'superseded', finished_at = ?
                    WHERE status IN ('creating', 'running')
                      AND spec_hash != (SELECT spec_hash FROM jobs WHERE jobs.job_id = attempts.job_id)""",
                 (now,),
             )
             if retry_failed:
-                self._db.execute(
+                self._query(
                     "UPDATE jobs SET state = 'pending', attempts = 0, error = NULL, updated_at = ? "
                     "WHERE generation = ? AND state = 'failed'",
                     (now, generation),
@@ -316,7 +318,7 @@ class Ledger:
 
     def _upsert_jobs(self, rows: list[tuple[Any, ...]]) -> None:
         # Inside DO UPDATE, "jobs.x" is the row as it was: compare hashes before replacing.
-        self._db.executemany(
+        self._query_many(
             """INSERT INTO jobs (job_id, seq, generation, spec_json, spec_hash, metadata_json, updated_at)
                VALUES (?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (job_id) DO UPDATE SET
@@ -337,7 +339,7 @@ class Ledger:
         """After a crash: creates that never answered become 'unknown'. Returns how many."""
         now = time.time()
         with self._transaction():
-            lost = self._db.execute(
+            lost = self._query(
                 "UPDATE attempts SET status = 'unknown', finished_at = ?, "
                 "error = 'the process stopped before the create request was answered' "
                 "WHERE status = 'creating'",
@@ -345,7 +347,7 @@ class Ledger:
             ).rowcount
             # A job marked running with no open run left (its create never answered,
             # or its run was superseded) is simply pending again.
-            self._db.execute(
+            self._query(
                 """UPDATE jobs SET state = 'pending' WHERE state = 'running' AND NOT EXISTS
                    (SELECT 1 FROM attempts a WHERE a.job_id = jobs.job_id AND a.status = 'running')"""
             )
@@ -354,7 +356,7 @@ class Ledger:
     def open_runs(self) -> list[OpenRun]:
         """Runs created earlier and not yet seen finished, for the current manifest."""
         generation = self.generation
-        rows = self._db.execute(
+        rows = self._query(
             """SELECT a.attempt_id, a.run_id, a.created_at, j.job_id, j.spec_json, j.metadata_json, j.attempts
                FROM attempts a JOIN jobs j ON j.job_id = a.job_id
                WHERE a.status = 'running' AND j.generation = ? ORDER BY j.seq""",
@@ -366,7 +368,7 @@ class Ledger:
 
     def pending_page(self, after_seq: int, limit: int = PAGE_SIZE) -> list[tuple[int, PendingJob]]:
         """The next ``limit`` jobs waiting for a run, after manifest position ``after_seq``."""
-        rows = self._db.execute(
+        rows = self._query(
             """SELECT seq, job_id, spec_json, metadata_json, attempts FROM jobs
                WHERE generation = ? AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?""",
             (self.generation, after_seq, limit),
@@ -392,11 +394,11 @@ class Ledger:
         """Committed before the create request is sent."""
         now = time.time()
         with self._transaction():
-            attempt_id = self._db.execute(
+            attempt_id = self._query(
                 "INSERT INTO attempts (job_id, spec_hash, status, started_at) VALUES (?, ?, 'creating', ?)",
                 (job.job_id, job.spec_hash(), now),
             ).lastrowid
-            self._db.execute(
+            self._query(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ? WHERE job_id = ?",
                 (now, job.job_id),
             )
@@ -415,8 +417,8 @@ class Ledger:
     def not_created(self, attempt_id: int, job_id: str) -> None:
         """The create certainly made no run (refused before it was made): forget the attempt."""
         with self._transaction():
-            self._db.execute("DELETE FROM attempts WHERE attempt_id = ?", (attempt_id,))
-            self._db.execute(
+            self._query("DELETE FROM attempts WHERE attempt_id = ?", (attempt_id,))
+            self._query(
                 "UPDATE jobs SET state = 'pending', attempts = max(0, attempts - 1) WHERE job_id = ?",
                 (job_id,),
             )
@@ -425,11 +427,11 @@ class Ledger:
         """An attempt ended without outputs: ``unknown``, ``failed`` or ``rejected``."""
         now = time.time()
         with self._transaction():
-            self._db.execute(
+            self._query(
                 "UPDATE attempts SET status = ?, error = ?, finished_at = ? WHERE attempt_id = ?",
                 (status, error, now, attempt_id),
             )
-            self._db.execute(
+            self._query(
                 "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE job_id = ?",
                 ("failed" if job_failed else "pending", error, now, job_id),
             )
@@ -444,17 +446,17 @@ class Ledger:
     def job_succeeded(self, attempt_id: int, job_id: str, outputs: list[SavedOutput]) -> None:
         now = time.time()
         with self._transaction():
-            self._db.execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))
-            self._db.executemany(
+            self._query("DELETE FROM outputs WHERE job_id = ?", (job_id,))
+            self._query_many(
                 "INSERT INTO outputs (job_id, n, attempt_id, path, bytes, sha256, content_type, saved_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(job_id, o.n, attempt_id, o.path, o.bytes, o.sha256, o.content_type, now) for o in outputs],
             )
-            self._db.execute(
+            self._query(
                 "UPDATE attempts SET status = 'succeeded', finished_at = ? WHERE attempt_id = ?",
                 (now, attempt_id),
             )
-            self._db.execute(
+            self._query(
                 "UPDATE jobs SET state = 'succeeded', error = NULL, updated_at = ? WHERE job_id = ?",
                 (now, job_id),
             )
@@ -477,7 +479,7 @@ class Ledger:
     def counts(self) -> dict[str, int]:
         """Jobs of the current manifest by state."""
         counts = dict.fromkeys(("pending", "running", "succeeded", "failed"), 0)
-        for state, n in self._db.execute(
+        for state, n in self._query(
             "SELECT state, count(*) FROM jobs WHERE generation = ? GROUP BY state", (self.generation,)
         ):
             counts[state] = n
@@ -485,7 +487,7 @@ class Ledger:
 
     def attempt_counts(self) -> dict[str, int]:
         """Attempts of the current manifest's jobs by status (all sessions)."""
-        rows = self._db.execute(
+        rows = self._query(
             """SELECT a.status, count(*) FROM attempts a JOIN jobs j ON j.job_id = a.job_id
                WHERE j.generation = ? GROUP BY a.status""",
             (self.generation,),
@@ -493,14 +495,14 @@ class Ledger:
         return dict(rows.fetchall())
 
     def recent_errors(self, limit: int = 5) -> list[tuple[str, str]]:
-        return self._db.execute(
+        return self._query(
             """SELECT job_id, error FROM jobs WHERE generation = ? AND error IS NOT NULL
                ORDER BY updated_at DESC LIMIT ?""",
             (self.generation, limit),
         ).fetchall()
 
     def last_session(self) -> dict[str, Any] | None:
-        row = self._db.execute(
+        row = self._query(
             "SELECT session_id, manifest, started_at, finished_at, outcome FROM sessions "
             "ORDER BY session_id DESC LIMIT 1"
         ).fetchone()
@@ -512,7 +514,7 @@ class Ledger:
         """One record per job of the current manifest, in manifest order, read in pages."""
         generation, after = self.generation, -1
         while True:
-            rows = self._db.execute(
+            rows = self._query(
                 """SELECT j.seq, j.job_id, j.state, j.spec_json, j.metadata_json, j.attempts, j.error,
                      (SELECT run_id FROM attempts a WHERE a.job_id = j.job_id AND a.run_id IS NOT NULL
                       ORDER BY a.attempt_id DESC LIMIT 1),
@@ -542,11 +544,11 @@ class Ledger:
     # -- meta ------------------------------------------------------------------
 
     def _meta(self, key: str, default: str) -> str:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self._query("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
 
     def _set_meta(self, key: str, value: str) -> None:
-        self._db.execute(
+        self._query(
             "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
@@ -581,21 +583,9 @@ class _Transaction:
 
 
 def _job_row(job: JobSpec, seq: int, generation: int, now: float) -> tuple[Any, ...]:
-    spec_json = json.dumps({"model": job.model, "input": job.api_input()}, ensure_ascii=False, sort_keys=True)
-    metadata_json = json.dumps(job.metadata, ensure_ascii=False, default=str)
+    spec_json, metadata_json = job.to_record()
     return (job.job_id, seq, generation, spec_json, job.spec_hash(), metadata_json, now)
 
 
 def _pending(job_id: str, spec_json: str, metadata_json: str, attempts: int) -> PendingJob:
-    spec = json.loads(spec_json)
-    given = spec["input"]
-    job = JobSpec(
-        job_id=job_id,
-        prompt=given["prompt"],
-        model=spec["model"],
-        aspect_ratio=given.get("aspect_ratio"),
-        quality=given.get("quality"),
-        image_urls=tuple(given.get("image_urls", ())),
-        metadata=json.loads(metadata_json),
-    )
-    return PendingJob(spec=job, attempts=attempts)
+    return PendingJob(spec=JobSpec.from_record(job_id, spec_json, metadata_json), attempts=attempts)

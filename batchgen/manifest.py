@@ -65,6 +65,7 @@ from .models import (
     QUALITIES,
     SPEC_HASH_PREFIX,
     JobSpec,
+    image_input,
 )
 
 __all__ = ["iter_jobs", "load_jobs", "validate"]
@@ -222,17 +223,13 @@ def _check_job(
         return None
     if not build:
         return True
-    fields = (
-        checked["prompt"],
-        DEFAULT_MODEL,
-        checked.get("aspect_ratio"),
-        checked.get("quality"),
-        checked.get("image_urls", ()),
-        checked.get("metadata", metadata if metadata is not None else {}),
+    api_input = image_input(
+        checked["prompt"], checked.get("aspect_ratio"), checked.get("quality"), checked.get("image_urls", ())
     )
+    job_metadata = checked.get("metadata", metadata if metadata is not None else {})
     if job_id is None:
-        job_id = ids.generate(_generated_id_base(JobSpec("", *fields)), line)
-    return JobSpec(job_id, *fields)
+        job_id = ids.generate(_generated_id_base(JobSpec("", api_input)), line)
+    return JobSpec(job_id, api_input, DEFAULT_MODEL, job_metadata)
 
 
 class _Ids:

@@ -1,7 +1,13 @@
-"""Data only: job specs, run snapshots and the model's input schema. No I/O."""
+"""Data only: job specs, states, run snapshots and the model's input schema. No I/O.
+
+Types that more than one module passes around live here, so that modules depend
+on this one and not on each other (``outputs`` does not import ``ledger``,
+``progress`` does not import ``scheduler``).
+"""
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -10,8 +16,9 @@ from typing import Any
 DEFAULT_MODEL = "openai/gpt-image-1.5"
 ASPECT_RATIOS = ("1:1", "3:2", "2:3")
 QUALITIES = ("medium", "high")
-# The fields a job may set; anything else in a YAML/JSONL job is an error, in CSV it is metadata.
+# The input fields of DEFAULT_MODEL a job may set; in a CSV any other column is metadata.
 JOB_FIELDS = ("id", "prompt", "aspect_ratio", "quality", "image_urls")
+INPUT_FIELDS = ("prompt", "aspect_ratio", "quality", "image_urls")
 MAX_JOB_ID_LENGTH = 128
 MAX_PROMPT_LENGTH = 32_000
 
@@ -25,38 +32,114 @@ SUCCEEDED_STATUSES = frozenset({"succeeded"})
 FAILED_STATUSES = frozenset({"failed", "error", "canceled", "cancelled"})
 
 
+class JobState(enum.StrEnum):
+    """Where a job stands in the ledger."""
+
+    PENDING = "pending"  # waiting for a run (again)
+    RUNNING = "running"  # an attempt is open: being created or created and not finished
+    SUCCEEDED = "succeeded"  # its files are in the output folder
+    FAILED = "failed"  # failed for good (until retried)
+
+
+class AttemptStatus(enum.StrEnum):
+    """What became of one attempt at a run."""
+
+    CREATING = "creating"  # committed before the create request; on the wire until answered
+    RUNNING = "running"  # the create answered with a run id
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the run failed, vanished, or its outputs could not be saved
+    UNKNOWN = "unknown"  # the create was sent and its answer never came: a possible double charge
+    REJECTED = "rejected"  # the API refused the job's input (400): no run was made
+    SUPERSEDED = "superseded"  # the job's spec changed while the run was open
+
+
+OPEN_ATTEMPTS = (AttemptStatus.CREATING, AttemptStatus.RUNNING)
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
-    """One image to generate, as the manifest asks for it."""
+    """One image to generate, as the manifest asks for it.
+
+    ``input`` is the create request's ``input`` object exactly as it is sent.
+    ``sample`` numbers the copies a manifest asks for with ``count: N``: it is not
+    sent, but makes copies 2..N distinct jobs with distinct fingerprints, where
+    identical requests would otherwise be generated once. ``filename`` is the
+    output's name without extension, relative to the output folder (default: the
+    job id); changing it does not change what is generated.
+    """
 
     job_id: str
-    prompt: str
+    input: dict[str, Any]
     model: str = DEFAULT_MODEL
-    aspect_ratio: str | None = None
-    quality: str | None = None
-    image_urls: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    sample: int = 1
+    filename: str | None = None
 
-    def api_input(self) -> dict[str, Any]:
-        """The ``input`` object of the create request."""
-        body: dict[str, Any] = {"prompt": self.prompt}
-        if self.aspect_ratio is not None:
-            body["aspect_ratio"] = self.aspect_ratio
-        if self.quality is not None:
-            body["quality"] = self.quality
-        if self.image_urls:
-            body["image_urls"] = list(self.image_urls)
-        return body
+    @property
+    def prompt(self) -> str:
+        prompt = self.input.get("prompt")
+        return prompt if isinstance(prompt, str) else ""
+
+    @property
+    def stem(self) -> str:
+        """The output file name without extension, relative to the output folder."""
+        return self.filename or self.job_id
+
+    def request_body(self) -> dict[str, Any]:
+        """The create request's JSON body."""
+        return {"model": self.model, "input": self.input}
 
     def spec_hash(self) -> str:
-        """A stable fingerprint of what the API is asked for; metadata is not part of it."""
-        return spec_hash(self.model, self.api_input())
+        """A stable fingerprint of what the API is asked for; metadata and file name are not part of it."""
+        return spec_hash(self.model, self.input, self.sample)
+
+    def to_record(self) -> tuple[str, str]:
+        """``(spec_json, metadata_json)``, as the ledger stores the job."""
+        spec: dict[str, Any] = {"model": self.model, "input": self.input}
+        if self.sample != 1:
+            spec["sample"] = self.sample
+        if self.filename is not None:
+            spec["filename"] = self.filename
+        return (
+            json.dumps(spec, ensure_ascii=False, sort_keys=True),
+            json.dumps(self.metadata, ensure_ascii=False, default=str),
+        )
+
+    @classmethod
+    def from_record(cls, job_id: str, spec_json: str, metadata_json: str = "{}") -> JobSpec:
+        spec = json.loads(spec_json)
+        return cls(
+            job_id=job_id,
+            input=spec["input"],
+            model=spec["model"],
+            metadata=json.loads(metadata_json),
+            sample=spec.get("sample", 1),
+            filename=spec.get("filename"),
+        )
 
 
-def spec_hash(model: str, api_input: dict[str, Any]) -> str:
-    canonical = json.dumps(
-        {"model": model, "input": api_input}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+def image_input(
+    prompt: str,
+    aspect_ratio: str | None = None,
+    quality: str | None = None,
+    image_urls: tuple[str, ...] | list[str] = (),
+) -> dict[str, Any]:
+    """The ``input`` object of DEFAULT_MODEL, leaving out what is not set."""
+    body: dict[str, Any] = {"prompt": prompt}
+    if aspect_ratio is not None:
+        body["aspect_ratio"] = aspect_ratio
+    if quality is not None:
+        body["quality"] = quality
+    if image_urls:
+        body["image_urls"] = list(image_urls)
+    return body
+
+
+def spec_hash(model: str, api_input: dict[str, Any], sample: int = 1) -> str:
+    hashed: dict[str, Any] = {"model": model, "input": api_input}
+    if sample != 1:
+        hashed["sample"] = sample
+    canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return SPEC_HASH_PREFIX + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -80,3 +163,68 @@ class RunInfo:
     @property
     def finished(self) -> bool:
         return self.succeeded or self.failed
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJob:
+    """A job handed to the scheduler, with the attempts already made at its current spec."""
+
+    spec: JobSpec
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRun:
+    """A run created by an earlier session and not yet seen finished."""
+
+    attempt_id: int
+    run_id: str
+    created_at: float
+    job: PendingJob
+
+
+@dataclass(frozen=True, slots=True)
+class SavedOutput:
+    """One output file, complete on disk under ``path`` (relative to the output folder)."""
+
+    n: int
+    path: str
+    bytes: int
+    sha256: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class SyncSummary:
+    jobs: int
+    succeeded: int
+    failed: int
+    to_do: int
+
+
+class Outcome(enum.Enum):
+    """Why a batch ended."""
+
+    DONE = "done"
+    ACCOUNT = "stopped by the account"
+    UNAUTHORIZED = "unauthorized"
+    INTERRUPTED = "interrupted"
+    UNAVAILABLE = "the API kept failing"
+    ERROR = "error"
+
+
+@dataclass
+class BatchStats:
+    """What one session did; progress reads it while the batch runs."""
+
+    succeeded: int = 0
+    failed: int = 0
+    created: int = 0
+    unknown_creates: int = 0  # creates whose answer never came: possible double charges
+    rate_limited: int = 0
+    retries: int = 0  # transient failures retried (creates, polls, downloads)
+    failed_runs: int = 0  # runs that failed or vanished and were tried again or gave up
+    polls: int = 0
+    downloads: int = 0
+    url_refreshes: int = 0
+    in_flight: int = 0

@@ -19,7 +19,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .ledger import SavedOutput
+from .models import SavedOutput
 
 TEMP_PREFIX = ".batchgen-"
 TEMP_SUFFIX = ".part"

@@ -9,7 +9,7 @@ from typing import TextIO
 import anyio
 from tqdm import tqdm
 
-from .scheduler import BatchStats
+from .models import BatchStats
 
 LINE_INTERVAL = 10.0
 BAR_INTERVAL = 0.25

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,9 +22,10 @@ from .api import DEFAULT_BASE_URL, RunbaseClient, Timeouts, check_base_url
 from .errors import ApiError, BatchgenError, LedgerError, ManifestError, Unauthorized, UsageError
 from .ledger import Ledger
 from .manifest import iter_jobs
+from .models import BatchStats, Outcome
 from .outputs import remove_stale_partials
 from .progress import Progress
-from .scheduler import INTERRUPT_GRACE, BatchStats, Outcome, Scheduler
+from .scheduler import INTERRUPT_GRACE, Scheduler
 from .throttle import Throttle
 
 LEDGER_NAME = "batchgen.sqlite"
@@ -251,6 +251,46 @@ def _local_error(exc: BaseException, config: BatchConfig) -> str:
     return str(exc)
 
 
+# Why a batch ended → its exit code and what to tell the user. Messages may use {error} (what
+# stopped it) and {left} (jobs still to do); DONE's depends on the counts and is built below.
+_OUTCOMES: dict[Outcome, tuple[int, str]] = {
+    Outcome.DONE: (ExitCode.OK, ""),
+    Outcome.ACCOUNT: (
+        ExitCode.ACCOUNT,
+        "stopped by the account: {error}. Runs already created were collected; {left} job(s) wait. "
+        "Add credits or lift the cap, then run the same command again to finish.",
+    ),
+    Outcome.UNAUTHORIZED: (
+        ExitCode.UNAUTHORIZED,
+        "the API refused the key ({error}): check RUNBASE_API_KEY. "
+        "Nothing was lost; run the same command again once it is fixed.",
+    ),
+    Outcome.UNAVAILABLE: (
+        ExitCode.UNAVAILABLE,
+        "the API kept failing ({error}); stopped creating runs. {left} job(s) wait, runs already "
+        "created are recorded. Run the same command again later.",
+    ),
+    Outcome.INTERRUPTED: (
+        ExitCode.INTERRUPTED,
+        "interrupted; {left} job(s) wait. Run the same command again to finish.",
+    ),
+    Outcome.ERROR: (
+        ExitCode.LOCAL,
+        "stopped: {error}. Nothing recorded was lost; run the same command again once fixed.",
+    ),
+}
+
+
+def _done_message(failed: int, stats: BatchStats) -> tuple[int, str]:
+    if failed:
+        return ExitCode.JOBS_FAILED, (
+            f"{failed} job(s) failed for good; see `batchgen status`; `batchgen run --retry-failed` tries them again"
+        )
+    if stats.created == 0 and stats.downloads == 0:
+        return ExitCode.OK, "nothing to do: every job in the manifest has already succeeded"
+    return ExitCode.OK, "all jobs succeeded"
+
+
 def _result(
     outcome: Outcome,
     ledger: Ledger,
@@ -262,41 +302,14 @@ def _result(
     try:
         counts = ledger.counts()
         unknown = ledger.attempt_counts().get("unknown", 0)
-    except (LedgerError, sqlite3.Error):  # the ledger may be what failed; report without its counts
+    except LedgerError:  # the ledger may be what failed; report without its counts
         counts, unknown = {}, 0
     left = counts.get("pending", 0) + counts.get("running", 0)
-    failed = counts.get("failed", 0)
     if outcome is Outcome.DONE:
-        code = ExitCode.JOBS_FAILED if failed else ExitCode.OK
-        message = "all jobs succeeded" if not failed else f"{failed} job(s) failed for good; see `batchgen status`"
-        if not failed and stats.created == 0 and stats.downloads == 0:
-            message = "nothing to do: every job in the manifest has already succeeded"
-        if failed:
-            message += "; `batchgen run --retry-failed` tries them again"
-    elif outcome is Outcome.ACCOUNT:
-        code = ExitCode.ACCOUNT
-        message = (
-            f"stopped by the account: {error}. Runs already created were collected; {left} job(s) wait. "
-            "Add credits or lift the cap, then run the same command again to finish."
-        )
-    elif outcome is Outcome.UNAUTHORIZED:
-        code = ExitCode.UNAUTHORIZED
-        message = (
-            f"the API refused the key ({error}): check RUNBASE_API_KEY. "
-            "Nothing was lost; run the same command again once it is fixed."
-        )
-    elif outcome is Outcome.UNAVAILABLE:
-        code = ExitCode.UNAVAILABLE
-        message = (
-            f"the API kept failing ({error}); stopped creating runs. {left} job(s) wait, runs already "
-            "created are recorded. Run the same command again later."
-        )
-    elif outcome is Outcome.INTERRUPTED:
-        code = ExitCode.INTERRUPTED
-        message = f"interrupted; {left} job(s) wait. Run the same command again to finish."
+        code, message = _done_message(counts.get("failed", 0), stats)
     else:
-        code = ExitCode.LOCAL
-        message = f"stopped: {error}. Nothing recorded was lost; run the same command again once fixed."
+        code, template = _OUTCOMES[outcome]
+        message = template.format(error=error, left=left)
     return BatchResult(
         outcome=outcome,
         exit_code=code,

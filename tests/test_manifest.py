@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from batchgen import manifest
 from batchgen.errors import ManifestError, Problem
 from batchgen.manifest import iter_jobs, load_jobs, validate
-from batchgen.models import DEFAULT_MODEL, MAX_JOB_ID_LENGTH, MAX_PROMPT_LENGTH, JobSpec
+from batchgen.models import DEFAULT_MODEL, MAX_JOB_ID_LENGTH, MAX_PROMPT_LENGTH, JobSpec, image_input
 
 BAD_MANIFESTS = Path(__file__).parent / "bad_manifests"
 ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
@@ -76,12 +76,12 @@ def test_yaml_jobs_parse_with_defaults_overrides_and_metadata(tmp_path):
     jobs = load_jobs(write(tmp_path, "m.yaml", EXAMPLE_YAML))
     assert [job.job_id for job in jobs] == ["lamp-1", "shirt-2", "7"]
     lamp, shirt, mug = jobs
-    assert lamp == JobSpec("lamp-1", "A ceramic lamp", DEFAULT_MODEL, "3:2", "high")
+    assert lamp == JobSpec("lamp-1", image_input("A ceramic lamp", "3:2", "high"), DEFAULT_MODEL)
     assert lamp.metadata == {"catalogue": "spring", "sku": "L-1", "tags": ["a", "b"], "size": {"w": 3}}
-    assert shirt.prompt == "A linen shirt" and shirt.quality == "medium"
-    assert shirt.image_urls == ("https://example.com/shirt.jpg",)
+    assert shirt.prompt == "A linen shirt" and shirt.input["quality"] == "medium"
+    assert shirt.input["image_urls"] == ["https://example.com/shirt.jpg"]
     assert shirt.metadata == {"catalogue": "spring"}
-    assert mug.quality == "high"  # null means "not set", so the default applies
+    assert mug.input["quality"] == "high"  # null means "not set", so the default applies
     assert type(lamp.metadata) is dict
 
 
@@ -98,7 +98,7 @@ def test_yaml_numbers_in_text_fields_are_read_as_written(tmp_path):
     """Unquoted 3:2 / 1:1 (YAML 1.1 sexagesimal) and 0012 (octal) ids keep their written text."""
     text = "jobs:\n  - {id: 0012, prompt: a, aspect_ratio: 3:2}\n  - {id: 12, prompt: b, aspect_ratio: 1:1}\n"
     jobs = load_jobs(write(tmp_path, "m.yaml", text))
-    assert [(job.job_id, job.aspect_ratio) for job in jobs] == [("0012", "3:2"), ("12", "1:1")]
+    assert [(job.job_id, job.input["aspect_ratio"]) for job in jobs] == [("0012", "3:2"), ("12", "1:1")]
 
 
 def test_yaml_metadata_must_be_json_compatible(tmp_path):
@@ -221,10 +221,10 @@ def test_csv_rows_parse_with_metadata_in_column_order(tmp_path):
     )
     lamp, mug = load_jobs(write(tmp_path, "m.csv", text))
     assert lamp == JobSpec(
-        "lamp-1", "A lamp", DEFAULT_MODEL, "3:2", "high", ("https://e.com/a.jpg", "https://e.com/b.jpg")
+        "lamp-1", image_input("A lamp", "3:2", "high", ("https://e.com/a.jpg", "https://e.com/b.jpg")), DEFAULT_MODEL
     )
     assert list(lamp.metadata.items()) == [("sku", "L-1"), ("category", "lighting")]
-    assert (mug.aspect_ratio, mug.quality, mug.image_urls) == (None, None, ())
+    assert mug.input == {"prompt": "A mug"}
     assert mug.metadata == {"sku": "M-2", "category": ""}
 
 
@@ -232,7 +232,7 @@ def test_csv_image_urls_split_on_commas_whitespace_and_pipes(tmp_path):
     """Several URLs in one cell may be separated by commas, whitespace or '|'."""
     text = 'prompt,image_urls\na,"https://e.com/1, https://e.com/2 |https://e.com/3\nhttps://e.com/4"\n'
     (job,) = load_jobs(write(tmp_path, "m.csv", text))
-    assert job.image_urls == tuple(f"https://e.com/{n}" for n in range(1, 5))
+    assert job.input["image_urls"] == [f"https://e.com/{n}" for n in range(1, 5)]
 
 
 def test_csv_bom_crlf_multiline_and_unicode(tmp_path):
@@ -311,7 +311,7 @@ def test_jsonl_lines_parse_and_blank_lines_are_ignored(tmp_path):
     problem = only_problem(path)
     assert (problem.line, problem.field, problem.where_kind) == (4, "quality", "line")
     jobs = list(load_jobs(write(tmp_path, "ok.jsonl", text.rsplit("\n", 2)[0] + "\n")))
-    assert [(j.job_id, j.quality, j.metadata) for j in jobs] == [("a", None, {"k": 1}), ("5", "high", {})]
+    assert [(j.job_id, j.input.get("quality"), j.metadata) for j in jobs] == [("a", None, {"k": 1}), ("5", "high", {})]
 
 
 def test_jsonl_bad_lines_are_problems(tmp_path):
@@ -397,7 +397,7 @@ def test_image_urls_must_be_absolute_http_urls(tmp_path):
     problems = problems_of(BAD_MANIFESTS / "bad_image_urls.jsonl")
     assert [(p.line, p.field) for p in problems] == [(n, "image_urls") for n in range(1, 7)]
     ok = '{"prompt": "a", "image_urls": ["http://e.com/a.jpg", "HTTPS://[::1]:8080/b?c=d"]}\n'
-    assert load_jobs(write(tmp_path, "ok.jsonl", ok))[0].image_urls[1] == "HTTPS://[::1]:8080/b?c=d"
+    assert load_jobs(write(tmp_path, "ok.jsonl", ok))[0].input["image_urls"][1] == "HTTPS://[::1]:8080/b?c=d"
     bad = '{"prompt": "a", "image_urls": ["http://[::1/x", "http://e.com:99999/", "http://e.com/\\u0007"]}\n'
     assert only_problem(write(tmp_path, "bad.jsonl", bad)).message.count(";") == 2
 
@@ -449,7 +449,7 @@ def test_generated_ids_are_slug_plus_spec_hash(tmp_path):
     """A job without id gets '<first five words>-<10 hex of its spec hash>', defaults included."""
     text = 'defaults: {quality: high}\njobs:\n  - prompt: "  A Red, hand-made lamp: on oak desk, at dusk"\n'
     (job,) = load_jobs(write(tmp_path, "m.yaml", text))
-    expected = JobSpec("", "A Red, hand-made lamp: on oak desk, at dusk", quality="high")
+    expected = JobSpec("", image_input("A Red, hand-made lamp: on oak desk, at dusk", quality="high"))
     assert job.job_id == generated_id("a-red-handmade-lamp-on", expected)
 
 
@@ -457,8 +457,8 @@ def test_generated_ids_fall_back_to_job_and_cap_the_slug(tmp_path):
     """A prompt with no ASCII words gives slug 'job'; long words are cut to 40 characters."""
     lines = [json.dumps({"prompt": "日本語 🎨"}), json.dumps({"prompt": "x" * 60 + " y"})]
     first, second = load_jobs(write(tmp_path, "m.jsonl", "\n".join(lines)))
-    assert first.job_id == generated_id("job", JobSpec("", "日本語 🎨"))
-    assert second.job_id == generated_id("x" * 40, JobSpec("", "x" * 60 + " y"))
+    assert first.job_id == generated_id("job", JobSpec("", image_input("日本語 🎨")))
+    assert second.job_id == generated_id("x" * 40, JobSpec("", image_input("x" * 60 + " y")))
 
 
 def test_generated_ids_are_stable_and_the_same_in_every_format(tmp_path):
@@ -467,20 +467,20 @@ def test_generated_ids_are_stable_and_the_same_in_every_format(tmp_path):
     csv_path = write(tmp_path, "m.csv", "prompt,quality\nA lamp,high\n")
     jsonl_path = write(tmp_path, "m.jsonl", '{"prompt": "A lamp", "quality": "high"}\n')
     ids = {load_jobs(path)[0].job_id for path in (yaml_path, csv_path, jsonl_path, yaml_path)}
-    assert ids == {generated_id("a-lamp", JobSpec("", "A lamp", quality="high"))}
+    assert ids == {generated_id("a-lamp", JobSpec("", image_input("A lamp", quality="high")))}
 
 
 def test_identical_jobs_get_numbered_suffixes(tmp_path):
     """The second and third identical id-less jobs get '-2' and '-3', in manifest order."""
     jobs = load_jobs(write(tmp_path, "m.csv", "prompt\nA lamp\nA mug\nA lamp\nA lamp\n"))
-    base = generated_id("a-lamp", JobSpec("", "A lamp"))
+    base = generated_id("a-lamp", JobSpec("", image_input("A lamp")))
     assert [job.job_id for job in jobs] == [base, jobs[1].job_id, f"{base}-2", f"{base}-3"]
 
 
 @pytest.mark.parametrize("explicit_first", [True, False])
 def test_generated_ids_avoid_explicit_ids_anywhere_in_the_file(tmp_path, explicit_first):
     """A generated id that an explicit id (before or after it, any case) already uses gets a suffix."""
-    base = generated_id("a-lamp", JobSpec("", "A lamp"))
+    base = generated_id("a-lamp", JobSpec("", image_input("A lamp")))
     rows = [f"{base.upper()},Another lamp", f"{base}-2,Yet another lamp", ",A lamp"]
     if not explicit_first:
         rows.reverse()
@@ -621,7 +621,7 @@ def test_example_manifests_are_valid():
     examples = Path(__file__).parent.parent / "manifests"
     assert len(load_jobs(examples / "example.yaml")) == 8
     csv_jobs = load_jobs(examples / "example.csv")
-    assert len(csv_jobs) == 6 and any(len(job.image_urls) == 2 for job in csv_jobs)
+    assert len(csv_jobs) == 6 and any(len(job.input.get("image_urls", ())) == 2 for job in csv_jobs)
     assert any("\n" in job.prompt for job in csv_jobs)
 
 

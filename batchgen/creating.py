@@ -1,0 +1,175 @@
+"""Creating one run for one job: the create state machine.
+
+    wait for the pace ─▶ attempt committed ─▶ POST /runs ─┬─ run id ─▶ committed ─▶ CREATED
+          ▲                                               ├─ 429 ─▶ attempt forgotten, pause, again
+          │                                               ├─ 5xx / reset ─▶ backoff, again (bounded)
+          └───────────────────────────────────────────────┤   lost answer ─▶ 'unknown', next attempt
+                                                          ├─ 400 ─▶ job FAILED ('rejected')
+                                                          └─ 401/402/403 ─▶ STOP the batch
+
+The attempt row is durable before the request leaves, and only while the request
+is on the wire is it ``creating``: a 429 or a refused connection certainly made
+no run, so that attempt is forgotten rather than left to count as a possible
+double charge. ``Creator`` holds what all creates share (the gentle start, the
+streak of failures that says the API is down); ``create()`` returns what became
+of the job and leaves slots and queues to the scheduler.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+from .api import RunbaseClient
+from .errors import AccountError, ApiError, JobError, RateLimited, TransientError, Unauthorized
+from .ledger import Ledger
+from .models import AttemptStatus, BatchStats, JobSpec, PendingJob
+from .throttle import GentleStart, Throttle, backoff
+
+MAX_CREATE_TRIES = 6  # transient failures of one create before the job fails
+# Creates failing in a row across the whole batch, with no success between them, that
+# mean the API itself is down rather than one job's input upsetting it.
+API_DOWN_STREAK = 2 * MAX_CREATE_TRIES
+
+
+class Result(enum.Enum):
+    CREATED = "created"  # a run exists and its id is recorded: poll it
+    FAILED = "failed"  # the job failed for good; recorded
+    REQUEUE = "requeue"  # not this job's fault and no create has worked yet: let another job try
+    DROPPED = "dropped"  # the batch is stopping: the job stays pending
+    UNAUTHORIZED = "unauthorized"  # 401: end the batch now
+    ACCOUNT = "account"  # 402/403: stop creating, collect what is in flight
+    API_DOWN = "api down"  # creates fail everywhere: stop, every job stays pending
+
+
+@dataclass
+class CreateOutcome:
+    result: Result
+    job: PendingJob  # with the attempts made so far
+    attempt_id: int | None = None  # CREATED: the attempt that owns the run
+    run_id: str | None = None
+    error: ApiError | None = None  # UNAUTHORIZED, ACCOUNT, API_DOWN
+
+
+class Creator:
+    def __init__(
+        self,
+        *,
+        client: RunbaseClient,
+        ledger: Ledger,
+        throttle: Throttle,
+        stats: BatchStats,
+        max_attempts: int,
+        stopping: Callable[[], bool],
+        backoff_base: float = 0.5,
+    ):
+        self.client = client
+        self.ledger = ledger
+        self.throttle = throttle
+        self.stats = stats
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.gate = GentleStart()
+        self.on_the_wire = 0  # create requests sent and not yet answered
+        self._stopping = stopping
+        self._failure_streak = 0  # transient create failures since the last success
+
+    async def create(self, job: PendingJob) -> CreateOutcome:
+        """Create a run for ``job``; see the module docstring for what can become of it."""
+        spec, attempts = job.spec, job.attempts
+        failures = 0
+        # Until one create has succeeded, a job keeps the gate through all its tries.
+        async with self.gate.admit():
+            while True:
+                await self.throttle.wait_create()
+                if self._stopping():
+                    return CreateOutcome(Result.DROPPED, PendingJob(spec, attempts))
+                sent = _Attempt(self, spec)
+                try:
+                    info = await self.client.create_run(spec, before_send=sent.begin)
+                except RateLimited as exc:
+                    sent.forget()
+                    self.stats.rate_limited += 1
+                    self.throttle.rate_limited(exc.retry_after, create=True)
+                    continue
+                except TransientError as exc:
+                    failures += 1
+                    self._failure_streak += 1
+                    if exc.maybe_created and sent.attempt_id is not None:
+                        attempts += 1
+                        self.stats.unknown_creates += 1
+                        give_up = attempts >= self.max_attempts
+                        error = f"the create was sent but its answer lost; the run may exist: {exc.message}"
+                        sent.end(AttemptStatus.UNKNOWN, error, job_failed=give_up)
+                        if give_up:
+                            return CreateOutcome(Result.FAILED, PendingJob(spec, attempts))
+                    else:
+                        sent.forget()
+                        if failures >= MAX_CREATE_TRIES:
+                            if self._failure_streak >= API_DOWN_STREAK:
+                                # Not this job's fault: stop the batch, the job stays pending.
+                                return CreateOutcome(Result.API_DOWN, PendingJob(spec, attempts), error=exc)
+                            if not self.gate.is_open:
+                                # No create has worked yet: let another job try before blaming this one.
+                                return CreateOutcome(Result.REQUEUE, PendingJob(spec, attempts))
+                            self.ledger.job_failed(spec.job_id, f"create kept failing: {exc.message}")
+                            return CreateOutcome(Result.FAILED, PendingJob(spec, attempts))
+                    self.stats.retries += 1
+                    await anyio.sleep(backoff(failures, base=self.backoff_base))
+                    continue
+                except Unauthorized as exc:
+                    sent.forget()
+                    return CreateOutcome(Result.UNAUTHORIZED, PendingJob(spec, attempts), error=exc)
+                except AccountError as exc:
+                    sent.forget()
+                    return CreateOutcome(Result.ACCOUNT, PendingJob(spec, attempts), error=exc)
+                except JobError as exc:  # 400: the API refuses this job's input
+                    attempts += 1
+                    sent.end(AttemptStatus.REJECTED, exc.message, job_failed=True)
+                    return CreateOutcome(Result.FAILED, PendingJob(spec, attempts))
+                finally:
+                    sent.answered()
+                # No await between the answer and this commit: the run id cannot be lost.
+                attempt_id = sent.created(info.run_id)
+                attempts += 1
+                self.gate.open()
+                self._failure_streak = 0
+                self.throttle.accepted(create=True)
+                self.stats.created += 1
+                return CreateOutcome(Result.CREATED, PendingJob(spec, attempts), attempt_id, info.run_id)
+
+
+class _Attempt:
+    """One create request's attempt row: begun just before the request leaves, then
+    ended one way or another. Left 'creating' only if the task is cancelled while
+    the request may be on the wire; the next run records it as unknown."""
+
+    def __init__(self, creator: Creator, spec: JobSpec):
+        self._creator = creator
+        self._spec = spec
+        self.attempt_id: int | None = None
+
+    async def begin(self) -> None:
+        self.attempt_id = self._creator.ledger.begin_attempt(self._spec)
+        self._creator.on_the_wire += 1
+
+    def answered(self) -> None:
+        if self.attempt_id is not None:
+            self._creator.on_the_wire -= 1
+
+    def forget(self) -> None:
+        """The create certainly made no run."""
+        if self.attempt_id is not None:
+            self._creator.ledger.not_created(self.attempt_id, self._spec.job_id)
+
+    def end(self, status: AttemptStatus, error: str, *, job_failed: bool) -> None:
+        assert self.attempt_id is not None
+        self._creator.ledger.attempt_ended(self.attempt_id, self._spec.job_id, status, error, job_failed=job_failed)
+
+    def created(self, run_id: str) -> int:
+        assert self.attempt_id is not None
+        self._creator.ledger.run_created(self.attempt_id, run_id)
+        return self.attempt_id
