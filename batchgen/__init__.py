@@ -29,40 +29,31 @@ _EXPORTS = {
     "run_batch": "runner",
     "run_batch_async": "runner",
 }
-__all__ = [
-    "AccountError",
-    "ApiError",
-    "BatchConfig",
-    "BatchResult",
-    "BatchgenError",
-    "ExitCode",
-    "JobSpec",
-    "LedgerBusy",
-    "LedgerError",
-    "ManifestError",
-    "OutputError",
-    "Problem",
-    "RunInfo",
-    "UsageError",
-    "__version__",
-    "run_batch",
-    "run_batch_async",
-]
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # what type checkers and editors see; tests/test_package.py keeps it equal to _EXPORTS
     from .errors import (
-        AccountError,
-        ApiError,
-        BatchgenError,
-        LedgerBusy,
-        LedgerError,
-        ManifestError,
-        OutputError,
-        Problem,
-        UsageError,
+        AccountError as AccountError,
+        ApiError as ApiError,
+        BatchgenError as BatchgenError,
+        LedgerBusy as LedgerBusy,
+        LedgerError as LedgerError,
+        ManifestError as ManifestError,
+        OutputError as OutputError,
+        Problem as Problem,
+        UsageError as UsageError,
     )
-    from .models import JobSpec, RunInfo
-    from .runner import BatchConfig, BatchResult, ExitCode, run_batch, run_batch_async
+    from .models import (
+        JobSpec as JobSpec,
+        RunInfo as RunInfo,
+    )
+    from .runner import (
+        BatchConfig as BatchConfig,
+        BatchResult as BatchResult,
+        ExitCode as ExitCode,
+        run_batch as run_batch,
+        run_batch_async as run_batch_async,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -216,7 +216,7 @@ class Ledger:
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
-    def _query_many(self, sql: str, rows: Iterable[Iterable[Any]]) -> sqlite3.Cursor:
+    def _query_many(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> sqlite3.Cursor:
         try:
             return self._db.executemany(sql, rows)
         except sqlite3.Error as exc:

@@ -29,7 +29,7 @@ Sleep = Callable[[float], Awaitable[None]]
 def backoff(attempt: int, *, base: float = 0.5, cap: float = 60.0, rng: Callable[[], float] = random.random) -> float:
     """Delay before retry number ``attempt`` (1-based): base·2^(n-1), capped, with equal jitter."""
     ceiling = min(cap, base * 2 ** max(0, attempt - 1))
-    return ceiling / 2 + rng() * ceiling / 2
+    return float(ceiling / 2 + rng() * ceiling / 2)
 
 
 class Throttle:

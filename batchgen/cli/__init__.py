@@ -1,0 +1,98 @@
+"""The command line: parse arguments, call the library, print, map outcomes to exit codes.
+
+Nothing here that a Python caller could not do with ``batchgen.run_batch``,
+``batchgen.manifest`` and ``batchgen.ledger``. Each command lives in a module of
+this package that adds its own parser (``add_parser``) and handler; this module
+only builds the parser and turns what escapes a handler into an exit code.
+Heavy modules (httpx, anyio, the runner) are imported by handlers, so that
+``--help`` and signal handling are in place at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .. import __version__
+
+LEDGER_NAME = "batchgen.sqlite"  # runner.LEDGER_NAME; repeated so --help needs no heavy import
+EXIT_USAGE, EXIT_LOCAL, EXIT_INTERRUPTED = 2, 5, 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    # SIGTERM before the run installs its own handling (while modules load, while the
+    # manifest is read) ends the command like Ctrl-C: exit 130, every transaction rolled back.
+    try:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            return _main(argv)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    except KeyboardInterrupt:  # a signal landing outside _main's own handling
+        print("batchgen: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ..errors import BatchgenError
+
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("batchgen: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `batchgen export | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except BatchgenError as exc:
+        print(f"batchgen: error: {exc}", file=sys.stderr)
+        return EXIT_LOCAL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import inspect, run, simulate
+
+    parser = argparse.ArgumentParser(
+        prog="batchgen",
+        description="Generate a folder of images from a manifest of prompts through the Runbase API.",
+    )
+    parser.add_argument("--version", action="version", version=f"batchgen {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run.add_parsers(commands)
+    inspect.add_parsers(commands)
+    simulate.add_parsers(commands)
+    return parser
+
+
+def add_location(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", type=Path, default=Path("output"), help="output folder (default output/)")
+    parser.add_argument("--ledger", type=Path, help=f"ledger file (default OUTPUT/{LEDGER_NAME})")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value

@@ -1,0 +1,107 @@
+"""``batchgen run`` and ``batchgen validate``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import EXIT_USAGE, add_location, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from ..runner import BatchResult
+
+
+def add_parsers(commands: Any) -> None:
+    run = commands.add_parser("run", help="generate every job of a manifest (run again to resume)")
+    run.add_argument("manifest", type=Path, help="YAML, CSV or JSONL manifest")
+    add_location(run)
+    run.add_argument("--concurrency", type=positive_int, default=8, help="runs in flight at most (default 8)")
+    run.add_argument("--rate", type=positive_float, help="run creations per second at most, if you know your limit")
+    run.add_argument("--max-attempts", type=positive_int, default=3, help="runs tried per job (default 3)")
+    run.add_argument("--retry-failed", action="store_true", help="try jobs that failed for good again")
+    run.add_argument("--simulate", action="store_true", help="use the built-in simulator: no key, no network")
+    run.add_argument("--base-url", help="API base URL (default: $RUNBASE_BASE_URL or https://runbase.net/api/v1)")
+    run.add_argument("--timeout", type=positive_float, default=30.0, help="seconds to wait for an API answer")
+    run.add_argument(
+        "--run-timeout",
+        type=positive_float,
+        default=900.0,
+        help="seconds before an unfinished run is tried again",
+    )
+    run.add_argument("--max-download-mb", type=positive_float, default=100.0, help="size cap per output file")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar or status lines")
+    run.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto", help=argparse.SUPPRESS)
+    run.set_defaults(handler=_run)
+
+    check = commands.add_parser("validate", help="check a manifest without sending anything")
+    check.add_argument("manifest", type=Path)
+    check.set_defaults(handler=_validate)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..runner import run_batch
+
+    result = run_batch(
+        args.manifest,
+        output_dir=args.output,
+        ledger_path=args.ledger,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        max_attempts=args.max_attempts,
+        retry_failed=args.retry_failed,
+        simulate=args.simulate,
+        base_url=args.base_url,
+        timeout=args.timeout,
+        run_timeout=args.run_timeout,
+        max_download_bytes=int(args.max_download_mb * 1024 * 1024),
+        progress="none" if args.no_progress else args.progress,
+        handle_signals=True,
+    )
+    _print_summary(result)
+    return result.exit_code
+
+
+def _print_summary(result: BatchResult) -> None:
+    from ..runner import ExitCode
+
+    out = sys.stderr
+    if result.counts:
+        c, s = result.counts, result.stats
+        print(
+            f"batchgen: {c.get('succeeded', 0)} succeeded, {c.get('failed', 0)} failed, "
+            f"{c.get('pending', 0) + c.get('running', 0)} pending — this run: {s.created} runs created, "
+            f"{s.downloads} files saved, {s.retries} retries, {s.rate_limited} rate-limited, "
+            f"{s.failed_runs} failed runs, in {result.elapsed:.1f} s",
+            file=out,
+        )
+        if result.unknown_creates_total:
+            print(
+                f"batchgen: {result.unknown_creates_total} create(s) never answered (may have been charged "
+                "without a result); see `batchgen status`",
+                file=out,
+            )
+        if result.output_dir is not None and c.get("succeeded"):
+            print(f"batchgen: images in {result.output_dir}/", file=out)
+    # "error" for what the user must fix; a batch that stopped for a reason is not an error.
+    is_error = result.exit_code in (ExitCode.USAGE, ExitCode.UNAUTHORIZED, ExitCode.LOCAL)
+    print(("batchgen: error: " if is_error else "batchgen: ") + result.message, file=out)
+
+
+# -- validate ------------------------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ..errors import ManifestError
+    from ..manifest import validate
+
+    try:
+        count = validate(args.manifest)
+    except ManifestError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"batchgen: {len(exc.problems)} problem(s) in {args.manifest}; nothing was sent", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{args.manifest}: {count} job{'s' if count != 1 else ''}, valid")
+    return 0
