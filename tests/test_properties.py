@@ -10,8 +10,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from batchgen import ExitCode, ManifestError, run_batch
 from batchgen.ledger import Ledger
