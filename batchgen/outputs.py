@@ -5,9 +5,15 @@ A file under its final name is always complete: bytes stream into a hidden
 only once the whole body has arrived (and its declared length matched). A
 crash leaves at most a ``.part`` file, which the next run removes.
 
-Every name is built here from a job id that the manifest already limited to
-letters, digits, ``.``, ``_`` and ``-``; ``output_path`` checks again, so no
-name built from manifest data can point outside the output folder.
+Every name is built here from a job's stem: its id, which the manifest already
+limited to letters, digits, ``.``, ``_`` and ``-``, or a ``filename:`` made of
+such segments joined by ``/``. ``output_path`` checks again, so no name built
+from manifest data can point outside the output folder.
+
+Names are unique by construction: a run's first output is ``<stem>.<ext>`` and
+any further ones ``<stem>~<n>.<ext>``; ``~`` cannot appear in a stem, so job
+``lamp``'s second image can never be job ``lamp-2``'s file, however many images
+the API chooses to return.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ EXTENSIONS = {
     "image/gif": "gif",
     "image/avif": "avif",
 }
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
+_SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._~-]{0,199}")
 
 
 class UnsafeName(ValueError):
@@ -48,18 +54,26 @@ def extension_for(content_type: str, url: str) -> str:
     return "bin"
 
 
-def output_name(job_id: str, n: int, total: int, extension: str) -> str:
-    """``<job_id>.<ext>``, or ``<job_id>-<n>.<ext>`` (n from 1) when a run returned several."""
-    stem = job_id if total == 1 else f"{job_id}-{n + 1}"
-    return f"{stem}.{extension}"
+def output_name(stem: str, n: int, extension: str) -> str:
+    """``<stem>.<ext>`` for a run's first output (n = 0), ``<stem>~<n+1>.<ext>`` for the others."""
+    return f"{stem}.{extension}" if n == 0 else f"{stem}~{n + 1}.{extension}"
 
 
 def output_path(output_dir: Path, name: str) -> Path:
-    """``output_dir / name``, refusing anything that is not a plain file name inside it."""
-    if not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+    """``output_dir / name``, refusing anything that could leave the folder.
+
+    ``name`` is relative, made of ``/``-separated segments that are each a plain
+    file name (no ``..``, no leading dot, no NUL, no backslash).
+    """
+    segments = name.split("/")
+    if (
+        len(name) > 1024
+        or len(segments) > 16
+        or not all(_SAFE_SEGMENT.fullmatch(segment) and segment not in (".", "..") for segment in segments)
+    ):
         raise UnsafeName(f"refusing unsafe output file name {name!r}")
-    path = output_dir / name
-    if path.parent != output_dir:
+    path = output_dir.joinpath(*segments)
+    if output_dir not in path.parents:
         raise UnsafeName(f"refusing unsafe output file name {name!r}")
     return path
 
@@ -84,6 +98,8 @@ class PartialFile:
     def commit(self, name: str, n: int, content_type: str) -> SavedOutput:
         final = output_path(self.output_dir, name)
         self._file.close()
+        if final.parent != self.output_dir:
+            _make_folders(self.output_dir, final.parent)
         os.replace(self.temp_path, final)
         return SavedOutput(n=n, path=name, bytes=self.size, sha256=self._sha256.hexdigest(), content_type=content_type)
 
@@ -112,3 +128,15 @@ def remove_stale_partials(output_dir: Path) -> int:
         except FileNotFoundError:
             pass
     return removed
+
+
+def _make_folders(output_dir: Path, folder: Path) -> None:
+    """Create ``folder`` inside ``output_dir`` one level at a time, refusing to pass through a symlink."""
+    current = output_dir
+    for part in folder.relative_to(output_dir).parts:
+        current = current / part
+        try:
+            current.mkdir()
+        except FileExistsError:
+            if current.is_symlink() or not current.is_dir():
+                raise UnsafeName(f"refusing to write through {current}: not a plain folder") from None

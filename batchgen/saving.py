@@ -56,7 +56,7 @@ class OutputSaver:
         n = tries = 0
         while n < len(urls):
             try:
-                saved.append(await self._download(spec, urls[n], n, len(urls)))
+                saved.append(await self._download(spec, urls[n], n))
                 n, tries = n + 1, 0
             except DownloadRefused as exc:
                 # Signed URLs expire: ask the API for fresh ones once before giving up.
@@ -78,11 +78,11 @@ class OutputSaver:
                 raise SaveFailed(str(exc), retry=False) from exc
         return saved
 
-    async def _download(self, spec: JobSpec, url: str, n: int, total: int) -> SavedOutput:
+    async def _download(self, spec: JobSpec, url: str, n: int) -> SavedOutput:
         with PartialFile(self.output_dir, spec.job_id) as part:
             download = await self.client.download(url, part)
             self.stats.downloads += 1
-            name = output_name(spec.job_id, n, total, extension_for(download.content_type, url))
+            name = output_name(spec.stem, n, extension_for(download.content_type, url))
             return part.commit(name, n, download.content_type or "application/octet-stream")
 
     async def _refresh(self, run_id: str) -> RunInfo | None:

@@ -228,12 +228,14 @@ def test_redirects_are_followed_but_not_to_other_schemes(write_manifest, run, tm
     assert not list(result.output_dir.glob("*.png"))
 
 
-def test_several_outputs_per_run_are_numbered(write_manifest, run, tmp_path):
-    """A run returning several URLs gives job-1.png, job-2.png..."""
+def test_several_outputs_per_run_are_numbered_apart_from_other_jobs(write_manifest, run, tmp_path):
+    """A run returning several URLs gives lamp.png, lamp~2.png, lamp~3.png: never another job's name (lamp-2)."""
     sim = Simulator(SimConfig(latency=0.02, outputs_per_run=3))
-    result = run(write_manifest(jobs=[{"id": "lamp", "prompt": "a lamp"}]), sim)
+    jobs = [{"id": "lamp", "prompt": "a lamp"}, {"id": "lamp-2", "prompt": "another lamp"}]
+    result = run(write_manifest(jobs=jobs), sim)
     assert result.exit_code == ExitCode.OK
-    assert sorted(saved_files(tmp_path / "out")) == ["lamp-1.png", "lamp-2.png", "lamp-3.png"]
+    names = ["lamp.png", "lamp~2.png", "lamp~3.png", "lamp-2.png", "lamp-2~2.png", "lamp-2~3.png"]
+    assert sorted(saved_files(tmp_path / "out")) == sorted(names)
 
 
 def test_run_that_never_finishes_becomes_a_failed_attempt(write_manifest, run):

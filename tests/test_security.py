@@ -13,7 +13,7 @@ from batchgen import BatchConfig, ExitCode
 from batchgen.api import RunbaseClient
 from batchgen.errors import DownloadRefused
 from batchgen.ledger import Ledger
-from batchgen.outputs import UnsafeName, output_path
+from batchgen.outputs import PartialFile, UnsafeName, output_path
 from batchgen.simulator import SimConfig, Simulator
 
 from .conftest import API_KEY, BASE_URL
@@ -60,11 +60,33 @@ def test_non_http_output_url_is_refused():
             anyio.run(fetch, url)
 
 
-@pytest.mark.parametrize("name", ["../x.png", "/etc/passwd", "a/b.png", "", ".", "..", "x\x00.png", "a" * 300])
+@pytest.mark.parametrize(
+    "name",
+    ["../x.png", "/etc/passwd", "a/../../b.png", "a//b.png", "a/./b.png", "a\\b.png", "", ".", "..", "x\x00.png"]
+    + [".hidden.png", "a/.b.png", "a" * 300, "/".join(["a"] * 17)],
+)
 def test_output_names_cannot_leave_the_folder(tmp_path, name):
-    """A name with separators, dots-only, NUL or excessive length is refused."""
+    """A name with '..', an absolute path, empty or dot segments, NUL or excessive length is refused."""
     with pytest.raises(UnsafeName):
         output_path(tmp_path, name)
+
+
+def test_output_names_may_use_subfolders_inside_the_folder(tmp_path):
+    """A name of plain segments joined by '/' stays inside the output folder."""
+    assert output_path(tmp_path, "lighting/lamp-01.png") == tmp_path / "lighting" / "lamp-01.png"
+
+
+def test_a_symlinked_subfolder_is_not_written_through(tmp_path):
+    """A subfolder that is a symlink (pointing outside) is refused when a file is committed there."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cat").symlink_to(outside)
+    with PartialFile(out, "job") as part, pytest.raises(UnsafeName):
+        part.write(b"data")
+        part.commit("cat/job.png", 0, "image/png")
+    assert list(outside.iterdir()) == []
 
 
 def test_files_follow_the_umask_and_the_ledger_is_not_world_writable(write_manifest, run, tmp_path):
