@@ -8,7 +8,8 @@
                                                           └─ 401/402/403 ─▶ STOP the batch
 
 The attempt row is durable before the request leaves, and only while the request
-is on the wire is it ``creating``: a 429 or a refused connection certainly made
+is on the wire is it ``creating``; the run id is queued the moment the answer
+comes, and the scheduler waits for it to be durable before polling the run: a 429 or a refused connection certainly made
 no run, so that attempt is forgotten rather than left to count as a possible
 double charge. ``Creator`` holds what all creates share (the gentle start, the
 streak of failures that says the API is down); ``create()`` returns what became
@@ -18,7 +19,7 @@ of the job and leaves slots and queues to the scheduler.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -64,6 +65,7 @@ class Creator:
         stats: BatchStats,
         max_attempts: int,
         stopping: Callable[[], bool],
+        durable: Callable[[], Awaitable[None]],
         backoff_base: float = 0.5,
     ):
         self.client = client
@@ -75,6 +77,7 @@ class Creator:
         self.gate = GentleStart()
         self.on_the_wire = 0  # create requests sent and not yet answered
         self._stopping = stopping
+        self.durable = durable
         self._failure_streak = 0  # transient create failures since the last success
 
     async def create(self, job: PendingJob) -> CreateOutcome:
@@ -153,8 +156,11 @@ class _Attempt:
         self.attempt_id: int | None = None
 
     async def begin(self) -> None:
+        """Called with a connection slot in hand, just before the request leaves: the attempt
+        is committed first, and counts as on the wire from here."""
         self.attempt_id = self._creator.ledger.begin_attempt(self._spec)
         self._creator.on_the_wire += 1
+        await self._creator.durable()
 
     def answered(self) -> None:
         if self.attempt_id is not None:

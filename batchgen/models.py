@@ -210,6 +210,7 @@ class Outcome(enum.Enum):
     UNAUTHORIZED = "unauthorized"
     INTERRUPTED = "interrupted"
     UNAVAILABLE = "the API kept failing"
+    MANIFEST = "the manifest has errors"
     ERROR = "error"
 
 

@@ -17,7 +17,7 @@ BAR_INTERVAL = 0.25
 
 class Progress:
     def __init__(self, total: int, *, bar: bool, stream: TextIO):
-        self.total = total
+        self._total = total
         self.stream = stream
         self._started = time.monotonic()
         self._bar = tqdm(total=total, unit="job", file=stream, dynamic_ncols=True, smoothing=0.1) if bar else None
@@ -35,6 +35,16 @@ class Progress:
         while True:
             await anyio.sleep(interval)
             self.update(stats)
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @total.setter
+    def total(self, value: int) -> None:
+        self._total = value
+        if self._bar is not None:
+            self._bar.total = value
 
     def update(self, stats: BatchStats) -> None:
         done = stats.succeeded + stats.failed

@@ -7,10 +7,11 @@ program can do with ``batchgen.run_batch("catalogue.yaml", concurrency=16)``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,14 @@ import httpx
 
 from . import __version__
 from .api import DEFAULT_BASE_URL, RunbaseClient, Timeouts, check_base_url
-from .errors import ApiError, BatchgenError, LedgerError, ManifestError, Unauthorized, UsageError
+from .errors import ApiError, BatchgenError, LedgerError, ManifestError, OutputError, Unauthorized, UsageError
 from .ledger import Ledger
 from .manifest import iter_jobs
 from .models import BatchStats, Outcome
 from .outputs import remove_stale_partials
 from .progress import Progress
 from .scheduler import INTERRUPT_GRACE, Scheduler
+from .syncing import ManifestSync
 from .throttle import Throttle
 
 LEDGER_NAME = "batchgen.sqlite"
@@ -65,6 +67,7 @@ class BatchConfig:
     handle_signals: bool = False  # SIGINT/SIGTERM stop the batch cleanly (the CLI sets this)
     transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False, compare=False)
     simulator_options: dict[str, Any] = field(default_factory=dict, compare=False)
+    sync_head_start: float = 1.0  # seconds of manifest reading before the first create may go out
 
     def __post_init__(self) -> None:
         # Python callers pass strings as often as Paths.
@@ -102,14 +105,16 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
         config = _resolve(config)
         api_key = _api_key(config)
         if not config.manifest.is_file():
-            list(iter_jobs(config.manifest))  # reports why (missing, a folder...) without touching the ledger
+            list(iter_jobs(config.manifest))  # reports why (missing, a folder...) without touching anything
+        _check_output_dir(config.output_dir)
+        fresh_paths = _new_paths(config)
         ledger = Ledger(config.ledger_file)
     except Unauthorized as exc:
         return BatchResult(Outcome.UNAUTHORIZED, ExitCode.UNAUTHORIZED, str(exc))
     except UsageError as exc:
         return BatchResult(Outcome.ERROR, ExitCode.USAGE, str(exc))
     except ManifestError as exc:
-        return BatchResult(Outcome.ERROR, ExitCode.USAGE, _manifest_message(exc))
+        return BatchResult(Outcome.MANIFEST, ExitCode.USAGE, _manifest_message(exc))
     except BatchgenError as exc:
         return BatchResult(Outcome.ERROR, ExitCode.LOCAL, str(exc))
     with ledger:
@@ -117,31 +122,77 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
             ledger.lock_for_run()
             config.output_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_partials(config.output_dir)
-            summary = ledger.sync_manifest(
-                str(config.manifest),
-                iter_jobs(config.manifest),
-                output_dir=str(config.output_dir.resolve()),
-                retry_failed=config.retry_failed,
-                fingerprint=_fingerprint(config.manifest),
-            )
             ledger.recover()
+            sync = _start_sync(config, ledger)
         except ManifestError as exc:
-            return BatchResult(Outcome.ERROR, ExitCode.USAGE, _manifest_message(exc))
+            ledger.close()
+            _remove_new(fresh_paths)  # a rejected manifest leaves nothing behind
+            return BatchResult(Outcome.MANIFEST, ExitCode.USAGE, _manifest_message(exc))
         except (BatchgenError, OSError) as exc:
             return BatchResult(Outcome.ERROR, ExitCode.LOCAL, _local_error(exc, config))
-        if summary.to_do == 0:
+        if (sync is None or sync.done) and ledger.summary().to_do == 0:
             return _result(Outcome.DONE, ledger, BatchStats(), started, config)
         session = ledger.session_started(str(config.manifest))
-        scheduler, outcome = await _run_scheduler(config, ledger, api_key)
+        scheduler, outcome = await _run_scheduler(config, ledger, api_key, sync)
         result = _result(outcome, ledger, scheduler.stats, started, config, scheduler.error)
         try:
-            ledger.session_finished(session, result.outcome.value)
+            ledger.session_finished(session, result.outcome.value, result.exit_code, json.dumps(asdict(result.stats)))
+            ledger.flush()
         except LedgerError:
-            pass  # the ledger may be what failed (disk full); the result already says so
+            ledger.rollback()  # the ledger may be what failed (disk full); the result already says so
         return result
 
 
-async def _run_scheduler(config: BatchConfig, ledger: Ledger, api_key: str) -> tuple[Scheduler, Outcome]:
+def _check_output_dir(output_dir: Path) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError(f"--output {output_dir} is a file, not a folder: give the folder the images should go to")
+
+
+def _new_paths(config: BatchConfig) -> list[Path]:
+    """The ledger and the folders this invocation is about to create, deepest first."""
+    paths = [] if config.ledger_file.exists() else [config.ledger_file]
+    for start in (config.ledger_file.parent, config.output_dir):
+        folder = start.absolute()
+        while not folder.exists() and folder not in paths:
+            paths.append(folder)
+            folder = folder.parent
+    return sorted(paths, key=lambda path: len(path.parts), reverse=True)
+
+
+def _remove_new(paths: list[Path]) -> None:
+    """Remove what this invocation created: the ledger and its side files, then folders left empty."""
+    for path in paths:
+        if path.is_dir():
+            try:
+                path.rmdir()  # only if empty
+            except OSError:
+                pass
+        else:
+            for side in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.lock")):
+                side.unlink(missing_ok=True)
+
+
+def _start_sync(config: BatchConfig, ledger: Ledger) -> ManifestSync | None:
+    """Read the manifest into the ledger (None when it is unchanged since the last run); see syncing.py."""
+    output_dir = str(config.output_dir.resolve())
+    fingerprint = _fingerprint(config.manifest)
+    if not ledger.sync_needed(fingerprint, output_dir, retry_failed=config.retry_failed):
+        return None
+    sync = ManifestSync(
+        ledger,
+        iter_jobs(config.manifest),
+        manifest=str(config.manifest),
+        output_dir=output_dir,
+        fingerprint=fingerprint,
+        retry_failed=config.retry_failed,
+    )
+    sync.head(config.sync_head_start)
+    return sync
+
+
+async def _run_scheduler(
+    config: BatchConfig, ledger: Ledger, api_key: str, sync: ManifestSync | None
+) -> tuple[Scheduler, Outcome]:
     assert config.base_url is not None
     client = RunbaseClient(
         config.base_url,
@@ -161,19 +212,37 @@ async def _run_scheduler(config: BatchConfig, ledger: Ledger, api_key: str) -> t
             throttle=Throttle(config.rate, backoff_base=config.backoff_base),
             run_timeout=config.run_timeout,
             backoff_base=config.backoff_base,
+            reading_manifest=sync is not None and not sync.done,
         )
         counts = ledger.counts()
         progress = Progress.create(config.progress, total=counts["pending"] + counts["running"])
-        async with anyio.create_task_group() as tg:
-            if config.handle_signals:
-                tg.start_soon(_watch_signals, scheduler)
-            if progress is not None:
-                tg.start_soon(progress.run, scheduler.stats)
-            outcome = await scheduler.run(ledger.open_runs())
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                if config.handle_signals:
+                    tg.start_soon(_watch_signals, scheduler)
+                if progress is not None:
+                    tg.start_soon(progress.run, scheduler.stats)
+                if sync is not None and not sync.done:
+                    tg.start_soon(_read_rest, sync, scheduler, progress)
+                outcome = await scheduler.run(ledger.open_runs())
+                tg.cancel_scope.cancel()
+        finally:
+            ledger.flush()  # what the scheduler queued last (run ids of creates answered while stopping)
         if progress is not None:
             progress.close(scheduler.stats)
     return scheduler, outcome
+
+
+async def _read_rest(sync: ManifestSync, scheduler: Scheduler, progress: Progress | None) -> None:
+    """Go on reading a large manifest while the batch runs; a problem found stops the creating."""
+    await sync.rest(on_chunk=scheduler.more_jobs)
+    if sync.error is not None:
+        scheduler.manifest_rejected(sync.error)
+    else:
+        scheduler.manifest_read()
+    if progress is not None:
+        counts = sync.ledger.counts()
+        progress.total = counts["pending"] + counts["running"] + scheduler.stats.succeeded + scheduler.stats.failed
 
 
 async def _watch_signals(scheduler: Scheduler) -> None:
@@ -187,8 +256,13 @@ async def _watch_signals(scheduler: Scheduler) -> None:
         scheduler.force_finish()
 
 
-def _manifest_message(exc: ManifestError) -> str:
+def _manifest_message(exc: ManifestError, *, sent: bool = False) -> str:
     problems = "\n".join(f"  {p}" for p in exc.problems)
+    if sent:
+        return (
+            "the manifest has errors, found while its first jobs were already running; no more runs were "
+            f"created, the runs already paid for were collected. Fix these and run again:\n{problems}"
+        )
     return f"the manifest has errors; nothing was sent:\n{problems}"
 
 
@@ -274,6 +348,7 @@ _OUTCOMES: dict[Outcome, tuple[int, str]] = {
         ExitCode.INTERRUPTED,
         "interrupted; {left} job(s) wait. Run the same command again to finish.",
     ),
+    Outcome.MANIFEST: (ExitCode.USAGE, ""),
     Outcome.ERROR: (
         ExitCode.LOCAL,
         "stopped: {error}. Nothing recorded was lost; run the same command again once fixed.",
@@ -307,6 +382,8 @@ def _result(
     left = counts.get("pending", 0) + counts.get("running", 0)
     if outcome is Outcome.DONE:
         code, message = _done_message(counts.get("failed", 0), stats)
+    elif outcome is Outcome.MANIFEST and isinstance(error, ManifestError):
+        code, message = ExitCode.USAGE, _manifest_message(error, sent=True)
     else:
         code, template = _OUTCOMES[outcome]
         message = template.format(error=error, left=left)

@@ -37,6 +37,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .api import RunbaseClient
+from .committer import Committer
 from .creating import CreateOutcome, Creator, Result
 from .errors import AccountError, BatchgenError, OutputError, RateLimited, RunNotFound, TransientError, Unauthorized
 from .ledger import Ledger
@@ -52,6 +53,7 @@ INTERRUPT_GRACE = 3.0  # seconds creates already sent get to answer after Ctrl-C
 _PRECEDENCE = (
     Outcome.DONE,
     Outcome.ACCOUNT,
+    Outcome.MANIFEST,
     Outcome.UNAVAILABLE,
     Outcome.INTERRUPTED,
     Outcome.UNAUTHORIZED,
@@ -117,6 +119,7 @@ class Scheduler:
         run_timeout: float = 900.0,
         planner: PollPlanner | None = None,
         backoff_base: float = 0.5,
+        reading_manifest: bool = False,
     ):
         self.ledger = ledger
         self.client = client
@@ -127,6 +130,7 @@ class Scheduler:
         self.planner = planner or PollPlanner()
         self.backoff_base = backoff_base
         self.stats = BatchStats()
+        self.committer = Committer(ledger)
         self.stop = Stop.RUNNING
         self.outcome = Outcome.DONE
         self.error: BatchgenError | None = None
@@ -137,6 +141,7 @@ class Scheduler:
             stats=self.stats,
             max_attempts=max_attempts,
             stopping=lambda: self.stop is not Stop.RUNNING,
+            durable=self.committer.durable,
             backoff_base=backoff_base,
         )
         self.saver = OutputSaver(
@@ -146,6 +151,7 @@ class Scheduler:
         self._workers = max(1, min(concurrency, MAX_SUBMITTERS))
         self._savers = max(1, min(concurrency, MAX_SAVERS))
         self._clock = anyio.current_time
+        self._reading_manifest = reading_manifest  # more pending jobs may still arrive from the manifest
         self._active_jobs = 0  # handed out and not yet succeeded or failed for good
         self._creating = 0  # submitters inside a create (waiting for the pace, or on the wire)
         self._saving = 0
@@ -167,6 +173,7 @@ class Scheduler:
         async with save_send, save_receive, job_receive, anyio.create_task_group() as tg:
             for open_run in open_runs:
                 self._adopt(open_run)
+            tg.start_soon(self._guard, self.committer.run())
             tg.start_soon(self._guard, self._feed(job_send))
             for _ in range(self._workers):
                 tg.start_soon(self._guard, self._submit_loop(job_receive.clone()))
@@ -184,6 +191,19 @@ class Scheduler:
     def force_finish(self) -> None:
         """End now, even with creates still unanswered (they are recorded as unknown next run)."""
         self._end(Stop.FINISHED, Outcome.INTERRUPTED)
+
+    def more_jobs(self) -> None:
+        """The manifest reader committed another chunk of jobs."""
+        self._changed()
+
+    def manifest_read(self) -> None:
+        self._reading_manifest = False
+        self._changed()
+
+    def manifest_rejected(self, error: BatchgenError) -> None:
+        """The manifest turned out to have problems: create nothing more, collect what is paid for."""
+        self._reading_manifest = False
+        self._end(Stop.DRAINING, Outcome.MANIFEST, error)
 
     def _end(self, stop: Stop, outcome: Outcome, error: BatchgenError | None = None) -> None:
         """Move towards the end: the stop state only ever advances, the most serious reason wins."""
@@ -211,6 +231,7 @@ class Scheduler:
     def _changed(self) -> None:
         """Something moved: wake the feeder and poller, and see whether the batch is over."""
         self.stats.in_flight = len(self._in_flight)
+        self.committer.poke()
         self._changed_event.set()
         self._changed_event = anyio.Event()
         if self.stop is Stop.HALTING and self.creator.on_the_wire == 0:
@@ -231,14 +252,14 @@ class Scheduler:
                 if self._retry:
                     job = self._retry.popleft()
                 else:
-                    if not page and not exhausted:
+                    if not page and (not exhausted or self._reading_manifest):
                         rows = self.ledger.pending_page(after)
                         exhausted = not rows
                         if rows:
                             after = rows[-1][0]
                             page.extend(job for _, job in rows)
                     if not page:
-                        if self._active_jobs == 0:
+                        if self._active_jobs == 0 and not self._reading_manifest:
                             self._end(Stop.FINISHED, Outcome.DONE)  # nothing left anywhere
                             return
                         await changed.wait()
@@ -262,6 +283,8 @@ class Scheduler:
                         self._creating += 1
                         try:
                             outcome = await self.creator.create(job)
+                            if outcome.result is Result.CREATED:
+                                await self.committer.durable()  # the run id, before anything waits on the run
                         finally:
                             self._creating -= 1
                         self._created(outcome)

@@ -317,15 +317,12 @@ def test_api_key_is_not_written_anywhere(write_manifest, run, tmp_path):
 
 @pytest.mark.parametrize("bad_id", ["../escape", "/etc/passwd", "a/b", ".hidden", "x" * 300])
 def test_unsafe_job_ids_never_become_paths(tmp_path, run, sim, bad_id):
-    """Ids that could leave the output folder are manifest errors; nothing is written outside."""
+    """Ids that could leave the output folder are manifest errors; nothing at all is written."""
     manifest = tmp_path / "m.yaml"
     manifest.write_text(f"jobs:\n  - id: '{bad_id}'\n    prompt: p\n", encoding="utf-8")
     result = run(manifest, output_dir=tmp_path / "deep" / "out")
     assert result.exit_code == ExitCode.USAGE
-    assert sorted(p.name for p in (tmp_path / "deep" / "out").iterdir()) == [
-        "batchgen.sqlite",
-        "batchgen.sqlite.lock",
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml"]
 
 
 def test_an_api_that_keeps_failing_stops_the_batch_with_every_job_pending(write_manifest, run):

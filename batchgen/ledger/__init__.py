@@ -1,0 +1,13 @@
+"""The ledger: all of batchgen's state for one output folder, and every line of SQL.
+
+``store`` writes (grouped into one transaction per flush), ``reads`` answers,
+``schema`` migrates. See ``store``'s docstring for what makes resume safe.
+"""
+
+from __future__ import annotations
+
+from .reads import PAGE_SIZE
+from .schema import MIGRATIONS, SCHEMA_VERSION, sql_statements
+from .store import Ledger
+
+__all__ = ["MIGRATIONS", "PAGE_SIZE", "SCHEMA_VERSION", "Ledger", "sql_statements"]

@@ -1,0 +1,196 @@
+"""What the ledger answers: the queries of the runner, ``status``, ``export`` and ``report``.
+
+Every query here runs in time linear in the jobs it returns, streams its rows
+(one statement, read as it goes, never a page that rescans what came before),
+and concerns the jobs of the current manifest (the latest sync's generation).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..models import JobSpec, OpenRun, PendingJob
+
+PAGE_SIZE = 500
+FETCH = 2000  # rows fetched from sqlite at a time by the streaming queries
+
+
+class LedgerReads:
+    """Read-only queries; mixed into ``Ledger``."""
+
+    path: Path
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:  # pragma: no cover - Ledger's
+        raise NotImplementedError
+
+    def _stream(self, sql: str, params: Iterable[Any] = ()) -> Iterator[Any]:
+        cursor = self._query(sql, params)
+        while rows := self._fetch(cursor):
+            yield from rows
+
+    def _fetch(self, cursor: sqlite3.Cursor) -> list[Any]:
+        try:
+            return cursor.fetchmany(FETCH)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc  # type: ignore[attr-defined]
+
+    def _meta(self, key: str, default: str) -> str:
+        row = self._query("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else default
+
+    @property
+    def generation(self) -> int:
+        return int(self._meta("generation", "0"))
+
+    @property
+    def manifest(self) -> str | None:
+        return self._meta("manifest", "") or None
+
+    @property
+    def output_dir(self) -> str | None:
+        """The output folder, absolute, as of the latest sync."""
+        return self._meta("output_dir", "") or None
+
+    # -- what the runner reads ---------------------------------------------------
+
+    def open_runs(self) -> list[OpenRun]:
+        """Runs created earlier and not yet seen finished, for the current manifest."""
+        rows = self._stream(
+            """SELECT a.attempt_id, a.run_id, a.created_at, j.job_id, j.spec_json, j.metadata_json, j.attempts
+               FROM attempts a JOIN jobs j ON j.job_id = a.job_id
+               WHERE a.status = 'running' AND j.generation = ? ORDER BY j.seq""",
+            (self.generation,),
+        )
+        return [
+            OpenRun(attempt_id=r[0], run_id=r[1], created_at=r[2], job=_pending(r[3], r[4], r[5], r[6])) for r in rows
+        ]
+
+    def pending_page(self, after_seq: int, limit: int = PAGE_SIZE) -> list[tuple[int, PendingJob]]:
+        """The next ``limit`` jobs waiting for a run, after manifest position ``after_seq``."""
+        rows = self._query(
+            """SELECT seq, job_id, spec_json, metadata_json, attempts FROM jobs
+               WHERE generation = ? AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?""",
+            (self.generation, after_seq, limit),
+        ).fetchall()
+        return [(r[0], _pending(r[1], r[2], r[3], r[4])) for r in rows]
+
+    # -- counts ------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Jobs of the current manifest by state."""
+        counts = dict.fromkeys(("pending", "running", "succeeded", "failed"), 0)
+        for state, n in self._query(
+            "SELECT state, count(*) FROM jobs WHERE generation = ? GROUP BY state", (self.generation,)
+        ):
+            counts[state] = n
+        return counts
+
+    def attempt_counts(self) -> dict[str, int]:
+        """Attempts of the current manifest's jobs by status (all sessions)."""
+        rows = self._query(
+            """SELECT a.status, count(*) FROM attempts a JOIN jobs j ON j.job_id = a.job_id
+               WHERE j.generation = ? GROUP BY a.status""",
+            (self.generation,),
+        )
+        return {str(status): int(n) for status, n in rows.fetchall()}
+
+    def recent_errors(self, limit: int = 5) -> list[tuple[str, str]]:
+        rows = self._query(
+            """SELECT job_id, error FROM jobs WHERE generation = ? AND error IS NOT NULL
+               ORDER BY updated_at DESC LIMIT ?""",
+            (self.generation, limit),
+        ).fetchall()
+        return [(str(job_id), str(error)) for job_id, error in rows]
+
+    def error_summary(self, limit: int = 5) -> list[dict[str, Any]]:
+        """The most common errors of jobs not succeeded, with how many jobs each and one example job."""
+        rows = self._query(
+            """SELECT error, error_kind, count(*) AS jobs, min(job_id) FROM jobs
+               WHERE generation = ? AND state != 'succeeded' AND error IS NOT NULL
+               GROUP BY error, error_kind ORDER BY jobs DESC, error LIMIT ?""",
+            (self.generation, limit),
+        ).fetchall()
+        return [{"error": r[0], "kind": r[1], "jobs": r[2], "example": r[3]} for r in rows]
+
+    def last_session(self) -> dict[str, Any] | None:
+        sessions = self.sessions(limit=1)
+        return sessions[0] if sessions else None
+
+    def sessions(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest sessions, newest first, with the figures each recorded."""
+        rows = self._query(
+            "SELECT session_id, manifest, started_at, finished_at, outcome, exit_code, stats_json FROM sessions "
+            "ORDER BY session_id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        keys = ("session", "manifest", "started_at", "finished_at", "outcome", "exit_code")
+        return [{**dict(zip(keys, r[:6], strict=True)), "stats": json.loads(r[6]) if r[6] else None} for r in rows]
+
+    # -- files -------------------------------------------------------------------
+
+    def recorded_outputs(self) -> Iterator[tuple[str, int, int, str, int, str]]:
+        """(job_id, attempt_id, n, path, bytes, sha256) of every file of a succeeded job, in manifest order."""
+        yield from self._stream(
+            """SELECT o.job_id, o.attempt_id, o.n, o.path, o.bytes, o.sha256
+               FROM jobs j JOIN outputs o ON o.job_id = j.job_id
+               WHERE j.generation = ? AND j.state = 'succeeded' ORDER BY j.seq, o.n""",
+            (self.generation,),
+        )
+
+    def versions(self, job_id: str) -> list[dict[str, Any]]:
+        """Earlier images of a regenerated job, newest first."""
+        rows = self._query(
+            "SELECT n, path, bytes, sha256, saved_at, replaced_at FROM versions WHERE job_id = ? "
+            "ORDER BY replaced_at DESC, n",
+            (job_id,),
+        ).fetchall()
+        keys = ("n", "path", "bytes", "sha256", "saved_at", "replaced_at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    # -- export -----------------------------------------------------------------
+
+    def iter_export(self) -> Iterator[dict[str, Any]]:
+        """One record per job of the current manifest, in manifest order: one streamed query."""
+        rows = self._stream(
+            """SELECT j.job_id, j.state, j.spec_json, j.metadata_json, j.attempts, j.error, j.error_kind,
+                 (SELECT run_id FROM attempts a WHERE a.job_id = j.job_id AND a.run_id IS NOT NULL
+                  ORDER BY a.attempt_id DESC LIMIT 1),
+                 (SELECT count(*) FROM attempts a WHERE a.job_id = j.job_id AND a.status = 'unknown'),
+                 (SELECT status FROM attempts a WHERE a.job_id = j.job_id ORDER BY a.attempt_id DESC LIMIT 1),
+                 o.n, o.path, o.bytes, o.sha256
+               FROM jobs j LEFT JOIN outputs o ON o.job_id = j.job_id
+               WHERE j.generation = ? ORDER BY j.seq, o.n""",
+            (self.generation,),
+        )
+        record: dict[str, Any] | None = None
+        for job_id, state, spec_json, metadata_json, attempts, error, kind, run_id, unknown, last, *out in rows:
+            if record is None or record["job_id"] != job_id:
+                if record is not None:
+                    yield record
+                spec = json.loads(spec_json)
+                record = {
+                    "job_id": job_id,
+                    "state": "pending" if state == "running" else state,
+                    "run_id": run_id,
+                    "outputs": [],
+                    "error": error if state != "succeeded" else None,
+                    "error_kind": kind if state != "succeeded" else None,
+                    "attempts": attempts,
+                    "unknown_creates": unknown,
+                    "source": last if state == "succeeded" and last in ("reused", "adopted") else None,
+                    "model": spec["model"],
+                    "input": spec["input"],
+                    "metadata": json.loads(metadata_json),
+                }
+            if out[0] is not None:
+                record["outputs"].append({"n": out[0], "path": out[1], "bytes": out[2], "sha256": out[3]})
+        if record is not None:
+            yield record
+
+
+def _pending(job_id: str, spec_json: str, metadata_json: str, attempts: int) -> PendingJob:
+    return PendingJob(spec=JobSpec.from_record(job_id, spec_json, metadata_json), attempts=attempts)

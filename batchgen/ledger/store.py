@@ -1,0 +1,494 @@
+"""The ledger: every line of SQL batchgen runs, in one sqlite file per output folder.
+
+It records each job (its spec and the spec's hash), each attempt at a run (run
+id, times, status, error) and each output file (path, bytes, sha256).
+
+Writes are grouped. Each write method queues its statements and returns at
+once; ``flush()`` commits everything queued in one transaction. The scheduler
+flushes once per tick and waits for the flush only where a promise needs it:
+
+* an attempt row is durable, as ``creating``, *before* its create request is
+  sent, and its run id *before* anything waits on the run. A crash at any
+  instant either leaves the run id on disk, so the next run polls that run
+  instead of paying for another, or leaves a ``creating`` row, which the next
+  run turns into ``unknown``: a create whose outcome we never heard, counted as
+  a possible double charge;
+* a file is listed only after it is complete on disk under its final name.
+
+A write that nobody waited for and that a crash took back costs nothing: the
+run it concerned is still recorded as open, and is polled again.
+
+Attempt and session ids are handed out here, not by sqlite, so a queued row
+has its id at once; one process writes (the run lock), so they cannot clash.
+Every sqlite error becomes a ``LedgerError``: callers never see sqlite3.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..errors import LedgerBusy, LedgerError
+from ..models import AttemptStatus, JobSpec, JobState, SavedOutput, SyncSummary
+from .reads import LedgerReads
+from .schema import SCHEMA_VERSION, migrate
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX
+    fcntl = None  # type: ignore[assignment]
+
+SYNC_CHUNK = 2000  # jobs per queued upsert while syncing a manifest
+
+_UPSERT_JOB = """
+    INSERT INTO jobs (job_id, seq, generation, spec_json, spec_hash, metadata_json, updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (job_id) DO UPDATE SET
+      seq = excluded.seq,
+      generation = excluded.generation,
+      metadata_json = excluded.metadata_json,
+      state = CASE WHEN jobs.spec_hash = excluded.spec_hash THEN jobs.state ELSE 'pending' END,
+      attempts = CASE WHEN jobs.spec_hash = excluded.spec_hash THEN jobs.attempts ELSE 0 END,
+      error = CASE WHEN jobs.spec_hash = excluded.spec_hash THEN jobs.error ELSE NULL END,
+      error_kind = CASE WHEN jobs.spec_hash = excluded.spec_hash THEN jobs.error_kind ELSE NULL END,
+      updated_at = CASE WHEN jobs.spec_hash = excluded.spec_hash THEN jobs.updated_at ELSE excluded.updated_at END,
+      spec_json = excluded.spec_json,
+      spec_hash = excluded.spec_hash"""
+# Inside DO UPDATE, "jobs.x" is the row as it was: hashes are compared before replacing.
+
+
+class Ledger(LedgerReads):
+    """All of batchgen's state for one output folder."""
+
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False):
+        """Open (creating and migrating as needed) the ledger at ``path``.
+
+        ``readonly`` is for status and export: no lock, no migration, no write, so
+        they also work on a ledger in a read-only folder.
+        """
+        self.path = Path(path)
+        self._lock_file: int | None = None
+        self._ops: list[tuple[str, Any]] = []  # (sql, params) or (sql, [rows]) for executemany
+        self._many: set[int] = set()  # indexes in _ops that are executemany
+        self.readonly = readonly
+        self._closed = False
+        if readonly:
+            self._db = self._open_readonly()
+            return
+        if self.path.is_dir():
+            raise LedgerError(f"cannot use {self.path} as the ledger: it is a folder")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so nothing is implicit.
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(self._cannot_open(exc)) from exc
+        try:
+            self._db.execute("PRAGMA busy_timeout = 30000")
+            if self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+                raise LedgerError(f"{self.path}: the file system does not support sqlite's WAL mode")
+            # NORMAL in WAL mode: a commit survives a crash or kill of this process; only
+            # a power loss can take back the last few commits.
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            migrate(self._db, self.path)
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._next_attempt = self._next_id("attempt_id", "attempts")
+            self._next_session = self._next_id("session_id", "sessions")
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise LedgerError(self._cannot_open(exc)) from exc
+        except LedgerError:
+            self._db.close()
+            raise
+
+    def _next_id(self, column: str, table: str) -> int:
+        return int(self._db.execute(f"SELECT coalesce(max({column}), 0) + 1 FROM {table}").fetchone()[0])
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise LedgerError(
+                f"no ledger at {self.path}: run `batchgen run MANIFEST` first (or pass --output/--ledger)"
+            )
+        uri = self.path.resolve().as_uri()
+        # mode=ro still needs the -shm file of a WAL ledger; in a read-only folder where
+        # it cannot be made, immutable=1 reads the file as it is (a snapshot, fine for a report).
+        error: sqlite3.Error | None = None
+        for query in ("?mode=ro", "?immutable=1"):
+            try:
+                db = sqlite3.connect(uri + query, uri=True, isolation_level=None, timeout=30.0)
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                db.execute("SELECT count(*) FROM meta").fetchone()
+            except sqlite3.Error as exc:
+                error = exc
+                continue
+            if version != SCHEMA_VERSION:
+                db.close()
+                newer = version > SCHEMA_VERSION
+                raise LedgerError(
+                    f"{self.path} has schema {version}, this batchgen reads {SCHEMA_VERSION}: "
+                    + (
+                        "it was written by a newer batchgen; upgrade batchgen to read it"
+                        if newer
+                        else "run `batchgen run` on it once with this version to upgrade it"
+                    )
+                )
+            return db
+        assert error is not None
+        raise self._error(error)
+
+    def _cannot_open(self, exc: BaseException) -> str:
+        folder = self.path.parent
+        if not os.access(folder, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
+            return f"cannot write the ledger {self.path}: the folder {folder} is read-only or not writable"
+        if isinstance(exc, OSError):
+            return f"cannot open the ledger {self.path}: {exc.strerror or exc}"
+        if isinstance(exc, sqlite3.Error):
+            return str(self._error(exc))
+        return f"{self.path} is not a usable batchgen ledger: {exc}"
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r})"
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        try:
+            if exc_type is None and self._ops and not self._closed:
+                self.flush()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close without writing what is still queued (``flush()`` first to keep it)."""
+        if hasattr(self, "_db") and not self._closed:
+            self._closed = True
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._db.close()
+        if self._lock_file is not None:
+            os.close(self._lock_file)  # releases the flock
+            self._lock_file = None
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        """Run one statement; sqlite's errors become LedgerError (callers never see sqlite3)."""
+        try:
+            return self._db.execute(sql, tuple(params))
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.Error) -> LedgerError:
+        text = str(exc)
+        if isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
+            return LedgerError(
+                f"the ledger {self.path} is damaged ({text}); nothing was changed. Move it aside "
+                "(`mv` it with its -wal and -shm files) and run again to start a new ledger: images "
+                "already in the output folder are recognised and not paid for again"
+            )
+        if "database or disk is full" in text:
+            return LedgerError(f"cannot write the ledger {self.path}: {text}")
+        return LedgerError(f"cannot use the ledger {self.path}: {text}")
+
+    def _queue(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        self._ops.append((sql, params))
+
+    def _queue_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self._many.add(len(self._ops))
+        self._ops.append((sql, rows))
+
+    @property
+    def queued(self) -> int:
+        """Writes waiting for the next ``flush()``."""
+        return len(self._ops)
+
+    def flush(self, *, hold: bool = False) -> None:
+        """Commit every queued write in one transaction; on error none of them is kept.
+
+        ``hold`` writes them but keeps the transaction open, so that a later flush
+        commits them together with its own, or ``rollback()`` drops them all.
+        """
+        if not self._ops and not (self._db.in_transaction and not hold):
+            return
+        ops, many = self._ops, self._many
+        self._ops, self._many = [], set()
+        try:
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN IMMEDIATE")
+            for index, (sql, params) in enumerate(ops):
+                if index in many:
+                    self._db.executemany(sql, params)
+                else:
+                    self._db.execute(sql, params)
+            if not hold:
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise self._error(exc) from exc
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def rollback(self) -> None:
+        """Forget every queued write, and those a ``flush(hold=True)`` wrote but did not commit."""
+        self._ops, self._many = [], set()
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    # -- the runner lock --------------------------------------------------------
+
+    def lock_for_run(self) -> None:
+        """Take the one-runner lock of this ledger or raise LedgerBusy. Released on close or process death."""
+        if fcntl is None or self._lock_file is not None:
+            return
+        lock_path = str(self.path) + ".lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LedgerError(f"cannot create the lock file {lock_path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LedgerBusy(
+                f"another batchgen run is using {self.path} (lock {lock_path}); wait for it to finish, or stop it first"
+            ) from None
+        self._lock_file = fd
+
+    # -- manifest → jobs --------------------------------------------------------
+
+    def sync_needed(self, fingerprint: str | None, output_dir: str, *, retry_failed: bool = False) -> bool:
+        """False when the last complete sync read these very bytes into this folder."""
+        same = fingerprint is not None and self._meta("fingerprint", "") == fingerprint
+        return not (same and not retry_failed and self._meta("output_dir", "") == output_dir)
+
+    def sync_begin(self, manifest: str, output_dir: str) -> int:
+        """Queue the start of a sync; returns the generation the manifest's jobs get."""
+        generation = self.generation + 1
+        self._set_meta("fingerprint", "")  # set again by sync_end, only if the sync completes
+        self._set_meta("generation", str(generation))
+        self._set_meta("manifest", manifest)
+        self._set_meta("output_dir", output_dir)
+        return generation
+
+    def sync_chunk(self, jobs: list[tuple[int, JobSpec]], generation: int, *, retry_failed: bool = False) -> None:
+        """Queue (seq, job) pairs. A job whose spec hash changed goes back to pending with its attempt
+        count reset; an unchanged one keeps its state, so a succeeded job is never made again."""
+        if not jobs:
+            return
+        now = time.time()
+        self._queue_many(_UPSERT_JOB, [_job_row(job, seq, generation, now) for seq, job in jobs])
+        first, last = jobs[0][0], jobs[-1][0]
+        # Runs still open for a spec that has since changed will never be used.
+        self._queue(
+            """UPDATE attempts SET status = 'superseded', finished_at = ?
+               WHERE status IN ('creating', 'running') AND job_id IN
+                 (SELECT job_id FROM jobs WHERE generation = ? AND seq BETWEEN ? AND ?)
+               AND spec_hash != (SELECT spec_hash FROM jobs WHERE jobs.job_id = attempts.job_id)""",
+            (now, generation, first, last),
+        )
+        if retry_failed:
+            self._queue(
+                "UPDATE jobs SET state = 'pending', attempts = 0, error = NULL, error_kind = NULL, updated_at = ? "
+                "WHERE generation = ? AND state = 'failed' AND seq BETWEEN ? AND ?",
+                (now, generation, first, last),
+            )
+
+    def sync_end(self, fingerprint: str | None) -> None:
+        if fingerprint is not None:
+            self._set_meta("fingerprint", fingerprint)
+
+    def sync_manifest(
+        self,
+        manifest: str,
+        jobs: Iterable[JobSpec],
+        *,
+        output_dir: str,
+        retry_failed: bool = False,
+        fingerprint: str | None = None,
+    ) -> SyncSummary:
+        """Record the manifest's jobs in one transaction (nothing is written if ``jobs`` raises).
+
+        ``fingerprint`` identifies the manifest's bytes: when it matches the last
+        sync's, the jobs are already recorded and ``jobs`` is not even read.
+        """
+        if self.sync_needed(fingerprint, output_dir, retry_failed=retry_failed):
+            self.flush()
+            try:
+                generation = self.sync_begin(manifest, output_dir)
+                chunk: list[tuple[int, JobSpec]] = []
+                for seq, job in enumerate(jobs):
+                    chunk.append((seq, job))
+                    if len(chunk) >= SYNC_CHUNK:
+                        self.sync_chunk(chunk, generation, retry_failed=retry_failed)
+                        chunk = []
+                self.sync_chunk(chunk, generation, retry_failed=retry_failed)
+                self.sync_end(fingerprint)
+            except BaseException:
+                self.rollback()
+                raise
+            self.flush()
+        return self.summary()
+
+    def summary(self) -> SyncSummary:
+        counts = self.counts()
+        return SyncSummary(
+            jobs=sum(counts.values()),
+            succeeded=counts["succeeded"],
+            failed=counts["failed"],
+            to_do=counts["pending"] + counts["running"],
+        )
+
+    def recover(self) -> int:
+        """After a crash: creates that never answered become 'unknown'. Returns how many. Commits at once."""
+        self.flush()
+        now = time.time()
+        lost = self._query("SELECT count(*) FROM attempts WHERE status = 'creating'").fetchone()[0]
+        self._queue(
+            "UPDATE attempts SET status = 'unknown', finished_at = ?, error_kind = 'unknown', "
+            "error = 'the process stopped before the create request was answered' "
+            "WHERE status = 'creating'",
+            (now,),
+        )
+        # A job marked running with no open run left (its create never answered,
+        # or its run was superseded) is simply pending again.
+        self._queue(
+            """UPDATE jobs SET state = 'pending' WHERE state = 'running' AND NOT EXISTS
+               (SELECT 1 FROM attempts a WHERE a.job_id = jobs.job_id AND a.status = 'running')"""
+        )
+        self.flush()
+        return int(lost)
+
+    # -- attempts (queued: see the module docstring) ------------------------------
+
+    def begin_attempt(self, job: JobSpec) -> int:
+        """Queue the attempt as 'creating'; flush before its create request is sent."""
+        attempt_id = self._next_attempt
+        self._next_attempt += 1
+        now = time.time()
+        self._queue(
+            "INSERT INTO attempts (attempt_id, job_id, spec_hash, status, started_at) VALUES (?, ?, ?, 'creating', ?)",
+            (attempt_id, job.job_id, job.spec_hash(), now),
+        )
+        self._queue(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ? WHERE job_id = ?",
+            (now, job.job_id),
+        )
+        return attempt_id
+
+    def run_created(self, attempt_id: int, run_id: str) -> float:
+        """The create answered: queue the run id; flush before anything waits on the run."""
+        now = time.time()
+        self._queue(
+            "UPDATE attempts SET run_id = ?, status = 'running', created_at = ? WHERE attempt_id = ?",
+            (run_id, now, attempt_id),
+        )
+        return now
+
+    def not_created(self, attempt_id: int, job_id: str) -> None:
+        """The create certainly made no run (refused before it was made): forget the attempt."""
+        self._queue("DELETE FROM attempts WHERE attempt_id = ?", (attempt_id,))
+        self._queue(
+            "UPDATE jobs SET state = 'pending', attempts = max(0, attempts - 1) WHERE job_id = ?",
+            (job_id,),
+        )
+
+    def attempt_ended(
+        self,
+        attempt_id: int,
+        job_id: str,
+        status: AttemptStatus,
+        error: str,
+        *,
+        job_failed: bool,
+        kind: str | None = None,
+    ) -> None:
+        """An attempt ended without outputs: ``unknown``, ``failed`` or ``rejected``."""
+        now = time.time()
+        self._queue(
+            "UPDATE attempts SET status = ?, error = ?, error_kind = ?, finished_at = ? WHERE attempt_id = ?",
+            (str(status), error, kind, now, attempt_id),
+        )
+        state = JobState.FAILED if job_failed else JobState.PENDING
+        self._queue(
+            "UPDATE jobs SET state = ?, error = ?, error_kind = ?, updated_at = ? WHERE job_id = ?",
+            (str(state), error, kind, now, job_id),
+        )
+
+    def job_failed(self, job_id: str, error: str, kind: str | None = None) -> None:
+        """The job failed for good without a live attempt (e.g. the create kept failing)."""
+        self._queue(
+            "UPDATE jobs SET state = 'failed', error = ?, error_kind = ?, updated_at = ? WHERE job_id = ?",
+            (error, kind, time.time(), job_id),
+        )
+
+    def job_succeeded(self, attempt_id: int, job_id: str, outputs: list[SavedOutput]) -> None:
+        """Queue the job's files (already complete on disk) and its success."""
+        now = time.time()
+        self._queue("DELETE FROM outputs WHERE job_id = ?", (job_id,))
+        self._queue_many(
+            "INSERT INTO outputs (job_id, n, attempt_id, path, bytes, sha256, content_type, saved_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(job_id, o.n, attempt_id, o.path, o.bytes, o.sha256, o.content_type, now) for o in outputs],
+        )
+        self._queue("UPDATE attempts SET status = 'succeeded', finished_at = ? WHERE attempt_id = ?", (now, attempt_id))
+        self._queue(
+            "UPDATE jobs SET state = 'succeeded', error = NULL, error_kind = NULL, fresh = 0, updated_at = ? "
+            "WHERE job_id = ?",
+            (now, job_id),
+        )
+
+    def job_satisfied(
+        self, job: JobSpec, outputs: list[SavedOutput], *, status: AttemptStatus, run_id: str | None, note: str
+    ) -> int:
+        """The job's image came without a run of its own: ``reused`` (an identical request's
+        image) or ``adopted`` (found in the folder). Recorded as an attempt of that status."""
+        attempt_id = self._next_attempt
+        self._next_attempt += 1
+        now = time.time()
+        self._queue(
+            "INSERT INTO attempts (attempt_id, job_id, spec_hash, run_id, status, error, started_at, created_at, "
+            "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (attempt_id, job.job_id, job.spec_hash(), run_id, str(status), note, now, now, now),
+        )
+        self.job_succeeded(attempt_id, job.job_id, outputs)
+        # job_succeeded marked it 'succeeded'; keep the status that says where the image came from
+        self._queue("UPDATE attempts SET status = ? WHERE attempt_id = ?", (str(status), attempt_id))
+        return attempt_id
+
+    # -- sessions -------------------------------------------------------------
+
+    def session_started(self, manifest: str) -> int:
+        session_id = self._next_session
+        self._next_session += 1
+        self._queue(
+            "INSERT INTO sessions (session_id, manifest, started_at) VALUES (?, ?, ?)",
+            (session_id, manifest, time.time()),
+        )
+        return session_id
+
+    def session_finished(self, session_id: int, outcome: str, exit_code: int, stats_json: str) -> None:
+        self._queue(
+            "UPDATE sessions SET finished_at = ?, outcome = ?, exit_code = ?, stats_json = ? WHERE session_id = ?",
+            (time.time(), outcome, exit_code, stats_json, session_id),
+        )
+
+    # -- meta ------------------------------------------------------------------
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._queue(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+def _job_row(job: JobSpec, seq: int, generation: int, now: float) -> tuple[Any, ...]:
+    spec_json, metadata_json = job.to_record()
+    return (job.job_id, seq, generation, spec_json, job.spec_hash(), metadata_json, now)
