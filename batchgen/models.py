@@ -51,6 +51,8 @@ class AttemptStatus(enum.StrEnum):
     UNKNOWN = "unknown"  # the create was sent and its answer never came: a possible double charge
     REJECTED = "rejected"  # the API refused the job's input (400): no run was made
     SUPERSEDED = "superseded"  # the job's spec changed while the run was open
+    REUSED = "reused"  # an identical request's image was used: no run of its own
+    ADOPTED = "adopted"  # the image was already in the output folder, recorded there as this job's
 
 
 OPEN_ATTEMPTS = (AttemptStatus.CREATING, AttemptStatus.RUNNING)

@@ -383,7 +383,7 @@ def _result(
     if outcome is Outcome.DONE:
         code, message = _done_message(counts.get("failed", 0), stats)
     elif outcome is Outcome.MANIFEST and isinstance(error, ManifestError):
-        code, message = ExitCode.USAGE, _manifest_message(error, sent=True)
+        code, message = ExitCode.USAGE, _manifest_message(error, sent=stats.created + stats.unknown_creates > 0)
     else:
         code, template = _OUTCOMES[outcome]
         message = template.format(error=error, left=left)

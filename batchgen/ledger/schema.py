@@ -136,19 +136,24 @@ def _has_sql(statement: str) -> bool:
     return bool("".join(lines).strip(" \t\n;"))
 
 
-def migrate(db: sqlite3.Connection, path: Path) -> None:
-    """Bring the ledger at ``path`` to SCHEMA_VERSION; see the module docstring."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
+def check_version(db: sqlite3.Connection, path: Path) -> int:
+    """The ledger's schema version; a ledger written by a newer batchgen is refused untouched."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version > SCHEMA_VERSION:
         raise LedgerError(
             f"{path} was written by a newer batchgen (schema {version}, this one knows "
             f"{SCHEMA_VERSION}); upgrade batchgen to use it"
         )
-    if version == SCHEMA_VERSION:
+    return version
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the ledger at ``path`` to SCHEMA_VERSION; see the module docstring."""
+    if check_version(db, path) == SCHEMA_VERSION:
         return
     db.execute("PRAGMA foreign_keys = OFF")
     try:
-        for number in range(version + 1, SCHEMA_VERSION + 1):
+        for number in range(check_version(db, path) + 1, SCHEMA_VERSION + 1):
             db.execute("BEGIN IMMEDIATE")
             try:
                 for statement in sql_statements(MIGRATIONS[number - 1]):

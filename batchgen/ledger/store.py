@@ -35,7 +35,7 @@ from typing import Any
 from ..errors import LedgerBusy, LedgerError
 from ..models import AttemptStatus, JobSpec, JobState, SavedOutput, SyncSummary
 from .reads import LedgerReads
-from .schema import SCHEMA_VERSION, migrate
+from .schema import SCHEMA_VERSION, check_version, migrate
 
 try:
     import fcntl
@@ -89,6 +89,7 @@ class Ledger(LedgerReads):
             raise LedgerError(self._cannot_open(exc)) from exc
         try:
             self._db.execute("PRAGMA busy_timeout = 30000")
+            check_version(self._db, self.path)  # before anything changes the file
             if self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                 raise LedgerError(f"{self.path}: the file system does not support sqlite's WAL mode")
             # NORMAL in WAL mode: a commit survives a crash or kill of this process; only
