@@ -106,7 +106,7 @@ class Creator:
                         self.stats.unknown_creates += 1
                         give_up = attempts >= self.max_attempts
                         error = f"the create was sent but its answer lost; the run may exist: {exc.message}"
-                        sent.end(AttemptStatus.UNKNOWN, error, job_failed=give_up)
+                        sent.end(AttemptStatus.UNKNOWN, error, job_failed=give_up, kind="unknown")
                         if give_up:
                             return CreateOutcome(Result.FAILED, PendingJob(spec, attempts))
                     else:
@@ -118,7 +118,8 @@ class Creator:
                             if not self.gate.is_open:
                                 # No create has worked yet: let another job try before blaming this one.
                                 return CreateOutcome(Result.REQUEUE, PendingJob(spec, attempts))
-                            self.ledger.job_failed(spec.job_id, f"create kept failing: {exc.message}")
+                            kind = "rate_limit" if exc.status == 429 else "server_error"
+                            self.ledger.job_failed(spec.job_id, f"create kept failing: {exc.message}", kind)
                             return CreateOutcome(Result.FAILED, PendingJob(spec, attempts))
                     self.stats.retries += 1
                     await anyio.sleep(backoff(failures, base=self.backoff_base))
@@ -131,7 +132,7 @@ class Creator:
                     return CreateOutcome(Result.ACCOUNT, PendingJob(spec, attempts), error=exc)
                 except JobError as exc:  # 400: the API refuses this job's input
                     attempts += 1
-                    sent.end(AttemptStatus.REJECTED, exc.message, job_failed=True)
+                    sent.end(AttemptStatus.REJECTED, exc.message, job_failed=True, kind="rejected")
                     return CreateOutcome(Result.FAILED, PendingJob(spec, attempts))
                 finally:
                     sent.answered()
@@ -171,11 +172,13 @@ class _Attempt:
         if self.attempt_id is not None:
             self._creator.ledger.not_created(self.attempt_id, self._spec.job_id)
 
-    def end(self, status: AttemptStatus, error: str, *, job_failed: bool) -> None:
+    def end(self, status: AttemptStatus, error: str, *, job_failed: bool, kind: str) -> None:
         assert self.attempt_id is not None
-        self._creator.ledger.attempt_ended(self.attempt_id, self._spec.job_id, status, error, job_failed=job_failed)
+        self._creator.ledger.attempt_ended(
+            self.attempt_id, self._spec.job_id, status, error, job_failed=job_failed, kind=kind
+        )
 
     def created(self, run_id: str) -> int:
         assert self.attempt_id is not None
-        self._creator.ledger.run_created(self.attempt_id, run_id)
+        self._creator.ledger.run_created(self.attempt_id, run_id, self._spec)
         return self.attempt_id

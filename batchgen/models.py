@@ -183,6 +183,7 @@ class OpenRun:
     run_id: str
     created_at: float
     job: PendingJob
+    refetch: bool = False  # opened again only to fetch files that went missing: never pay for a new run
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -81,8 +82,11 @@ def output_path(output_dir: Path, name: str) -> Path:
 class PartialFile:
     """A temporary file in the output folder that becomes an output on ``commit``."""
 
-    def __init__(self, output_dir: Path, job_id: str):
+    def __init__(self, output_dir: Path, job_id: str, before_rename: Callable[[SavedOutput], None] | None = None):
+        """``before_rename`` is called with what the file is, once it is complete and before it takes its
+        name: the folder's journal records it there, so a file under its final name is always accounted for."""
         self.output_dir = output_dir
+        self._before_rename = before_rename
         self.temp_path = output_dir / f"{TEMP_PREFIX}{job_id[:40]}-{secrets.token_hex(8)}{TEMP_SUFFIX}"
         # Mode 0666 filtered by the umask at this moment: the file gets the user's usual permissions.
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -100,8 +104,11 @@ class PartialFile:
         self._file.close()
         if final.parent != self.output_dir:
             _make_folders(self.output_dir, final.parent)
+        saved = SavedOutput(n=n, path=name, bytes=self.size, sha256=self._sha256.hexdigest(), content_type=content_type)
+        if self._before_rename is not None:
+            self._before_rename(saved)
         os.replace(self.temp_path, final)
-        return SavedOutput(n=n, path=name, bytes=self.size, sha256=self._sha256.hexdigest(), content_type=content_type)
+        return saved
 
     def discard(self) -> None:
         self._file.close()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -21,12 +23,13 @@ import httpx
 from . import __version__
 from .api import DEFAULT_BASE_URL, RunbaseClient, Timeouts, check_base_url
 from .errors import ApiError, BatchgenError, LedgerError, ManifestError, OutputError, Unauthorized, UsageError
+from .folder import STATE_DIR, OutputFolder
 from .ledger import Ledger
 from .manifest import iter_jobs
 from .models import BatchStats, Outcome
-from .outputs import remove_stale_partials
 from .progress import Progress
-from .scheduler import INTERRUPT_GRACE, Scheduler
+from .recovery import check_files, needs_repair, repair, unknown_images
+from .scheduler import INTERRUPT_GRACE, NOT_FOUND_GRACE, Scheduler
 from .syncing import ManifestSync
 from .throttle import Throttle
 
@@ -68,6 +71,8 @@ class BatchConfig:
     transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False, compare=False)
     simulator_options: dict[str, Any] = field(default_factory=dict, compare=False)
     sync_head_start: float = 1.0  # seconds of manifest reading before the first create may go out
+    allow_unknown_files: bool = False  # write into a folder holding images batchgen has no record of
+    not_found_grace: float = NOT_FOUND_GRACE  # seconds a known run may answer 404 before it is given up
 
     def __post_init__(self) -> None:
         # Python callers pass strings as often as Paths.
@@ -91,6 +96,7 @@ class BatchResult:
     unknown_creates_total: int = 0  # possible double charges, all sessions
     elapsed: float = 0.0
     output_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)  # what was found and mended before the batch ran
 
 
 def run_batch(manifest: str | os.PathLike[str], **options: Any) -> BatchResult:
@@ -117,30 +123,66 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
         return BatchResult(Outcome.MANIFEST, ExitCode.USAGE, _manifest_message(exc))
     except BatchgenError as exc:
         return BatchResult(Outcome.ERROR, ExitCode.LOCAL, str(exc))
-    with ledger:
+    with ledger, OutputFolder(config.output_dir) as folder:
         try:
-            ledger.lock_for_run()
-            config.output_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_partials(config.output_dir)
-            ledger.recover()
-            sync = _start_sync(config, ledger)
+            sync, notes = _prepare(config, ledger, folder)
         except ManifestError as exc:
             ledger.close()
+            folder.close()
             _remove_new(fresh_paths)  # a rejected manifest leaves nothing behind
             return BatchResult(Outcome.MANIFEST, ExitCode.USAGE, _manifest_message(exc))
         except (BatchgenError, OSError) as exc:
             return BatchResult(Outcome.ERROR, ExitCode.LOCAL, _local_error(exc, config))
         if (sync is None or sync.done) and ledger.summary().to_do == 0:
-            return _result(Outcome.DONE, ledger, BatchStats(), started, config)
+            return _result(Outcome.DONE, ledger, BatchStats(), started, config, notes=notes)
         session = ledger.session_started(str(config.manifest))
-        scheduler, outcome = await _run_scheduler(config, ledger, api_key, sync)
-        result = _result(outcome, ledger, scheduler.stats, started, config, scheduler.error)
+        scheduler, outcome = await _run_scheduler(config, ledger, folder, api_key, sync)
+        result = _result(outcome, ledger, scheduler.stats, started, config, scheduler.error, notes=notes)
         try:
             ledger.session_finished(session, result.outcome.value, result.exit_code, json.dumps(asdict(result.stats)))
             ledger.flush()
-        except LedgerError:
+        except (LedgerError, OutputError):
             ledger.rollback()  # the ledger may be what failed (disk full); the result already says so
         return result
+
+
+def _prepare(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> tuple[ManifestSync | None, list[str]]:
+    """Locks, the manifest read in (or its head), the ledger repaired and its files checked."""
+    notes: list[str] = []
+    ledger.lock_for_run()
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    folder.lock()
+    ledger.journal = folder.note
+    ledger.before_flush = lambda: ledger.set_journal_offset(folder.folder_id, folder.write_journal())
+    if ledger.is_empty and not config.allow_unknown_files:
+        foreign = unknown_images(folder)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise OutputError(
+                f"the output folder {config.output_dir} already holds {len(foreign)} image(s) that batchgen "
+                f"has no record of ({shown}); a new batch could overwrite them. Use another --output, "
+                "or pass --allow-unknown-files to write among them"
+            )
+    folder.remove_stale_partials()
+    repairing = needs_repair(ledger, folder)
+    # Repairs need every job of the manifest recorded first, so the manifest is read whole.
+    sync = _start_sync(config, ledger, head_start=math.inf if repairing else config.sync_head_start)
+    if repairing:
+        repaired = repair(ledger, folder)
+        if repaired:
+            notes.append(repaired.describe())
+    ledger.recover()
+    check = check_files(ledger, config.output_dir)
+    if check.missing or check.changed:
+        what = [f"{len(check.missing)} missing"] if check.missing else []
+        what += [f"{len(check.changed)} changed"] if check.changed else []
+        example = (check.missing or check.changed)[0]
+        notes.append(
+            f"{' and '.join(what)} file(s) in {config.output_dir} (e.g. {example}): "
+            f"{check.reopened} fetched again from their runs"
+            + (f", {len(check.lost)} with no run to fetch from (`batchgen retry --missing`)" if check.lost else "")
+        )
+    return sync, notes
 
 
 def _check_output_dir(output_dir: Path) -> None:
@@ -163,6 +205,7 @@ def _remove_new(paths: list[Path]) -> None:
     """Remove what this invocation created: the ledger and its side files, then folders left empty."""
     for path in paths:
         if path.is_dir():
+            shutil.rmtree(path / STATE_DIR, ignore_errors=True)
             try:
                 path.rmdir()  # only if empty
             except OSError:
@@ -172,7 +215,7 @@ def _remove_new(paths: list[Path]) -> None:
                 side.unlink(missing_ok=True)
 
 
-def _start_sync(config: BatchConfig, ledger: Ledger) -> ManifestSync | None:
+def _start_sync(config: BatchConfig, ledger: Ledger, *, head_start: float) -> ManifestSync | None:
     """Read the manifest into the ledger (None when it is unchanged since the last run); see syncing.py."""
     output_dir = str(config.output_dir.resolve())
     fingerprint = _fingerprint(config.manifest)
@@ -186,12 +229,12 @@ def _start_sync(config: BatchConfig, ledger: Ledger) -> ManifestSync | None:
         fingerprint=fingerprint,
         retry_failed=config.retry_failed,
     )
-    sync.head(config.sync_head_start)
+    sync.head(head_start)
     return sync
 
 
 async def _run_scheduler(
-    config: BatchConfig, ledger: Ledger, api_key: str, sync: ManifestSync | None
+    config: BatchConfig, ledger: Ledger, folder: OutputFolder, api_key: str, sync: ManifestSync | None
 ) -> tuple[Scheduler, Outcome]:
     assert config.base_url is not None
     client = RunbaseClient(
@@ -213,6 +256,8 @@ async def _run_scheduler(
             run_timeout=config.run_timeout,
             backoff_base=config.backoff_base,
             reading_manifest=sync is not None and not sync.done,
+            not_found_grace=config.not_found_grace,
+            on_file=lambda spec, run_id, saved: folder.record_file(spec.job_id, spec.spec_hash(), run_id, saved),
         )
         counts = ledger.counts()
         progress = Progress.create(config.progress, total=counts["pending"] + counts["running"])
@@ -373,6 +418,8 @@ def _result(
     started: float,
     config: BatchConfig,
     error: BatchgenError | None = None,
+    *,
+    notes: list[str] | None = None,
 ) -> BatchResult:
     try:
         counts = ledger.counts()
@@ -396,4 +443,5 @@ def _result(
         unknown_creates_total=unknown,
         elapsed=time.monotonic() - started,
         output_dir=config.output_dir,
+        notes=notes or [],
     )

@@ -8,6 +8,7 @@ whether a new run could help.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -40,8 +41,10 @@ class OutputSaver:
         throttle: Throttle,
         stats: BatchStats,
         backoff_base: float = 0.5,
+        on_file: Callable[[JobSpec, str, SavedOutput], None] | None = None,
     ):
         self.client = client
+        self.on_file = on_file  # told of each file before it takes its name (the folder's journal)
         self.output_dir = output_dir
         self.throttle = throttle
         self.stats = stats
@@ -56,7 +59,7 @@ class OutputSaver:
         n = tries = 0
         while n < len(urls):
             try:
-                saved.append(await self._download(spec, urls[n], n))
+                saved.append(await self._download(spec, info.run_id, urls[n], n))
                 n, tries = n + 1, 0
             except DownloadRefused as exc:
                 # Signed URLs expire: ask the API for fresh ones once before giving up.
@@ -78,8 +81,10 @@ class OutputSaver:
                 raise SaveFailed(str(exc), retry=False) from exc
         return saved
 
-    async def _download(self, spec: JobSpec, url: str, n: int) -> SavedOutput:
-        with PartialFile(self.output_dir, spec.job_id) as part:
+    async def _download(self, spec: JobSpec, run_id: str, url: str, n: int) -> SavedOutput:
+        on_file = self.on_file
+        before_rename = None if on_file is None else (lambda saved: on_file(spec, run_id, saved))
+        with PartialFile(self.output_dir, spec.job_id, before_rename) as part:
             download = await self.client.download(url, part)
             self.stats.downloads += 1
             name = output_name(spec.stem, n, extension_for(download.content_type, url))

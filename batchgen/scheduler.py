@@ -29,7 +29,7 @@ import heapq
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,13 +41,16 @@ from .committer import Committer
 from .creating import CreateOutcome, Creator, Result
 from .errors import AccountError, BatchgenError, OutputError, RateLimited, RunNotFound, TransientError, Unauthorized
 from .ledger import Ledger
-from .models import AttemptStatus, BatchStats, OpenRun, Outcome, PendingJob, RunInfo
+from .models import AttemptStatus, BatchStats, JobSpec, OpenRun, Outcome, PendingJob, RunInfo, SavedOutput
 from .saving import OutputSaver, SaveFailed
 from .throttle import PollPlanner, Throttle, backoff
 
 MAX_SUBMITTERS = 32
 MAX_SAVERS = 16
 INTERRUPT_GRACE = 3.0  # seconds creates already sent get to answer after Ctrl-C
+# A run the ledger knows was paid for: a 404 may only mean the API has not caught up with
+# it yet (eventually consistent reads), so it is polled again for this long before it is gone.
+NOT_FOUND_GRACE = 180.0
 
 # Which reason for ending wins when several come: the more serious, the later in this list.
 _PRECEDENCE = (
@@ -82,6 +85,8 @@ class _Run:
     last_poll_age: float = 0.0
     first_delay: float = 0.0
     adopted: bool = False  # created by an earlier session: its first poll teaches nothing
+    refetch: bool = False  # open only to fetch files that went missing: a failure never buys a new run
+    not_found_since: float | None = None
 
 
 @dataclass
@@ -120,6 +125,8 @@ class Scheduler:
         planner: PollPlanner | None = None,
         backoff_base: float = 0.5,
         reading_manifest: bool = False,
+        not_found_grace: float = NOT_FOUND_GRACE,
+        on_file: Callable[[JobSpec, str, SavedOutput], None] | None = None,
     ):
         self.ledger = ledger
         self.client = client
@@ -129,6 +136,7 @@ class Scheduler:
         self.run_timeout = run_timeout
         self.planner = planner or PollPlanner()
         self.backoff_base = backoff_base
+        self.not_found_grace = not_found_grace
         self.stats = BatchStats()
         self.committer = Committer(ledger)
         self.stop = Stop.RUNNING
@@ -145,7 +153,12 @@ class Scheduler:
             backoff_base=backoff_base,
         )
         self.saver = OutputSaver(
-            client=client, output_dir=output_dir, throttle=throttle, stats=self.stats, backoff_base=backoff_base
+            client=client,
+            output_dir=output_dir,
+            throttle=throttle,
+            stats=self.stats,
+            backoff_base=backoff_base,
+            on_file=on_file,
         )
         self._slots = _Slots(concurrency)
         self._workers = max(1, min(concurrency, MAX_SUBMITTERS))
@@ -322,7 +335,14 @@ class Scheduler:
     def _adopt(self, open_run: OpenRun) -> None:
         """A run an earlier session created: poll it now instead of paying again."""
         age = max(0.0, time.time() - (open_run.created_at or time.time()))
-        run = _Run(open_run.job, open_run.attempt_id, open_run.run_id, self._clock() - age, adopted=True)
+        run = _Run(
+            open_run.job,
+            open_run.attempt_id,
+            open_run.run_id,
+            self._clock() - age,
+            adopted=True,
+            refetch=open_run.refetch,
+        )
         self._slots.take()
         self._active_jobs += 1
         self._track(run, 0.0)
@@ -366,7 +386,16 @@ class Scheduler:
             self._schedule(run, backoff(run.errors, base=self.backoff_base, cap=30.0))
             return
         except RunNotFound:
-            return self._run_failed(run, f"run {run.run_id} no longer exists (404)")
+            now = self._clock()
+            if run.not_found_since is None:
+                run.not_found_since = now
+            if now - run.not_found_since < self.not_found_grace:
+                run.errors += 1
+                self._schedule(run, backoff(run.errors, base=self.backoff_base, cap=30.0))
+                return
+            return self._run_failed(
+                run, f"run {run.run_id} no longer exists: the API answered 404 for {self.not_found_grace:.0f} s"
+            )
         except Unauthorized as exc:
             return self._fatal(exc, Outcome.UNAUTHORIZED)
         except AccountError as exc:  # 403 on a poll: we cannot even watch our runs
@@ -374,6 +403,7 @@ class Scheduler:
         self.throttle.accepted(create=False)
         self.stats.polls += 1
         run.errors = 0
+        run.not_found_since = None
         age = self._clock() - run.created_at
         if not run.adopted:
             if run.polls == 0:
@@ -402,12 +432,20 @@ class Scheduler:
             self._slots.release()
         self._changed()
 
-    def _run_failed(self, run: _Run, error: str, *, retry: bool = True) -> None:
+    def _run_failed(self, run: _Run, error: str, *, retry: bool = True, kind: str = "run_failed") -> None:
         """The attempt is over without outputs: try a new run if attempts are left."""
         self._untrack(run)
         self.stats.failed_runs += 1
+        if run.refetch:  # its files went missing; fetching them again did not work: do not pay for more
+            retry, kind = False, "missing"
+            error = (
+                f"its file is missing and run {run.run_id} no longer serves it ({error}); "
+                "`batchgen retry --missing` makes it again with a new run"
+            )
         give_up = not retry or run.job.attempts >= self.max_attempts
-        self.ledger.attempt_ended(run.attempt_id, run.job.spec.job_id, AttemptStatus.FAILED, error, job_failed=give_up)
+        self.ledger.attempt_ended(
+            run.attempt_id, run.job.spec.job_id, AttemptStatus.FAILED, error, job_failed=give_up, kind=kind
+        )
         if give_up:
             self.stats.failed += 1
             self._job_finished()
@@ -430,7 +468,7 @@ class Scheduler:
         try:
             saved = await self.saver.save(run.job.spec, info)
         except SaveFailed as exc:
-            return self._run_failed(run, exc.message, retry=exc.retry)
+            return self._run_failed(run, exc.message, retry=exc.retry, kind="download")
         self.ledger.job_succeeded(run.attempt_id, run.job.spec.job_id, saved)
         self.stats.succeeded += 1
         self._job_finished()

@@ -224,11 +224,14 @@ def kill_again_and_again(
 ) -> tuple[KillLog, int]:
     """SIGKILL `batchgen run` ``kills`` times; returns the log and how many jobs the manifest ends with.
 
-    Two kills come almost at once (Python starting, the manifest loading), the others after a
-    delay drawn from 0.05-1.5 s. Should a run finish the batch before its kill, the manifest
-    grows by 10 jobs, as when a user adds lines, so the test always gets all its kills.
+    Two kills come almost at once (Python starting, the manifest loading), the others a delay
+    drawn from 0-1.2 s after the run's first request reaches the server (so a slow start on a
+    busy machine does not push every kill before the first request). Should a run finish the
+    batch before its kill, the manifest grows by 10 jobs, as when a user adds lines, so the
+    test always gets all its kills.
     """
-    delays = [0.05, 0.1] + [rng.uniform(0.05, 1.5) for _ in range(kills - 2)]
+    delays: list[tuple[bool, float]] = [(False, 0.05), (False, 0.1)]
+    delays += [(True, rng.uniform(0.0, 1.2)) for _ in range(kills - 2)]
     rng.shuffle(delays)
     log = KillLog()
     write_manifest(manifest, jobs)
@@ -237,8 +240,16 @@ def kill_again_and_again(
             break
         before, started = app.simulator.stats(), time.time()
         proc = start_run(manifest, out, base_url, "--concurrency", "8")
+        after_first_request, delay = delays[log.kills]
+        if after_first_request:
+            requests = ("create_requests", "gets", "downloads")
+            wait_for(
+                lambda: proc.poll() is not None or any(app.simulator.stats()[k] > before[k] for k in requests),
+                timeout=60,
+                what="the run's first request",
+            )
         try:
-            proc.wait(timeout=delays[log.kills])
+            proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)  # (a no-op if it has just ended by itself)
         code, output = finish(proc)

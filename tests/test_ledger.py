@@ -125,7 +125,7 @@ def test_queued_writes_are_invisible_until_flushed_and_lost_together_on_error(tm
         assert other.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
         ledger.flush()
         assert other.execute("SELECT status FROM attempts").fetchall() == [("creating",)]
-        ledger.run_created(attempt, "run_1")
+        ledger.run_created(attempt, "run_1", job)
         ledger._queue("INSERT INTO no_such_table VALUES (1)")
         with pytest.raises(LedgerError):
             ledger.flush()
@@ -140,7 +140,7 @@ def test_a_job_satisfied_without_a_run_says_where_its_image_came_from(tmp_path):
     saved = [SavedOutput(n=0, path="j.png", bytes=3, sha256="abc", content_type="image/png")]
     with Ledger(tmp_path / "l.sqlite") as ledger:
         ledger.sync_manifest("m.yaml", [job], output_dir=str(tmp_path))
-        ledger.job_satisfied(job, saved, status=AttemptStatus.REUSED, run_id="run_x", note="same request as k")
+        ledger.job_satisfied("j", job.spec_hash(), saved, status=AttemptStatus.REUSED, run_id="run_x", note="as k")
         ledger.flush()
         (record,) = ledger.iter_export()
         assert (record["state"], record["source"], record["run_id"]) == ("succeeded", "reused", "run_x")

@@ -247,14 +247,14 @@ def test_run_that_never_finishes_becomes_a_failed_attempt(write_manifest, run):
 
 
 def test_vanished_run_is_created_again(write_manifest, run, sim, tmp_path):
-    """A run id in the ledger that the API no longer knows (404) gets a new attempt."""
+    """A run id in the ledger that the API keeps answering 404 for, past the grace, gets a new attempt."""
     manifest = write_manifest(1)
     ledger_path = tmp_path / "out" / "batchgen.sqlite"
     with Ledger(ledger_path) as ledger:
         ledger.sync_manifest(str(manifest), load_jobs(manifest), output_dir=str(tmp_path / "out"))
-        attempt = ledger.begin_attempt(load_jobs(manifest)[0])
-        ledger.run_created(attempt, "run_that_the_server_forgot")
-    result = run(manifest)
+        job = load_jobs(manifest)[0]
+        ledger.run_created(ledger.begin_attempt(job), "run_that_the_server_forgot", job)
+    result = run(manifest, not_found_grace=0.2)
     assert result.exit_code == ExitCode.OK
     with Ledger(ledger_path) as ledger:
         assert ledger.attempt_counts() == {"failed": 1, "succeeded": 1}
@@ -272,7 +272,7 @@ def test_runs_created_before_a_crash_are_polled_not_created_again(write_manifest
     run_id = anyio.run(create_directly).run_id
     with Ledger(tmp_path / "out" / "batchgen.sqlite") as ledger:  # as if killed right after the answer
         ledger.sync_manifest(str(manifest), jobs, output_dir=str(tmp_path / "out"))
-        ledger.run_created(ledger.begin_attempt(jobs[1]), run_id)
+        ledger.run_created(ledger.begin_attempt(jobs[1]), run_id, jobs[1])
     result = run(manifest)
     assert result.exit_code == ExitCode.OK
     stats = sim.stats()

@@ -45,7 +45,8 @@ def test_download_size_cap_refuses_big_files(write_manifest, run, tmp_path):
     sim = Simulator(SimConfig(latency=0.02))
     result = run(write_manifest(2), sim, max_download_bytes=50, max_attempts=1)
     assert result.exit_code == ExitCode.JOBS_FAILED
-    assert not [p for p in (tmp_path / "out").iterdir() if not p.name.startswith("batchgen.sqlite")]
+    kept = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and ".batchgen" not in p.parts]
+    assert [p.name for p in kept if not p.name.startswith("batchgen.sqlite")] == []
 
 
 def test_non_http_output_url_is_refused():
@@ -103,12 +104,13 @@ def test_files_follow_the_umask_and_the_ledger_is_not_world_writable(write_manif
 
 
 def test_ledger_is_never_world_writable_even_with_umask_zero(write_manifest, run, tmp_path):
-    """With umask 000 the ledger and its lock file still are not world-writable."""
+    """With umask 000 the ledger, the lock files and the folder's journal still are not world-writable."""
     old = os.umask(0)
     try:
         assert run(write_manifest(1)).exit_code == ExitCode.OK
     finally:
         os.umask(old)
-    for name in ("batchgen.sqlite", "batchgen.sqlite.lock"):
+    state = [".batchgen", ".batchgen/lock", ".batchgen/journal", ".batchgen/id"]
+    for name in ("batchgen.sqlite", "batchgen.sqlite.lock", *state):
         mode = stat.S_IMODE((tmp_path / "out" / name).stat().st_mode)
         assert not mode & stat.S_IWOTH, (name, oct(mode))

@@ -32,6 +32,11 @@ def add_parsers(commands: Any) -> None:
     )
     run.add_argument("--max-download-mb", type=positive_float, default=100.0, help="size cap per output file")
     run.add_argument("--no-progress", action="store_true", help="no progress bar or status lines")
+    run.add_argument(
+        "--allow-unknown-files",
+        action="store_true",
+        help="write into an output folder that holds images batchgen has no record of (refused by default)",
+    )
     run.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto", help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
 
@@ -58,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         max_download_bytes=int(args.max_download_mb * 1024 * 1024),
         progress="none" if args.no_progress else args.progress,
         handle_signals=True,
+        allow_unknown_files=args.allow_unknown_files,
     )
     _print_summary(result)
     return result.exit_code
@@ -67,6 +73,8 @@ def _print_summary(result: BatchResult) -> None:
     from ..runner import ExitCode
 
     out = sys.stderr
+    for note in result.notes:
+        print(f"batchgen: {note}", file=out)
     if result.counts:
         c, s = result.counts, result.stats
         print(

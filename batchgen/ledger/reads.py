@@ -60,13 +60,21 @@ class LedgerReads:
     def open_runs(self) -> list[OpenRun]:
         """Runs created earlier and not yet seen finished, for the current manifest."""
         rows = self._stream(
-            """SELECT a.attempt_id, a.run_id, a.created_at, j.job_id, j.spec_json, j.metadata_json, j.attempts
+            """SELECT a.attempt_id, a.run_id, a.created_at, a.error_kind, j.job_id, j.spec_json, j.metadata_json,
+                      j.attempts
                FROM attempts a JOIN jobs j ON j.job_id = a.job_id
                WHERE a.status = 'running' AND j.generation = ? ORDER BY j.seq""",
             (self.generation,),
         )
         return [
-            OpenRun(attempt_id=r[0], run_id=r[1], created_at=r[2], job=_pending(r[3], r[4], r[5], r[6])) for r in rows
+            OpenRun(
+                attempt_id=r[0],
+                run_id=r[1],
+                created_at=r[2],
+                job=_pending(r[4], r[5], r[6], r[7]),
+                refetch=r[3] == "refetch",
+            )
+            for r in rows
         ]
 
     def pending_page(self, after_seq: int, limit: int = PAGE_SIZE) -> list[tuple[int, PendingJob]]:
@@ -150,6 +158,41 @@ class LedgerReads:
         ).fetchall()
         keys = ("n", "path", "bytes", "sha256", "saved_at", "replaced_at")
         return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def jobs_by_id(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """{job_id: (spec_hash, state)} for those of ``job_ids`` in the current manifest."""
+        found: dict[str, tuple[str, str]] = {}
+        ids = list(dict.fromkeys(job_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for job_id, spec_hash, state in self._query(
+                f"SELECT job_id, spec_hash, state FROM jobs WHERE generation = ? AND job_id IN ({marks})",
+                (self.generation, *chunk),
+            ):
+                found[job_id] = (spec_hash, state)
+        return found
+
+    def attempts_by_id(self, attempt_ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
+        """{attempt_id: (status, run_id)} for those of ``attempt_ids`` the ledger has."""
+        found: dict[int, tuple[str, str | None]] = {}
+        ids = list(dict.fromkeys(attempt_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for attempt_id, status, run_id in self._query(
+                f"SELECT attempt_id, status, run_id FROM attempts WHERE attempt_id IN ({marks})", chunk
+            ):
+                found[attempt_id] = (status, run_id)
+        return found
+
+    def journal_offset(self, folder_id: str) -> int:
+        return int(self._meta(f"journal_offset:{folder_id}", "0"))
+
+    @property
+    def is_empty(self) -> bool:
+        """No job was ever recorded here."""
+        return bool(self._query("SELECT NOT EXISTS (SELECT 1 FROM jobs)").fetchone()[0])
 
     # -- export -----------------------------------------------------------------
 

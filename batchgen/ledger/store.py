@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,11 @@ class Ledger(LedgerReads):
         self._many: set[int] = set()  # indexes in _ops that are executemany
         self.readonly = readonly
         self._closed = False
+        # Called with (event, data) for every money event, before it is queued: the output
+        # folder's journal (folder.py), which must outlive this file.
+        self.journal: Callable[..., None] | None = None
+        # Called at the start of every flush, before anything is committed: writes that journal out.
+        self.before_flush: Callable[[], None] | None = None
         if readonly:
             self._db = self._open_readonly()
             return
@@ -216,6 +221,8 @@ class Ledger(LedgerReads):
         """
         if not self._ops and not (self._db.in_transaction and not hold):
             return
+        if self.before_flush is not None:
+            self.before_flush()
         ops, many = self._ops, self._many
         self._ops, self._many = [], set()
         try:
@@ -374,6 +381,8 @@ class Ledger(LedgerReads):
         attempt_id = self._next_attempt
         self._next_attempt += 1
         now = time.time()
+        if self.journal is not None:
+            self.journal("attempt", a=attempt_id, job=job.job_id, h=job.spec_hash())
         self._queue(
             "INSERT INTO attempts (attempt_id, job_id, spec_hash, status, started_at) VALUES (?, ?, ?, 'creating', ?)",
             (attempt_id, job.job_id, job.spec_hash(), now),
@@ -384,9 +393,11 @@ class Ledger(LedgerReads):
         )
         return attempt_id
 
-    def run_created(self, attempt_id: int, run_id: str) -> float:
+    def run_created(self, attempt_id: int, run_id: str, job: JobSpec) -> float:
         """The create answered: queue the run id; flush before anything waits on the run."""
         now = time.time()
+        if self.journal is not None:
+            self.journal("run", a=attempt_id, job=job.job_id, h=job.spec_hash(), run=run_id, t=round(now, 3))
         self._queue(
             "UPDATE attempts SET run_id = ?, status = 'running', created_at = ? WHERE attempt_id = ?",
             (run_id, now, attempt_id),
@@ -395,6 +406,8 @@ class Ledger(LedgerReads):
 
     def not_created(self, attempt_id: int, job_id: str) -> None:
         """The create certainly made no run (refused before it was made): forget the attempt."""
+        if self.journal is not None:
+            self.journal("void", a=attempt_id)
         self._queue("DELETE FROM attempts WHERE attempt_id = ?", (attempt_id,))
         self._queue(
             "UPDATE jobs SET state = 'pending', attempts = max(0, attempts - 1) WHERE job_id = ?",
@@ -413,6 +426,8 @@ class Ledger(LedgerReads):
     ) -> None:
         """An attempt ended without outputs: ``unknown``, ``failed`` or ``rejected``."""
         now = time.time()
+        if status is AttemptStatus.REJECTED and self.journal is not None:
+            self.journal("void", a=attempt_id)  # answered: no run was made
         self._queue(
             "UPDATE attempts SET status = ?, error = ?, error_kind = ?, finished_at = ? WHERE attempt_id = ?",
             (str(status), error, kind, now, attempt_id),
@@ -447,7 +462,14 @@ class Ledger(LedgerReads):
         )
 
     def job_satisfied(
-        self, job: JobSpec, outputs: list[SavedOutput], *, status: AttemptStatus, run_id: str | None, note: str
+        self,
+        job_id: str,
+        spec_hash: str,
+        outputs: list[SavedOutput],
+        *,
+        status: AttemptStatus,
+        run_id: str | None,
+        note: str,
     ) -> int:
         """The job's image came without a run of its own: ``reused`` (an identical request's
         image) or ``adopted`` (found in the folder). Recorded as an attempt of that status."""
@@ -457,12 +479,57 @@ class Ledger(LedgerReads):
         self._queue(
             "INSERT INTO attempts (attempt_id, job_id, spec_hash, run_id, status, error, started_at, created_at, "
             "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (attempt_id, job.job_id, job.spec_hash(), run_id, str(status), note, now, now, now),
+            (attempt_id, job_id, spec_hash, run_id, str(status), note, now, now, now),
         )
-        self.job_succeeded(attempt_id, job.job_id, outputs)
+        self.job_succeeded(attempt_id, job_id, outputs)
         # job_succeeded marked it 'succeeded'; keep the status that says where the image came from
         self._queue("UPDATE attempts SET status = ? WHERE attempt_id = ?", (str(status), attempt_id))
         return attempt_id
+
+    def refetch(self, job_id: str, attempt_id: int) -> None:
+        """A succeeded job's file is missing or changed: open its run again, to fetch the files (not to pay)."""
+        self._queue(
+            "UPDATE attempts SET status = 'running', error_kind = 'refetch', finished_at = NULL WHERE attempt_id = ?",
+            (attempt_id,),
+        )
+        self._queue("UPDATE jobs SET state = 'running', updated_at = ? WHERE job_id = ?", (time.time(), job_id))
+
+    # -- repairs from the folder's journal (recovery.py) --------------------------
+
+    def reserve_attempt_ids(self, highest_used: int) -> None:
+        """Ids up to ``highest_used`` appear in the journal: never hand them out again."""
+        self._next_attempt = max(self._next_attempt, highest_used + 1)
+
+    def reopen_run(self, job_id: str, spec_hash: str, attempt_id: int, run_id: str, created_at: float) -> None:
+        """A run the ledger had forgotten: record it open again, to be polled rather than paid for twice."""
+        self._queue(
+            "INSERT OR REPLACE INTO attempts (attempt_id, job_id, spec_hash, run_id, status, started_at, created_at) "
+            "VALUES (?, ?, ?, ?, 'running', ?, ?)",
+            (attempt_id, job_id, spec_hash, run_id, created_at, created_at),
+        )
+        self._queue(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ? WHERE job_id = ?",
+            (time.time(), job_id),
+        )
+
+    def lost_create(self, job_id: str, spec_hash: str, attempt_id: int) -> None:
+        """A create the ledger had forgotten and whose answer never came: a possible double charge."""
+        self._queue(
+            "INSERT OR IGNORE INTO attempts (attempt_id, job_id, spec_hash, status, error, error_kind, started_at, "
+            "finished_at) VALUES (?, ?, ?, 'unknown', ?, 'unknown', ?, ?)",
+            (
+                attempt_id,
+                job_id,
+                spec_hash,
+                "the create was sent and its answer is not recorded",
+                time.time(),
+                time.time(),
+            ),
+        )
+
+    def set_journal_offset(self, folder_id: str, offset: int) -> None:
+        """How far into the folder's journal this ledger's commits reach; committed with them."""
+        self._set_meta(f"journal_offset:{folder_id}", str(offset))
 
     # -- sessions -------------------------------------------------------------
 

@@ -1,0 +1,199 @@
+"""The output folder's own state: its lock and its journal, kept in ``<folder>/.batchgen/``.
+
+The lock belongs to the folder, not to a ledger: two runs with different
+ledgers on one folder would overwrite each other's files and delete each
+other's partial downloads, so the second one stops at once.
+
+The journal is what survives the ledger. Before its ledger transaction
+commits, every money event is appended to it: an attempt whose create is about
+to be sent, the run id a create answered, a create that certainly made no run;
+and every image, before it is renamed into place, with what it is (job, spec
+hash, run id, n, sha256, size). A ledger that was deleted, emptied or rolled
+back (its ``-wal`` deleted) is repaired from it at the next run: runs it had
+forgotten are polled instead of paid for again, images already in the folder
+are adopted, creates that never answered are counted as possible double
+charges. The ledger remembers how far into the journal its commits reach
+(``journal_offset`` in its meta, committed with the writes), so a run reads
+only the part a ledger may lack.
+
+Lines are JSON, one event each, appended with ``O_APPEND`` in one write, so a
+killed process leaves at most one partial last line (skipped when read).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import LedgerBusy, OutputError
+from .models import SavedOutput
+from .outputs import TEMP_PREFIX, TEMP_SUFFIX
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX
+    fcntl = None  # type: ignore[assignment]
+
+STATE_DIR = ".batchgen"
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    offset: int  # where the line ends in the journal
+    event: str  # attempt | run | void | file
+    data: dict[str, Any]
+
+
+class OutputFolder:
+    def __init__(self, path: Path):
+        self.path = path
+        self.state = path / STATE_DIR
+        self._lock_fd: int | None = None
+        self._journal_fd: int | None = None
+        self._buffer: list[bytes] = []
+        self._folder_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"OutputFolder({str(self.path)!r})"
+
+    # -- lock -------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Take the folder's one-runner lock or raise LedgerBusy; released on close or process death."""
+        if fcntl is None or self._lock_fd is not None:
+            return
+        try:
+            self.state.mkdir(mode=0o755, parents=True, exist_ok=True)
+            fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot use the output folder {self.path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LedgerBusy(
+                f"another batchgen run is writing to the output folder {self.path}; wait for it to finish, "
+                "or stop it first"
+            ) from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._buffer:
+            self.write_journal()
+        for fd in (self._journal_fd, self._lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self._journal_fd = self._lock_fd = None
+
+    def __enter__(self) -> OutputFolder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- journal ----------------------------------------------------------------
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state / "journal"
+
+    @property
+    def folder_id(self) -> str:
+        """A name for this folder's journal that survives the folder being moved; made on first use."""
+        if self._folder_id is None:
+            id_path = self.state / "id"
+            try:
+                self._folder_id = id_path.read_text(encoding="ascii").strip()
+            except FileNotFoundError:
+                self._folder_id = secrets.token_hex(8)
+                self.state.mkdir(mode=0o755, parents=True, exist_ok=True)
+                fd = os.open(id_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                with os.fdopen(fd, "w", encoding="ascii") as file:
+                    file.write(self._folder_id + "\n")
+        return self._folder_id
+
+    def record_file(self, job_id: str, spec_hash: str, run_id: str, saved: SavedOutput) -> None:
+        """Journal an image before it takes its name (see the module docstring)."""
+        self.note(
+            "file",
+            job=job_id,
+            h=spec_hash,
+            run=run_id,
+            n=saved.n,
+            path=saved.path,
+            sha256=saved.sha256,
+            bytes=saved.bytes,
+            type=saved.content_type,
+        )
+        self.write_journal()
+
+    def note(self, event: str, **data: Any) -> None:
+        """Queue a journal line; ``write_journal()`` appends every queued line in one write."""
+        self._buffer.append(json.dumps({"e": event, **data}, separators=(",", ":")).encode() + b"\n")
+
+    def write_journal(self) -> int:
+        """Append the queued lines; returns the journal's size after them."""
+        fd = self._journal()
+        if self._buffer:
+            data, self._buffer = b"".join(self._buffer), []
+            try:
+                os.write(fd, data)
+            except OSError as exc:
+                raise OutputError(f"cannot write to {self.journal_path}: {exc.strerror or exc}") from exc
+        return os.fstat(fd).st_size
+
+    def _journal(self) -> int:
+        if self._journal_fd is None:
+            self.state.mkdir(mode=0o755, parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            self._journal_fd = os.open(self.journal_path, flags, 0o644)
+        return self._journal_fd
+
+    def read_journal(self, offset: int = 0) -> Iterator[JournalEntry]:
+        """The journal's complete lines from byte ``offset`` on; a torn or garbled line is skipped."""
+        try:
+            file = open(self.journal_path, "rb")  # noqa: SIM115 - closed below, generator
+        except FileNotFoundError:
+            return
+        with file:
+            size = os.fstat(file.fileno()).st_size
+            file.seek(min(offset, size))
+            position = file.tell()
+            for line in file:
+                position += len(line)
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    data = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(data, dict) and isinstance(data.get("e"), str):
+                    yield JournalEntry(position, data.pop("e"), data)
+
+    # -- files ------------------------------------------------------------------
+
+    def remove_stale_partials(self) -> int:
+        """Delete ``.part`` files a crashed run left behind (in any subfolder); only while holding the lock."""
+        removed = 0
+        for path in self.path.rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def images(self) -> Iterator[str]:
+        """Every image file under the folder, as a path relative to it (batchgen's own state left out)."""
+        for folder, subfolders, files in os.walk(self.path):
+            subfolders[:] = [name for name in subfolders if name != STATE_DIR]
+            base = Path(folder).relative_to(self.path)
+            for name in files:
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    yield (base / name).as_posix()
