@@ -12,6 +12,8 @@ nobody waited for leaves its run open in the ledger, to be polled again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 import anyio.lowlevel
 
@@ -20,8 +22,10 @@ from .ledger import Ledger
 
 
 class Committer:
-    def __init__(self, ledger: Ledger):
+    def __init__(self, ledger: Ledger, also: Callable[[], None] | None = None):
+        """``also`` is flushed after the ledger (the reuse index): an optimisation, never waited for."""
         self.ledger = ledger
+        self.also = also
         self.flushes = 0
         self._wake = anyio.Event()
         self._flushed = anyio.Event()  # set by the flush that follows the moment it was created
@@ -41,6 +45,8 @@ class Committer:
             if self._error is None:
                 self.ledger.flush()
                 self.flushes += 1
+                if self.also is not None:
+                    self.also()
         except LedgerError as exc:
             self._error = exc
         finally:

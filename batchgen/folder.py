@@ -82,6 +82,7 @@ class OutputFolder:
                 "or stop it first"
             ) from None
         self._lock_fd = fd
+        self._journal()  # opened now, once: files may be journaled from a worker thread
 
     def close(self) -> None:
         if self._buffer:
@@ -119,19 +120,24 @@ class OutputFolder:
         return self._folder_id
 
     def record_file(self, job_id: str, spec_hash: str, run_id: str, saved: SavedOutput) -> None:
-        """Journal an image before it takes its name (see the module docstring)."""
-        self.note(
-            "file",
-            job=job_id,
-            h=spec_hash,
-            run=run_id,
-            n=saved.n,
-            path=saved.path,
-            sha256=saved.sha256,
-            bytes=saved.bytes,
-            type=saved.content_type,
-        )
-        self.write_journal()
+        """Journal an image before it takes its name (see the module docstring). Written at once, on its
+        own: it may come from a worker thread copying a reused image."""
+        data = {
+            "e": "file",
+            "job": job_id,
+            "h": spec_hash,
+            "run": run_id,
+            "n": saved.n,
+            "path": saved.path,
+            "sha256": saved.sha256,
+            "bytes": saved.bytes,
+            "type": saved.content_type,
+        }
+        line = json.dumps(data, separators=(",", ":")).encode() + b"\n"
+        try:
+            os.write(self._journal(), line)
+        except OSError as exc:
+            raise OutputError(f"cannot write to {self.journal_path}: {exc.strerror or exc}") from exc
 
     def note(self, event: str, **data: Any) -> None:
         """Queue a journal line; ``write_journal()`` appends every queued line in one write."""

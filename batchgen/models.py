@@ -173,6 +173,7 @@ class PendingJob:
 
     spec: JobSpec
     attempts: int
+    fresh: bool = False  # a new run is wanted (`batchgen retry`): reuse nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,5 +231,6 @@ class BatchStats:
     failed_runs: int = 0  # runs that failed or vanished and were tried again or gave up
     polls: int = 0
     downloads: int = 0
+    reused: int = 0  # jobs given an identical request's image instead of a run of their own
     url_refreshes: int = 0
     in_flight: int = 0

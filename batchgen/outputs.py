@@ -94,6 +94,11 @@ class PartialFile:
         self._sha256 = hashlib.sha256()
         self.size = 0
 
+    @property
+    def sha256(self) -> str:
+        """The hex sha256 of what was written so far."""
+        return self._sha256.hexdigest()
+
     def write(self, chunk: bytes) -> None:
         self._file.write(chunk)
         self._sha256.update(chunk)

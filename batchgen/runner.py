@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,12 @@ from .api import DEFAULT_BASE_URL, RunbaseClient, Timeouts, check_base_url
 from .errors import ApiError, BatchgenError, LedgerError, ManifestError, OutputError, Unauthorized, UsageError
 from .folder import STATE_DIR, OutputFolder
 from .ledger import Ledger
+from .ledger.reuse import ReuseIndex, default_index_path
 from .manifest import iter_jobs
-from .models import BatchStats, Outcome
+from .models import BatchStats, JobSpec, Outcome, SavedOutput
 from .progress import Progress
 from .recovery import check_files, needs_repair, repair, unknown_images
+from .reusing import Reuser
 from .scheduler import INTERRUPT_GRACE, NOT_FOUND_GRACE, Scheduler
 from .syncing import ManifestSync
 from .throttle import Throttle
@@ -72,6 +75,8 @@ class BatchConfig:
     simulator_options: dict[str, Any] = field(default_factory=dict, compare=False)
     sync_head_start: float = 1.0  # seconds of manifest reading before the first create may go out
     allow_unknown_files: bool = False  # write into a folder holding images batchgen has no record of
+    reuse: bool = True  # give a job an identical request's image instead of paying for a new run
+    reuse_index: Path | None = None  # default: $BATCHGEN_CACHE_DIR or the user's cache folder, reuse.sqlite
     not_found_grace: float = NOT_FOUND_GRACE  # seconds a known run may answer 404 before it is given up
 
     def __post_init__(self) -> None:
@@ -80,6 +85,8 @@ class BatchConfig:
         object.__setattr__(self, "output_dir", Path(self.output_dir))
         if self.ledger_path is not None:
             object.__setattr__(self, "ledger_path", Path(self.ledger_path))
+        if self.reuse_index is not None:
+            object.__setattr__(self, "reuse_index", Path(self.reuse_index))
 
     @property
     def ledger_file(self) -> Path:
@@ -245,6 +252,7 @@ async def _run_scheduler(
         max_connections=min(16, max(4, config.concurrency)),  # see bench/RESULTS.md
         max_download_bytes=config.max_download_bytes,
     )
+    reuser = _reuser(config, ledger, folder)
     async with client:
         scheduler = Scheduler(
             ledger=ledger,
@@ -257,7 +265,8 @@ async def _run_scheduler(
             backoff_base=config.backoff_base,
             reading_manifest=sync is not None and not sync.done,
             not_found_grace=config.not_found_grace,
-            on_file=lambda spec, run_id, saved: folder.record_file(spec.job_id, spec.spec_hash(), run_id, saved),
+            on_file=_journal_file(folder),
+            reuser=reuser,
         )
         counts = ledger.counts()
         progress = Progress.create(config.progress, total=counts["pending"] + counts["running"])
@@ -276,6 +285,25 @@ async def _run_scheduler(
         if progress is not None:
             progress.close(scheduler.stats)
     return scheduler, outcome
+
+
+def _journal_file(folder: OutputFolder) -> Callable[[JobSpec, str, SavedOutput], None]:
+    def record(spec: JobSpec, run_id: str, saved: SavedOutput) -> None:
+        folder.record_file(spec.job_id, spec.spec_hash(), run_id, saved)
+
+    return record
+
+
+def _reuser(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> Reuser | None:
+    if not config.reuse:
+        return None
+    # Images are reused only from the same service: never a simulator's image for a real request.
+    service = "simulator" if config.simulate and config.transport is None else str(config.base_url)
+    try:
+        index = ReuseIndex(config.reuse_index or default_index_path(), service)
+    except LedgerError:
+        return None  # an optimisation: without it every job simply gets its own run
+    return Reuser(index, ledger, config.output_dir, _journal_file(folder))
 
 
 async def _read_rest(sync: ManifestSync, scheduler: Scheduler, progress: Progress | None) -> None:

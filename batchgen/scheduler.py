@@ -42,6 +42,7 @@ from .creating import CreateOutcome, Creator, Result
 from .errors import AccountError, BatchgenError, OutputError, RateLimited, RunNotFound, TransientError, Unauthorized
 from .ledger import Ledger
 from .models import AttemptStatus, BatchStats, JobSpec, OpenRun, Outcome, PendingJob, RunInfo, SavedOutput
+from .reusing import Reuser
 from .saving import OutputSaver, SaveFailed
 from .throttle import PollPlanner, Throttle, backoff
 
@@ -127,6 +128,7 @@ class Scheduler:
         reading_manifest: bool = False,
         not_found_grace: float = NOT_FOUND_GRACE,
         on_file: Callable[[JobSpec, str, SavedOutput], None] | None = None,
+        reuser: Reuser | None = None,
     ):
         self.ledger = ledger
         self.client = client
@@ -138,7 +140,8 @@ class Scheduler:
         self.backoff_base = backoff_base
         self.not_found_grace = not_found_grace
         self.stats = BatchStats()
-        self.committer = Committer(ledger)
+        self.reuser = reuser
+        self.committer = Committer(ledger, also=reuser.flush if reuser is not None else None)
         self.stop = Stop.RUNNING
         self.outcome = Outcome.DONE
         self.error: BatchgenError | None = None
@@ -169,6 +172,8 @@ class Scheduler:
         self._creating = 0  # submitters inside a create (waiting for the pace, or on the wire)
         self._saving = 0
         self._retry: deque[PendingJob] = deque()
+        self._leaders: dict[str, str] = {}  # spec hash -> the job making that request's image now
+        self._followers: dict[str, list[PendingJob]] = {}  # spec hash -> jobs waiting to reuse it
         self._in_flight: dict[str, _Run] = {}
         self._poll_heap: list[tuple[float, int, _Run]] = []
         self._poll_seq = 0
@@ -281,15 +286,41 @@ class Scheduler:
                     self._active_jobs += 1
                 await send.send(job)
 
-    def _job_finished(self) -> None:
+    def _job_finished(self, job: PendingJob) -> None:
+        """``job`` is done with for this session (succeeded, failed for good, or left pending)."""
         self._active_jobs -= 1
+        spec_hash = job.spec.spec_hash()
+        if self._leaders.get(spec_hash) == job.spec.job_id:
+            # Jobs asking for the same request waited for this one: now they can reuse its image
+            # (or, if it failed, one of them makes its own).
+            del self._leaders[spec_hash]
+            self._retry.extend(self._followers.pop(spec_hash, []))
         self._changed()
+
+    async def _reused(self, job: PendingJob) -> bool:
+        """True when the job was given an identical request's image, or waits for one being made."""
+        if self.reuser is None or job.fresh:
+            return False
+        spec_hash = job.spec.spec_hash()
+        leader = self._leaders.get(spec_hash)
+        if leader is not None and leader != job.spec.job_id:
+            self._followers.setdefault(spec_hash, []).append(job)
+            return True
+        if leader is None and await self.reuser.try_reuse(job.spec):
+            self.stats.reused += 1
+            self.stats.succeeded += 1
+            self._job_finished(job)
+            return True
+        self._leaders[spec_hash] = job.spec.job_id
+        return False
 
     # -- creating runs -------------------------------------------------------------
 
     async def _submit_loop(self, receive: MemoryObjectReceiveStream[PendingJob]) -> None:
         async with receive:
             async for job in receive:
+                if self.stop is Stop.RUNNING and await self._reused(job):
+                    continue
                 if self.stop is Stop.RUNNING:
                     await self._slots.acquire()
                     if self.stop is Stop.RUNNING:
@@ -303,7 +334,7 @@ class Scheduler:
                         self._created(outcome)
                         continue
                     self._slots.release()
-                self._job_finished()  # dropped: it stays pending in the ledger
+                self._job_finished(job)  # dropped: it stays pending in the ledger
 
     def _created(self, outcome: CreateOutcome) -> None:
         """Act on what became of a create."""
@@ -328,7 +359,7 @@ class Scheduler:
             self._end(Stop.DRAINING, Outcome.ACCOUNT, outcome.error)
         elif result is Result.API_DOWN:
             self._end(Stop.HALTING, Outcome.UNAVAILABLE, outcome.error)
-        self._job_finished()
+        self._job_finished(outcome.job)
 
     # -- polling ---------------------------------------------------------------
 
@@ -345,6 +376,7 @@ class Scheduler:
         )
         self._slots.take()
         self._active_jobs += 1
+        self._leaders.setdefault(run.job.spec.spec_hash(), run.job.spec.job_id)
         self._track(run, 0.0)
 
     def _track(self, run: _Run, delay: float) -> None:
@@ -448,7 +480,7 @@ class Scheduler:
         )
         if give_up:
             self.stats.failed += 1
-            self._job_finished()
+            self._job_finished(run.job)
         else:
             self._retry.append(run.job)
             self._changed()
@@ -470,5 +502,7 @@ class Scheduler:
         except SaveFailed as exc:
             return self._run_failed(run, exc.message, retry=exc.retry, kind="download")
         self.ledger.job_succeeded(run.attempt_id, run.job.spec.job_id, saved)
+        if self.reuser is not None:
+            self.reuser.record(run.job.spec, run.run_id, saved)
         self.stats.succeeded += 1
-        self._job_finished()
+        self._job_finished(run.job)

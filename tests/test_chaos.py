@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,11 @@ class KillLog:
             self.cut["mid-poll"] += 1
 
 
+def first_request_seen(proc: subprocess.Popen[str], sim: Simulator, before: dict[str, Any]) -> bool:
+    """The run has ended, or the server has seen a request since ``before``."""
+    return proc.poll() is not None or any(sim.stats()[k] > before[k] for k in ("create_requests", "gets", "downloads"))
+
+
 def kill_again_and_again(
     manifest: Path, jobs: int, out: Path, app: Laggy, base_url: str, *, kills: int, rng: random.Random
 ) -> tuple[KillLog, int]:
@@ -242,12 +248,7 @@ def kill_again_and_again(
         proc = start_run(manifest, out, base_url, "--concurrency", "8")
         after_first_request, delay = delays[log.kills]
         if after_first_request:
-            requests = ("create_requests", "gets", "downloads")
-            wait_for(
-                lambda: proc.poll() is not None or any(app.simulator.stats()[k] > before[k] for k in requests),
-                timeout=60,
-                what="the run's first request",
-            )
+            wait_for(partial(first_request_seen, proc, app.simulator, before), timeout=60, what="the first request")
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:

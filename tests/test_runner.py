@@ -223,7 +223,7 @@ def test_redirects_are_followed_but_not_to_other_schemes(write_manifest, run, tm
     sim = Simulator(SimConfig(latency=0.02, faults={"redirect": 1.0}))
     assert run(write_manifest(3), sim).exit_code == ExitCode.OK
     bad = Simulator(SimConfig(latency=0.02, faults={"redirect_bad_scheme": 1.0}))
-    result = run(write_manifest(2), bad, output_dir=tmp_path / "other", max_attempts=1)
+    result = run(write_manifest(2), bad, output_dir=tmp_path / "other", max_attempts=1, reuse=False)
     assert result.exit_code == ExitCode.JOBS_FAILED
     assert not list(result.output_dir.glob("*.png"))
 

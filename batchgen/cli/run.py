@@ -33,6 +33,18 @@ def add_parsers(commands: Any) -> None:
     run.add_argument("--max-download-mb", type=positive_float, default=100.0, help="size cap per output file")
     run.add_argument("--no-progress", action="store_true", help="no progress bar or status lines")
     run.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="pay for every job's own run, even when an identical request's image is at hand",
+    )
+    run.add_argument(
+        "--reuse-index",
+        type=Path,
+        metavar="PATH",
+        help="the index of images by request shared by your batches "
+        "(default: $BATCHGEN_CACHE_DIR/reuse.sqlite, else ~/.cache/batchgen/reuse.sqlite)",
+    )
+    run.add_argument(
         "--allow-unknown-files",
         action="store_true",
         help="write into an output folder that holds images batchgen has no record of (refused by default)",
@@ -64,6 +76,8 @@ def _run(args: argparse.Namespace) -> int:
         progress="none" if args.no_progress else args.progress,
         handle_signals=True,
         allow_unknown_files=args.allow_unknown_files,
+        reuse=not args.no_reuse,
+        reuse_index=args.reuse_index,
     )
     _print_summary(result)
     return result.exit_code

@@ -80,11 +80,11 @@ class LedgerReads:
     def pending_page(self, after_seq: int, limit: int = PAGE_SIZE) -> list[tuple[int, PendingJob]]:
         """The next ``limit`` jobs waiting for a run, after manifest position ``after_seq``."""
         rows = self._query(
-            """SELECT seq, job_id, spec_json, metadata_json, attempts FROM jobs
+            """SELECT seq, job_id, spec_json, metadata_json, attempts, fresh FROM jobs
                WHERE generation = ? AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?""",
             (self.generation, after_seq, limit),
         ).fetchall()
-        return [(r[0], _pending(r[1], r[2], r[3], r[4])) for r in rows]
+        return [(r[0], _pending(r[1], r[2], r[3], r[4], bool(r[5]))) for r in rows]
 
     # -- counts ------------------------------------------------------------------
 
@@ -235,5 +235,5 @@ class LedgerReads:
             yield record
 
 
-def _pending(job_id: str, spec_json: str, metadata_json: str, attempts: int) -> PendingJob:
-    return PendingJob(spec=JobSpec.from_record(job_id, spec_json, metadata_json), attempts=attempts)
+def _pending(job_id: str, spec_json: str, metadata_json: str, attempts: int, fresh: bool = False) -> PendingJob:
+    return PendingJob(spec=JobSpec.from_record(job_id, spec_json, metadata_json), attempts=attempts, fresh=fresh)
