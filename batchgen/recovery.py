@@ -88,6 +88,7 @@ def repair(ledger: Ledger, folder: OutputFolder) -> Repair:
         elif entry.event == "file" and isinstance(data.get("run"), str) and isinstance(data.get("n"), int):
             files[data["run"]][data["n"]] = data
     report = Repair()
+    ledger.reserve_attempt_ids(highest)  # before anything below hands out an attempt id
     known = ledger.attempts_by_id([*begun, *(line["a"] for line in runs.values())])
     jobs = ledger.jobs_by_id([*(line["job"] for line in begun.values()), *(line["job"] for line in runs.values())])
     output_dir = Path(ledger.output_dir or folder.path)
@@ -112,7 +113,6 @@ def repair(ledger: Ledger, folder: OutputFolder) -> Repair:
             continue
         ledger.lost_create(line["job"], line["h"], attempt)
         report.lost_creates += 1
-    ledger.reserve_attempt_ids(highest)
     ledger.set_journal_offset(folder_id, end)
     ledger.flush()
     return report

@@ -159,8 +159,6 @@ def _prepare(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> tuple
     ledger.lock_for_run()
     config.output_dir.mkdir(parents=True, exist_ok=True)
     folder.lock()
-    ledger.journal = folder.note
-    ledger.before_flush = lambda: ledger.set_journal_offset(folder.folder_id, folder.write_journal())
     if ledger.is_empty and not config.allow_unknown_files:
         foreign = unknown_images(folder)
         if foreign:
@@ -178,6 +176,9 @@ def _prepare(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> tuple
         repaired = repair(ledger, folder)
         if repaired:
             notes.append(repaired.describe())
+    # From here on every money event goes to the folder's journal before the ledger commits it.
+    ledger.journal = folder.note
+    ledger.before_flush = lambda: ledger.set_journal_offset(folder.folder_id, folder.write_journal())
     ledger.recover()
     check = check_files(ledger, config.output_dir)
     if check.missing or check.changed:

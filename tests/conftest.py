@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import pytest
 import yaml
 
 from batchgen import BatchResult, run_batch
-from batchgen.simulator import SimConfig, Simulator
+from batchgen.simulator import SimConfig, Simulator, SimulatorServer
 
 API_KEY = "sk-test-0123456789abcdef"  # distinctive, so tests can search files for leaks
 BASE_URL = "http://api.runbase.test/api/v1"
@@ -64,7 +66,8 @@ def run(tmp_path: Path, sim: Simulator) -> Callable[..., BatchResult]:
         options.setdefault("api_key", API_KEY)
         options.setdefault("base_url", BASE_URL)
         options.setdefault("backoff_base", 0.01)  # retries in milliseconds
-        return run_batch(manifest, transport=(simulator or sim).transport(), **options)
+        options.setdefault("transport", (simulator or sim).transport())
+        return run_batch(manifest, **options)
 
     return run_against
 
@@ -87,3 +90,31 @@ def export_records(output_dir: Path) -> list[dict[str, Any]]:
     result = batchgen_cli("export", "--output", str(output_dir))
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., SimulatorServer]]:
+    """Start simulators over real sockets (free ports); all stopped at the end of the test."""
+    with ExitStack() as stack:
+
+        def start(**config: Any) -> SimulatorServer:
+            config.setdefault("latency", 0.05)
+            return stack.enter_context(SimulatorServer(Simulator(SimConfig(**config)), startup_timeout=10))
+
+        yield start
+
+
+def env_for(server: SimulatorServer, key: str | None = API_KEY) -> dict[str, str]:
+    env = {"RUNBASE_BASE_URL": server.base_url}
+    if key is not None:
+        env["RUNBASE_API_KEY"] = key
+    return env
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait for ``condition`` with a generous deadline (a condition, never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)

@@ -17,9 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -27,32 +25,13 @@ import httpx
 import pytest
 
 from batchgen.manifest import load_jobs
-from batchgen.simulator import SimConfig, Simulator, SimulatorServer
+from batchgen.simulator import SimulatorServer
 
-from .conftest import API_KEY, REPO, batchgen_cli, export_records
+from .conftest import API_KEY, REPO, batchgen_cli, env_for, export_records
 
 EXAMPLE = REPO / "manifests" / "example.yaml"
 BAD_MANIFESTS = sorted(p for p in (REPO / "tests" / "bad_manifests").iterdir() if p.suffix != ".md")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., SimulatorServer]]:
-    """Start simulators over real sockets (free ports); all stopped at the end of the test."""
-    with ExitStack() as stack:
-
-        def start(**config: Any) -> SimulatorServer:
-            config.setdefault("latency", 0.05)
-            return stack.enter_context(SimulatorServer(Simulator(SimConfig(**config)), startup_timeout=10))
-
-        yield start
-
-
-def env_for(server: SimulatorServer, key: str | None = API_KEY) -> dict[str, str]:
-    env = {"RUNBASE_BASE_URL": server.base_url}
-    if key is not None:
-        env["RUNBASE_API_KEY"] = key
-    return env
 
 
 def origin(server: SimulatorServer) -> str:

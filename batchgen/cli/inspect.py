@@ -85,11 +85,24 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _export_records(ledger: Ledger) -> Iterator[dict[str, Any]]:
+    """Export's records; a file that is not there with its recorded size is listed as missing, never as present."""
     output_dir = Path(ledger.output_dir) if ledger.output_dir else ledger.path.parent
     for record in ledger.iter_export():
-        outputs = record.pop("outputs")
-        record["outputs"] = [str(output_dir / o["path"]) for o in outputs]
-        record["sha256"] = [o["sha256"] for o in outputs]
+        present, missing, digests = [], [], []
+        for output in record.pop("outputs"):
+            path = output_dir / output["path"]
+            try:
+                ok = path.stat().st_size == output["bytes"]
+            except OSError:
+                ok = False
+            if ok:
+                present.append(str(path))
+                digests.append(output["sha256"])
+            else:
+                missing.append(str(path))
+        record["outputs"], record["sha256"] = present, digests
+        if missing:
+            record["missing_outputs"] = missing
         yield record
 
 

@@ -1,0 +1,264 @@
+"""Never pay twice, never keep a wrong file: the paths off the happy path that used to cost money or images.
+
+Each test is one finding: a lost ledger, identical requests, a 404 right after a create,
+two ledgers on one folder, files deleted or changed behind batchgen's back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from batchgen import ExitCode, run_batch
+from batchgen.ledger import Ledger
+from batchgen.simulator import SimConfig, Simulator
+
+from .conftest import batchgen_cli, env_for, export_records, wait_until
+
+
+def served(sim: Simulator) -> dict[str, set[str]]:
+    """sha256 of every file the server sent, by the prompt of the run that made it."""
+    by_prompt: dict[str, set[str]] = {}
+    for run in sim.stats()["runs"]:
+        by_prompt.setdefault(run["prompt"], set()).update(f["sha256"] for f in run["files"])
+    return by_prompt
+
+
+def files_match_their_own_runs(out: Path, sim: Simulator) -> None:
+    """Every file export lists exists and hashes to what the server sent for that job's own prompt."""
+    sent = served(sim)
+    for record in export_records(out):
+        assert record["state"] == "succeeded", record
+        for path, digest in zip(record["outputs"], record["sha256"], strict=True):
+            assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest
+            assert digest in sent[record["input"]["prompt"]], record["job_id"]
+
+
+def cli_run(manifest: Path, out: Path, server: Any, *extra: str) -> Any:
+    return batchgen_cli("run", str(manifest), "--output", str(out), "--no-progress", *extra, env=env_for(server))
+
+
+# -- a lost ledger ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["emptied", "deleted"])
+def test_a_lost_ledger_pays_for_nothing_again(write_manifest, tmp_path, serve, how):
+    """Emptying or deleting the ledger after a batch: the same run adopts every image, creates nothing, exit 0."""
+    server = serve()
+    manifest, out = write_manifest(12), tmp_path / "out"
+    assert cli_run(manifest, out, server).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    ledger = out / "batchgen.sqlite"
+    for side in (Path(f"{ledger}-wal"), Path(f"{ledger}-shm")):
+        side.unlink(missing_ok=True)
+    if how == "emptied":
+        ledger.write_bytes(b"")
+    else:
+        ledger.unlink()
+    result = cli_run(manifest, out, server)
+    assert result.returncode == 0, result.stderr
+    assert "12 image(s) already in the folder adopted" in result.stderr
+    assert server.simulator.stats()["creates"] == 12
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before
+    status = json.loads(batchgen_cli("status", "--output", str(out), "--json").stdout)
+    assert status["jobs"]["succeeded"] == 12 and status["attempts"].get("unknown", 0) == 0
+    files_match_their_own_runs(out, server.simulator)
+
+
+def test_a_ledger_rolled_back_polls_the_runs_it_forgot(write_manifest, tmp_path, run):
+    """Commits lost after the runs were created (a deleted -wal): those runs are polled, not created again."""
+    sim = Simulator(SimConfig(latency=0.05))
+    manifest, out = write_manifest(6), tmp_path / "out"
+    ledger_file = out / "batchgen.sqlite"
+    assert run(manifest, sim).exit_code == ExitCode.OK
+    # Roll the ledger back to just after the sync: as if every later commit had been lost.
+    db = sqlite3.connect(ledger_file)
+    db.execute("DELETE FROM outputs")
+    db.execute("DELETE FROM attempts")
+    db.execute("UPDATE jobs SET state = 'pending', attempts = 0")
+    db.execute("DELETE FROM meta WHERE key LIKE 'journal_offset:%'")
+    db.commit()
+    db.close()
+    for image in out.glob("job-00[0-2].png"):  # three images were never saved: their runs are still open
+        image.unlink()
+    result = run(manifest, sim)
+    assert result.exit_code == ExitCode.OK, result.message
+    assert sim.stats()["creates"] == 6
+    assert "3 image(s) already in the folder adopted" in result.notes[0]
+    assert "3 run(s) it had lost polled again" in result.notes[0]
+    files_match_their_own_runs(out, sim)
+
+
+def test_a_new_ledger_refuses_a_folder_of_unknown_images(write_manifest, tmp_path, serve):
+    """Images batchgen has no record of: a new batch refuses the folder (exit 5) until told otherwise."""
+    server = serve()
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"\xff\xd8\xff not really")
+    result = cli_run(write_manifest(2), out, server)
+    assert result.returncode == 5 and "holiday.jpg" in result.stderr and "--allow-unknown-files" in result.stderr
+    assert server.simulator.stats()["create_requests"] == 0
+    allowed = cli_run(write_manifest(2), out, server, "--allow-unknown-files")
+    assert allowed.returncode == 0, allowed.stderr
+    assert (out / "holiday.jpg").read_bytes() == b"\xff\xd8\xff not really"
+
+
+# -- identical requests ---------------------------------------------------------------------
+
+
+def test_identical_jobs_in_one_manifest_are_generated_once(write_manifest, run, tmp_path):
+    """Two jobs sending the same input: one run; the second gets a copy under its own name, recorded as reused."""
+    sim = Simulator(SimConfig(latency=0.05))
+    jobs = [{"id": f"copy-{i}", "prompt": "the same lamp"} for i in range(4)] + [{"id": "other", "prompt": "a mug"}]
+    result = run(write_manifest(jobs=jobs), sim, concurrency=8)
+    assert result.exit_code == ExitCode.OK
+    assert sim.stats()["creates"] == 2 and result.stats.reused == 3
+    images = {i: (tmp_path / "out" / f"copy-{i}.png").read_bytes() for i in range(4)}
+    assert len(set(images.values())) == 1
+    assert hashlib.sha256(images[0]).hexdigest() in served(sim)["the same lamp"]
+    with Ledger(tmp_path / "out" / "batchgen.sqlite", readonly=True) as ledger:
+        assert ledger.attempt_counts() == {"succeeded": 2, "reused": 3}
+
+
+def test_a_second_folder_reuses_the_first_ones_images(write_manifest, run, tmp_path):
+    """The same manifest into another output folder (a mistyped --output): copies, no run paid."""
+    sim = Simulator(SimConfig(latency=0.05))
+    manifest = write_manifest(5)
+    assert run(manifest, sim, output_dir=tmp_path / "a").exit_code == ExitCode.OK
+    result = run(manifest, sim, output_dir=tmp_path / "b")
+    assert result.exit_code == ExitCode.OK and result.stats.reused == 5 and result.stats.created == 0
+    assert sim.stats()["creates"] == 5
+    for image in (tmp_path / "a").glob("*.png"):
+        assert (tmp_path / "b" / image.name).read_bytes() == image.read_bytes()
+    paid = run(manifest, sim, output_dir=tmp_path / "c", reuse=False)
+    assert paid.stats.created == 5 and sim.stats()["creates"] == 10
+
+
+def test_a_changed_source_image_is_not_reused(write_manifest, run, tmp_path):
+    """An indexed image that was changed since is not copied: the job gets its own run."""
+    sim = Simulator(SimConfig(latency=0.05))
+    manifest = write_manifest(1)
+    assert run(manifest, sim, output_dir=tmp_path / "a").exit_code == ExitCode.OK
+    (tmp_path / "a" / "job-000.png").write_bytes(b"edited by hand")
+    result = run(manifest, sim, output_dir=tmp_path / "b")
+    assert result.stats.reused == 0 and result.stats.created == 1
+    assert (
+        hashlib.sha256((tmp_path / "b" / "job-000.png").read_bytes()).hexdigest()
+        in served(sim)["product photo number 0"]
+    )
+
+
+def test_simulated_images_never_stand_in_for_real_ones(write_manifest, tmp_path):
+    """Images made with --simulate are not reused by a batch against the real API (another service)."""
+    manifest = write_manifest(2)
+    assert run_batch(manifest, output_dir=tmp_path / "sim", simulate=True, progress="none").exit_code == 0
+    sim = Simulator(SimConfig(latency=0.05))
+    result = run_batch(
+        manifest,
+        output_dir=tmp_path / "real",
+        transport=sim.transport(),
+        api_key="k",
+        base_url="http://api.runbase.test/api/v1",
+        progress="none",
+    )
+    assert result.exit_code == 0 and result.stats.reused == 0 and sim.stats()["creates"] == 2
+
+
+# -- a 404 right after the create -------------------------------------------------------------
+
+
+class NotFoundAtFirst:
+    """The simulator behind an eventually consistent front: each run answers 404 to its first polls."""
+
+    def __init__(self, sim: Simulator, misses: int):
+        self.sim, self.misses, self.seen = sim, misses, {}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and scope["method"] == "GET" and path.startswith("/api/v1/runs/"):
+            count = self.seen[path] = self.seen.get(path, 0) + 1
+            if count <= self.misses:
+                body = b'{"error": {"message": "run not found"}}'
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                await send({"type": "http.response.start", "status": 404, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.sim(scope, receive, send)
+
+
+def test_a_run_that_answers_404_at_first_is_not_paid_for_again(write_manifest, run):
+    """Polls of a just-created run answering 404 a few times: the run is polled again and used, never replaced."""
+    sim = Simulator(SimConfig(latency=0.05))
+    front = NotFoundAtFirst(sim, misses=3)
+    result = run(write_manifest(4), sim, transport=httpx.ASGITransport(app=front), not_found_grace=30.0)
+    assert result.exit_code == ExitCode.OK
+    assert sim.stats()["creates"] == 4 and result.stats.failed_runs == 0
+    assert all(count > 3 for count in front.seen.values())
+
+
+# -- two ledgers, one folder ------------------------------------------------------------------
+
+
+def test_two_ledgers_on_one_folder_the_second_run_stops(write_manifest, tmp_path, serve):
+    """A second run on the same output folder with another ledger exits 5 at once, touching nothing."""
+    server = serve(latency=2.0)
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "run", str(write_manifest(3)), "--output", str(out), "--no-progress"],
+        env={**os.environ, **env_for(server)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: server.simulator.stats()["creates"] > 0, timeout=60, what="the first run's first create")
+        second = cli_run(write_manifest(3), out, server, "--ledger", str(tmp_path / "other.sqlite"))
+        assert second.returncode == 5, second.stderr
+        assert "another batchgen run is writing to the output folder" in second.stderr
+    finally:
+        _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 0, stderr
+    assert server.simulator.stats()["creates"] == 3
+
+
+# -- files changed behind batchgen's back --------------------------------------------------------
+
+
+def test_a_deleted_or_changed_file_is_fetched_again_for_free(write_manifest, tmp_path, serve):
+    """Delete one image and overwrite another with junk: the next run fetches both from their runs, pays nothing."""
+    server = serve()
+    manifest, out = write_manifest(3), tmp_path / "out"
+    assert cli_run(manifest, out, server).returncode == 0
+    original = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    (out / "job-000.png").unlink()
+    (out / "job-001.png").write_bytes(b"junk")
+    records = {r["job_id"]: r for r in export_records(out)}
+    assert records["job-000"]["outputs"] == [] and records["job-000"]["missing_outputs"]
+    result = cli_run(manifest, out, server)
+    assert result.returncode == 0, result.stderr
+    assert "1 missing and 1 changed file(s)" in result.stderr and "2 fetched again" in result.stderr
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == original
+    assert server.simulator.stats()["creates"] == 3
+
+
+def test_a_missing_file_whose_run_expired_is_reported_not_paid_for(write_manifest, tmp_path, serve):
+    """When the run's URLs no longer work, the job fails as 'missing' with the command that makes it again."""
+    server = serve()
+    manifest, out = write_manifest(2), tmp_path / "out"
+    assert cli_run(manifest, out, server).returncode == 0
+    (out / "job-000.png").unlink()
+    server.simulator.config.output_ttl = 0.0  # from now on every link the server hands out has expired
+    result = cli_run(manifest, out, server)
+    assert result.returncode == 1, result.stderr
+    status = json.loads(batchgen_cli("status", "--output", str(out), "--json").stdout)
+    assert status["jobs"]["failed"] == 1
+    assert "retry --missing" in json.dumps(status)
+    assert server.simulator.stats()["creates"] == 2
