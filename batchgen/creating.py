@@ -66,6 +66,7 @@ class Creator:
         max_attempts: int,
         stopping: Callable[[], bool],
         durable: Callable[[], Awaitable[None]],
+        poke: Callable[[], None],
         backoff_base: float = 0.5,
     ):
         self.client = client
@@ -78,6 +79,7 @@ class Creator:
         self.on_the_wire = 0  # create requests sent and not yet answered
         self._stopping = stopping
         self.durable = durable
+        self.poke = poke  # queued writes no one waits for: flush them soon anyway
         self._failure_streak = 0  # transient create failures since the last success
 
     async def create(self, job: PendingJob) -> CreateOutcome:
@@ -168,15 +170,18 @@ class _Attempt:
             self._creator.on_the_wire -= 1
 
     def forget(self) -> None:
-        """The create certainly made no run."""
+        """The create certainly made no run: the attempt goes, and soon, not at the next create (a 429
+        pause may be long, and a kill meanwhile must not find it still 'creating')."""
         if self.attempt_id is not None:
             self._creator.ledger.not_created(self.attempt_id, self._spec.job_id)
+            self._creator.poke()
 
     def end(self, status: AttemptStatus, error: str, *, job_failed: bool, kind: str) -> None:
         assert self.attempt_id is not None
         self._creator.ledger.attempt_ended(
             self.attempt_id, self._spec.job_id, status, error, job_failed=job_failed, kind=kind
         )
+        self._creator.poke()
 
     def created(self, run_id: str) -> int:
         assert self.attempt_id is not None

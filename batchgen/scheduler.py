@@ -153,6 +153,7 @@ class Scheduler:
             max_attempts=max_attempts,
             stopping=lambda: self.stop is not Stop.RUNNING,
             durable=self.committer.durable,
+            poke=self.committer.poke,
             backoff_base=backoff_base,
         )
         self.saver = OutputSaver(

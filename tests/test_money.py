@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +263,33 @@ def test_a_missing_file_whose_run_expired_is_reported_not_paid_for(write_manifes
     assert status["jobs"]["failed"] == 1
     assert "retry --missing" in json.dumps(status)
     assert server.simulator.stats()["creates"] == 2
+
+
+# -- possible double charges are creates on the wire, nothing else ----------------------------------
+
+
+def test_a_kill_while_rate_limited_counts_no_possible_double_charge(write_manifest, tmp_path, serve):
+    """While every create waits out a long 429 none is on the wire: a SIGKILL then leaves no 'unknown' create."""
+    server = serve(create_rate=0.001)  # one create gets through; the others are refused for a long while
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "run", str(write_manifest(20)), "--output", str(out), "--no-progress"]
+        + ["--concurrency", "16"],
+        env={**os.environ, **env_for(server)},
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: server.simulator.stats()["rate_limited_creates"] >= 5, timeout=60, what="5 refusals")
+        # Every create was refused and answered: none may stay recorded as on the wire during the pause.
+        wait_until(lambda: attempts_creating(out) == 0, timeout=30, what="the refused attempts to be forgotten")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    status = json.loads(batchgen_cli("status", "--output", str(out), "--json").stdout)
+    assert status["attempts"] == {"running": 1}, status
+    assert server.simulator.stats()["creates"] == 1
+
+
+def attempts_creating(out: Path) -> int:
+    with closing(sqlite3.connect(f"file:{out / 'batchgen.sqlite'}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT count(*) FROM attempts WHERE status = 'creating'").fetchone()[0])
