@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from batchgen.models import DEFAULT_MODEL
-from batchgen.simulator import SimConfig, Simulator, SimulatorServer, _files_origin
+from batchgen.simulator import ServerError, SimConfig, Simulator, SimulatorServer, files_origin as _files_origin
 
 BASE = "http://api.runbase.test/api/v1"
 AUTH = {"Authorization": "Bearer test-key"}
@@ -116,7 +116,7 @@ async def test_status_follows_the_clock():
             clock.advance(step)
             statuses.append((await client.get(f"/runs/{run_id}")).json()["status"])
     assert statuses == ["queued", "running", "succeeded"]
-    assert sim.runs[run_id].ready_at == pytest.approx(1.0)
+    assert sim.stats()["runs"][0]["ready_at"] == pytest.approx(1.0)
 
 
 @pytest.mark.anyio
@@ -261,7 +261,7 @@ async def test_create_rate_limit_with_retry_after():
 @pytest.mark.anyio
 async def test_request_rate_limit_counts_gets_and_can_omit_retry_after():
     """request_rate limits gets too; retry_after=False leaves out the header; buckets are per key."""
-    sim, _ = make(request_rate=2, retry_after=False)
+    sim, _ = make(request_rate=2, request_burst=2, retry_after=False)
     async with api_client(sim) as client:
         run_id = (await create(client)).json()["id"]
         assert (await client.get(f"/runs/{run_id}")).status_code == 200
@@ -528,8 +528,8 @@ def test_real_sockets_slow_answer_and_client_timeout():
 
 
 def test_server_start_failure_raises():
-    """A port that cannot be bound makes SimulatorServer raise RuntimeError instead of hanging."""
+    """A port that cannot be bound makes SimulatorServer raise ServerError naming the cause, instead of hanging."""
     with SimulatorServer(Simulator()) as first:
-        with pytest.raises(RuntimeError, match="did not start"):
+        with pytest.raises(ServerError, match="in use"):
             with SimulatorServer(Simulator(), port=first.port, startup_timeout=5):
                 pass
