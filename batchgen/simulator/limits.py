@@ -312,7 +312,8 @@ class LimitHistory:
         are [from, rate, burst] (rate None: unlimited), max_running rows [from, cap]."""
         out: dict[str, list[list[float | int | None]]] = {"create_rate": [], "request_rate": [], "max_running": []}
         for i, (since, settings) in enumerate(self._changes):
-            until = self._changes[i + 1][0] if i + 1 < len(self._changes) else now
+            # A step that starts exactly now is in force; one that starts as new settings arrive is not.
+            until = self._changes[i + 1][0] if i + 1 < len(self._changes) else now + _EPSILON
             rows: dict[str, list[list[float | int | None]]] = {
                 "create_rate": _rate_rows(settings.create_rate, settings.create_burst, since, until),
                 "request_rate": _rate_rows(settings.request_rate, settings.request_burst, since, until),

@@ -1,6 +1,6 @@
 """Simulated runs whose every answer follows from their id, so any simulator process can give it.
 
-A run id is ``run_`` and 50 base32 characters holding :class:`RunFacts`: when the run was
+A run id is ``run_`` and 50 base32 characters holding :class:`RunFacts` (masked): when the run was
 created (wall clock, milliseconds), how long it generates, whether it fails or never ends, its
 aspect ratio, how many outputs it has, its per-run faults, and a digest of the seed and its
 input, all sealed with an HMAC keyed by the seed. A simulator with the same seed, in this
@@ -100,7 +100,12 @@ class RunIds:
     def encode(self, facts: RunFacts) -> str:
         payload = _pack(facts)
         tag = hmac.new(self._secret, payload, hashlib.sha256).digest()[:_TAG_BYTES]
-        return RUN_ID_PREFIX + base64.b32encode(payload + tag).decode().rstrip("=").lower()
+        return RUN_ID_PREFIX + base64.b32encode(self._mask(payload, tag) + tag).decode().rstrip("=").lower()
+
+    def _mask(self, data: bytes, tag: bytes) -> bytes:
+        """XOR with a keystream drawn from the tag, so ids look as unrelated as real ones do."""
+        stream = hashlib.sha256(self._secret + b"|mask|" + tag).digest()
+        return bytes(a ^ b for a, b in zip(data, stream, strict=False))
 
     def decode(self, run_id: str) -> RunFacts | None:
         """The facts of a plain id this seed made, or None (malformed, forged, another seed)."""
@@ -111,7 +116,8 @@ class RunIds:
             raw = base64.b32decode(body.upper() + "=" * (-len(body) % 8))
         except ValueError:
             return None
-        payload, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
+        tag = raw[-_TAG_BYTES:]
+        payload = self._mask(raw[:-_TAG_BYTES], tag)
         expected = hmac.new(self._secret, payload, hashlib.sha256).digest()[:_TAG_BYTES]
         if len(payload) != _LAYOUT.size or not hmac.compare_digest(tag, expected):
             return None
