@@ -3,80 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-import struct
 import time
-import zlib
 
 import anyio
 import httpx
 import pytest
 
 from batchgen.models import DEFAULT_MODEL
-from batchgen.simulator import ServerError, SimConfig, Simulator, SimulatorServer, files_origin as _files_origin
+from batchgen.simulator import ServerError, SimConfig, Simulator, SimulatorServer
 
-BASE = "http://api.runbase.test/api/v1"
-AUTH = {"Authorization": "Bearer test-key"}
+from .simkit import AUTH, api_client, create, files_client, finished, make, png_size
 
 
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-class FakeClock:
-    """A clock the test moves by hand, so lifecycles and rate limits need no sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def make(**config) -> tuple[Simulator, FakeClock]:
-    clock = FakeClock()
-    return Simulator(SimConfig(**config), clock=clock), clock
-
-
-def api_client(sim: Simulator, headers: dict | None = None) -> httpx.AsyncClient:
-    headers = AUTH if headers is None else headers
-    return httpx.AsyncClient(transport=sim.transport(), base_url=BASE, headers=headers)
-
-
-def files_client(sim: Simulator, **kwargs) -> httpx.AsyncClient:
-    """A client without the API key, as a correct client downloads outputs."""
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), **kwargs)
-
-
-async def create(client: httpx.AsyncClient, prompt: str = "a ceramic lamp", **fields) -> httpx.Response:
-    return await client.post("/runs", json={"model": DEFAULT_MODEL, "input": {"prompt": prompt, **fields}})
-
-
-async def finished(client: httpx.AsyncClient, clock: FakeClock, run_id: str) -> dict:
-    clock.advance(10)
-    response = await client.get(f"/runs/{run_id}")
-    assert response.status_code == 200
-    return response.json()
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    """Check that `data` is a well-formed RGB PNG and return its (width, height)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert zlib.crc32(kind + body) == crc
-        chunks[kind] = body
-        pos += 12 + length
-    width, height = struct.unpack(">II", chunks[b"IHDR"][:8])
-    assert len(zlib.decompress(chunks[b"IDAT"])) == height * (1 + 3 * width)
-    assert b"IEND" in chunks
-    return width, height
 
 
 @pytest.mark.anyio
@@ -294,9 +235,14 @@ async def test_unknown_run_and_routes_404():
         ("api.runbase.test", "http://files.api.runbase.test"),
     ],
 )
-def test_files_origin_differs_from_api(host, origin):
-    """Output files live on another origin than the API, derived from the request's Host."""
-    assert _files_origin(host) == origin
+@pytest.mark.anyio
+async def test_files_origin_differs_from_api(host, origin):
+    """Output URLs name another origin than the API's, derived from the Host the request was sent to."""
+    sim, clock = make()
+    client = httpx.AsyncClient(transport=sim.transport(), base_url=f"http://{host}/api/v1", headers=AUTH)
+    async with client:
+        run = await finished(client, clock, (await create(client)).json()["id"])
+    assert run["output"]["urls"][0].startswith(origin + "/files/run_")
 
 
 @pytest.mark.anyio
