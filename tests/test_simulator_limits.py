@@ -185,6 +185,7 @@ async def test_running_cap_refuses_creates_until_a_run_finishes():
         clock.advance(0.75)
         assert [(await create(client, p)).status_code for p in "cde"] == [201, 201, 429]
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert set(refused.headers) == {"retry-after", "content-length", "content-type"}  # nothing a real one lacks
     assert "at most 2 unfinished runs" in refused.json()["error"]["message"]
     assert other_key.status_code == 201  # the cap is per key
     stats = sim.stats()

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import math
 import re
 import threading
 import time
@@ -160,20 +161,21 @@ class Simulator:
         else:
             await Response.json(404, {"error": "not found"}).send(send)
 
-    def _admit(self, req: Request, kind: str) -> tuple[str, Response | None]:
-        """Auth, then the rate limits: (the key, None) to go on, or (key, the 401 or 429)."""
+    def _admit(self, req: Request, kind: str) -> tuple[str, Response | None, str]:
+        """Auth, then the rate limits: (the key, None, "") to go on, or (key, the 401 or 429,
+        which limit refused it: kept for the stats, never sent)."""
         key, expected = req.bearer(), self.config.api_key
         if key is None or (expected is not None and key != expected):
             self._counts["unauthorized"] += 1
             missing = "authorization" not in req.headers
-            return "", self._error(req, 401, "missing API key" if missing else "invalid API key")
+            return "", self._error(req, 401, "missing API key" if missing else "invalid API key"), ""
         now, config = self.now(), self.config
         self._watch.arrived(key, key_label(key), kind, req.arrived, config.violation_grace)
         limits = config.limits()
         self._history.note(limits, now)
         refusal = self._limiter.check(key, limits, now, create=kind == "create")
         if refusal is None:
-            return key, None
+            return key, None, ""
         self._counts["rate_limited_creates" if kind == "create" else "rate_limited_gets"] += 1
         self._rate_limited_by[refusal.why] += 1
         headers, advertised = config.retry_after_mode().headers(refusal.wait, self._clock())
@@ -182,9 +184,7 @@ class Simulator:
             message = f"too many runs in progress: at most {limits.max_running} unfinished runs per API key"
         else:
             message = "rate limit exceeded"
-        response = Response.error(429, message, headers)
-        response.headers.append((b"x-simulator-limit", refusal.why.encode()))
-        return key, response
+        return key, Response.error(429, message, headers), refusal.why
 
     def _error(self, req: Request, status: int, message: str) -> Response:
         return self._spoil(req, Response.error(status, message))
@@ -227,9 +227,9 @@ class Simulator:
 
     async def _create(self, req: Request, send: Send) -> None:
         self._counts["create_requests"] += 1
-        key, refusal = self._admit(req, "create")
+        key, refusal, why = self._admit(req, "create")
         if refusal:
-            self._log_create(req, refusal)
+            self._log_create(req, refusal, why)
             return await refusal.send(send)
         fault = self._draws.draw(self.config.faults, CREATE_FAULTS)
         run = None
@@ -257,8 +257,7 @@ class Simulator:
                 mode = "reset"
         await response.send(send, mode)
 
-    def _log_create(self, req: Request, response: Response) -> None:
-        why = dict(response.headers).get(b"x-simulator-limit", b"").decode()
+    def _log_create(self, req: Request, response: Response, why: str = "") -> None:
         with self._lock:
             self._create_log.append([round(req.arrived, 6), response.status, why])
 
@@ -293,7 +292,7 @@ class Simulator:
         canonical = json.dumps({"model": model, "input": api_input}, sort_keys=True, separators=(",", ":"))
         self._creates_per_input[canonical] += 1
         count = self._creates_per_input[canonical]
-        created_ms = round(self._clock() * 1000)
+        created_ms = math.floor(self._clock() * 1000 + 1e-6)  # never after now: a 0 s run is done at once
         facts = draw_facts(self.config, self._seed, canonical, count, created_ms, api_input, self.runs.__contains__)
         plain = self._ids.encode(facts)
         for name in RUN_FAULTS:
@@ -335,7 +334,7 @@ class Simulator:
 
     async def _get(self, req: Request, send: Send, run_id: str) -> None:
         self._counts["gets"] += 1
-        key, refusal = self._admit(req, "get")
+        key, refusal, _ = self._admit(req, "get")
         if refusal:
             return await refusal.send(send)
         run = self._find(run_id, key)
