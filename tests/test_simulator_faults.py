@@ -4,16 +4,28 @@ carries terminal escapes. Each fault is checked on a hand-moved clock, in-proces
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import re
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
 
+from batchgen import simulator
 from batchgen.models import DEFAULT_MODEL
-from batchgen.simulator import RUN_FAULTS, SimConfig, Simulator, SimulatorServer
+from batchgen.simulator import (
+    ALL_FAULTS,
+    CATALOGUE,
+    FAULTS,
+    OFF_PATH_FAULTS,
+    RUN_FAULTS,
+    SimConfig,
+    Simulator,
+    SimulatorServer,
+)
 from batchgen.simulator.faults import ODD_ID_TEMPLATES
 from batchgen.simulator.wire import split_path
 
@@ -118,6 +130,10 @@ async def test_huge_body_streams_without_a_length():
     assert sim.stats()["downloads"] == 0
 
 
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 @pytest.mark.anyio
 async def test_png_labelled_octet_stream_is_the_real_image():
     """png_octet_stream serves the very PNG a clean fetch gets, labelled application/octet-stream."""
@@ -129,6 +145,8 @@ async def test_png_labelled_octet_stream_is_the_real_image():
         labelled = await files.get(url)
     assert labelled.headers["content-type"] == "application/octet-stream" and labelled.content == clean
     assert png_size(clean) == (64, 64)
+    stats = sim.stats()  # both fetches served the image: a client that keeps it keeps what was sent
+    assert stats["downloads"] == 2 and [f["sha256"] for f in stats["runs"][0]["files"]] == [sha256(clean)]
 
 
 # --- output URLs that are not http(s), or missing ---
@@ -309,3 +327,20 @@ async def test_saved_bytes_match_the_recorded_sha256():
         bodies = [(await files.get(url)).content for url in run["output"]["urls"]]
     files_seen = sim.stats()["runs"][0]["files"]
     assert [f["sha256"] for f in files_seen] == [hashlib.sha256(body).hexdigest() for body in bodies]
+
+
+def test_fault_groups_split_the_catalogue():
+    """FAULTS (survived by retrying) and OFF_PATH_FAULTS (hostile answers) split the catalogue; SimConfig takes all."""
+    assert set(FAULTS) | set(OFF_PATH_FAULTS) == set(CATALOGUE) == set(ALL_FAULTS)
+    assert not set(FAULTS) & set(OFF_PATH_FAULTS) and set(RUN_FAULTS) <= set(OFF_PATH_FAULTS)
+    assert SimConfig(faults=dict.fromkeys(ALL_FAULTS, 0.5)).faults
+
+
+def test_the_package_exports_what_it_lists():
+    """Every name in batchgen.simulator.__all__ resolves, and type checkers see the same list."""
+    for name in simulator.__all__:
+        assert getattr(simulator, name) is not None, name
+    tree = ast.parse(Path(simulator.__file__).read_text(encoding="utf-8"))
+    guarded = next(node for node in tree.body if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test))
+    seen = {alias.name for imp in guarded.body if isinstance(imp, ast.ImportFrom) for alias in imp.names}
+    assert seen == set(simulator.__all__)

@@ -15,7 +15,11 @@ Modules, one job each:
   process with the same seed answers for any run (a resumed ``run --simulate`` works).
 * ``limits``: token buckets with their own burst, rate schedules, the running cap,
   Retry-After modes, Retry-After violations.
-* ``faults``: the fault catalogue (:data:`CATALOGUE`) and the hostile answers.
+* ``catalogue``: every fault name with what it does (:data:`CATALOGUE`); :data:`FAULTS`,
+  the network and server faults a client survives by retrying (what fault plans drawn at
+  random use), and :data:`OFF_PATH_FAULTS`, what a real service does off the happy path
+  (hostile bodies, odd ids, echoed keys...). :data:`ALL_FAULTS` is both; SimConfig takes any.
+* ``faults``: drawing faults and building the hostile answers.
 * ``wire``: requests read from raw paths (one quoted segment is one id), responses.
 * ``validation``: the create request's checks and 400 messages.
 * ``server``: :class:`SimulatorServer` and :func:`serve` (uvicorn, imported when used).
@@ -60,8 +64,10 @@ _EXPORTS = {
     "Simulator": "app",
     "files_origin": "app",
     "key_label": "app",
+    "ALL_FAULTS": "catalogue",
     "CATALOGUE": "catalogue",
     "FAULTS": "catalogue",
+    "OFF_PATH_FAULTS": "catalogue",
     "RUN_FAULTS": "catalogue",
     "SimConfig": "config",
     "RETRY_AFTER_MODES": "limits",
@@ -83,7 +89,13 @@ if TYPE_CHECKING:
         files_origin as files_origin,
         key_label as key_label,
     )
-    from .catalogue import CATALOGUE as CATALOGUE, FAULTS as FAULTS, RUN_FAULTS as RUN_FAULTS
+    from .catalogue import (
+        ALL_FAULTS as ALL_FAULTS,
+        CATALOGUE as CATALOGUE,
+        FAULTS as FAULTS,
+        OFF_PATH_FAULTS as OFF_PATH_FAULTS,
+        RUN_FAULTS as RUN_FAULTS,
+    )
     from .config import SimConfig as SimConfig
     from .limits import (
         RETRY_AFTER_MODES as RETRY_AFTER_MODES,

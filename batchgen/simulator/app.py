@@ -455,12 +455,15 @@ class Simulator:
         png = run.png(n, self.config.image_scale)
         if fault in BODY_FAULTS:
             self._inject(fault)
-            return await hostile_body(fault, png, self.config.huge_body_bytes).send(send)
-        response = Response(200, png, "image/png")
+            response = hostile_body(fault, png, self.config.huge_body_bytes)
+            if response.body != png:
+                return await response.send(send)
+        else:
+            response = Response(200, png, "image/png")
         if fault == "truncated":
             self._inject(fault)
             return await response.send(send, "truncated")
-        await response.send(send)
+        await response.send(send)  # the image, maybe labelled application/octet-stream: it is served
         self._counts["downloads"] += 1
         run.files.setdefault(n, {"n": n, "sha256": hashlib.sha256(png).hexdigest(), "bytes": len(png)})
 

@@ -33,5 +33,14 @@ CATALOGUE: dict[str, str] = {
     "output_file_url": "the succeeded run's output URLs are file:// URLs",
     "no_output_urls": "the run succeeds without output URLs (empty list, no urls field, or output null)",
 }
-FAULTS = tuple(CATALOGUE)
 RUN_FAULTS = ("odd_run_id", "not_found_after_create", "output_data_url", "output_file_url", "no_output_urls")
+# What a real service does off the happy path (runbase-api.md): answers a client must not take
+# for the image, ids it must not let URL handling rewrite, text it must scrub before showing.
+OFF_PATH_FAULTS = (
+    "echo_headers", "control_chars", "body_html_login", "body_xml_error", "body_empty", "body_svg_script",
+    "body_huge", "body_bin", "png_octet_stream", *RUN_FAULTS,
+)  # fmt: skip
+# The network and server faults a client survives by retrying. Kept apart from OFF_PATH_FAULTS
+# so that a random fault plan drawn from FAULTS keeps meaning what it meant before those existed.
+FAULTS = tuple(name for name in CATALOGUE if name not in OFF_PATH_FAULTS)
+ALL_FAULTS = tuple(CATALOGUE)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .catalogue import FAULTS
+from .catalogue import ALL_FAULTS
 from .limits import LimitSettings, RateSchedule, RetryAfter
 
 MAX_OUTPUTS = 255  # outputs per run at most (a run id holds the count in one byte)
@@ -53,9 +53,9 @@ class SimConfig:
     refuse_prompts_containing: str | None = None  # such prompts get 400, as a content policy would
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.faults) - set(FAULTS))
+        unknown = sorted(set(self.faults) - set(ALL_FAULTS))
         if unknown:
-            raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
+            raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(ALL_FAULTS)}")
         for name, probability in self.faults.items():
             _check_share(f"fault {name}", probability)
         for name in ("failure_rate", "stuck_rate"):
