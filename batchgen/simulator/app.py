@@ -194,13 +194,13 @@ class Simulator:
         if response.status not in ECHOED_STATUSES or response.content_type != JSON:
             return response
         echo = self._draws.draw(self.config.faults, ("echo_headers",)) is not None
-        control = self._draws.draw(self.config.faults, ("control_chars",)) is not None
-        if not (echo or control):
+        escapes = self._draws.draw(self.config.faults, ("control_chars",)) is not None
+        if not (echo or escapes):
             return response
-        for name, hit in (("echo_headers", echo), ("control_chars", control)):
+        for name, hit in (("echo_headers", echo), ("control_chars", escapes)):
             if hit:
                 self._inject(name)
-        return spoil_error(response, req, echo=echo, control=control)
+        return spoil_error(response, req, echo=echo, control=escapes)
 
     def _inject(self, fault: str) -> str:
         self._fault_counts[fault] += 1
