@@ -76,6 +76,9 @@ class JobSpec:
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     sample: int = 1
     filename: str | None = None
+    # The canonical JSON of what is hashed, made once: hashing and recording a spec are the
+    # manifest sync's main cost at a million jobs.
+    _canonical: str | None = field(default=None, init=False, compare=False, hash=False, repr=False)
 
     @property
     def prompt(self) -> str:
@@ -91,21 +94,24 @@ class JobSpec:
         """The create request's JSON body."""
         return {"model": self.model, "input": self.input}
 
+    def canonical(self) -> str:
+        """Model, input (and sample, when not 1) as sorted, compact JSON: what ``spec_hash`` hashes."""
+        if self._canonical is None:
+            object.__setattr__(self, "_canonical", canonical_spec(self.model, self.input, self.sample))
+        assert self._canonical is not None
+        return self._canonical
+
     def spec_hash(self) -> str:
         """A stable fingerprint of what the API is asked for; metadata and file name are not part of it."""
-        return spec_hash(self.model, self.input, self.sample)
+        return SPEC_HASH_PREFIX + hashlib.sha256(self.canonical().encode("utf-8")).hexdigest()
 
     def to_record(self) -> tuple[str, str]:
         """``(spec_json, metadata_json)``, as the ledger stores the job."""
-        spec: dict[str, Any] = {"model": self.model, "input": self.input}
-        if self.sample != 1:
-            spec["sample"] = self.sample
+        spec_json = self.canonical()
         if self.filename is not None:
-            spec["filename"] = self.filename
-        return (
-            json.dumps(spec, ensure_ascii=False, sort_keys=True),
-            json.dumps(self.metadata, ensure_ascii=False, default=str),
-        )
+            spec_json = spec_json[:-1] + ',"filename":' + json.dumps(self.filename, ensure_ascii=False) + "}"
+        metadata_json = json.dumps(self.metadata, ensure_ascii=False, default=str) if self.metadata else "{}"
+        return spec_json, metadata_json
 
     @classmethod
     def from_record(cls, job_id: str, spec_json: str, metadata_json: str = "{}") -> JobSpec:
@@ -114,7 +120,7 @@ class JobSpec:
             job_id=job_id,
             input=spec["input"],
             model=spec["model"],
-            metadata=json.loads(metadata_json),
+            metadata=json.loads(metadata_json) if metadata_json != "{}" else {},
             sample=spec.get("sample", 1),
             filename=spec.get("filename"),
         )
@@ -137,11 +143,15 @@ def image_input(
     return body
 
 
-def spec_hash(model: str, api_input: dict[str, Any], sample: int = 1) -> str:
+def canonical_spec(model: str, api_input: dict[str, Any], sample: int = 1) -> str:
     hashed: dict[str, Any] = {"model": model, "input": api_input}
     if sample != 1:
         hashed["sample"] = sample
-    canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(hashed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def spec_hash(model: str, api_input: dict[str, Any], sample: int = 1) -> str:
+    canonical = canonical_spec(model, api_input, sample)
     return SPEC_HASH_PREFIX + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

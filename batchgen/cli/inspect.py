@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import LEDGER_NAME, add_location
@@ -75,55 +72,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from ..exporting import write_csv, write_jsonl
+
     with _open_existing(args) as ledger:
-        if args.format == "jsonl":
-            for record in _export_records(ledger):
-                sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-        else:
-            _write_csv(ledger)
+        (write_jsonl if args.format == "jsonl" else write_csv)(ledger, sys.stdout)
     return 0
-
-
-def _export_records(ledger: Ledger) -> Iterator[dict[str, Any]]:
-    """Export's records; a file that is not there with its recorded size is listed as missing, never as present."""
-    output_dir = Path(ledger.output_dir) if ledger.output_dir else ledger.path.parent
-    for record in ledger.iter_export():
-        present, missing, digests = [], [], []
-        for output in record.pop("outputs"):
-            path = output_dir / output["path"]
-            try:
-                ok = path.stat().st_size == output["bytes"]
-            except OSError:
-                ok = False
-            if ok:
-                present.append(str(path))
-                digests.append(output["sha256"])
-            else:
-                missing.append(str(path))
-        record["outputs"], record["sha256"] = present, digests
-        if missing:
-            record["missing_outputs"] = missing
-        yield record
-
-
-def _write_csv(ledger: Ledger) -> None:
-    # Metadata columns are the union over all jobs: one pass to find them, one to write.
-    metadata_keys: dict[str, None] = {}
-    for record in ledger.iter_export():
-        metadata_keys.update(dict.fromkeys(record["metadata"]))
-    fixed = ["job_id", "state", "run_id", "outputs", "error", "attempts", "unknown_creates"]
-    inputs = ["prompt", "aspect_ratio", "quality", "image_urls"]
-    extra = [k for k in metadata_keys if k not in fixed and k not in inputs]
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(fixed + inputs + extra)
-    for record in _export_records(ledger):
-        given = record["input"]
-        row = [record[k] for k in fixed[:3]] + ["|".join(record["outputs"])] + [record[k] for k in fixed[4:]]
-        row += [given.get("prompt"), given.get("aspect_ratio"), given.get("quality")]
-        row += ["|".join(given.get("image_urls", []))]
-        row += [_cell(record["metadata"].get(k)) for k in extra]
-        writer.writerow(["" if v is None else v for v in row])
-
-
-def _cell(value: Any) -> Any:
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value

@@ -197,43 +197,71 @@ class LedgerReads:
     # -- export -----------------------------------------------------------------
 
     def iter_export(self) -> Iterator[dict[str, Any]]:
-        """One record per job of the current manifest, in manifest order: one streamed query."""
-        rows = self._stream(
-            """SELECT j.job_id, j.state, j.spec_json, j.metadata_json, j.attempts, j.error, j.error_kind,
-                 (SELECT run_id FROM attempts a WHERE a.job_id = j.job_id AND a.run_id IS NOT NULL
-                  ORDER BY a.attempt_id DESC LIMIT 1),
-                 (SELECT count(*) FROM attempts a WHERE a.job_id = j.job_id AND a.status = 'unknown'),
-                 (SELECT status FROM attempts a WHERE a.job_id = j.job_id ORDER BY a.attempt_id DESC LIMIT 1),
-                 o.n, o.path, o.bytes, o.sha256
-               FROM jobs j LEFT JOIN outputs o ON o.job_id = j.job_id
-               WHERE j.generation = ? ORDER BY j.seq, o.n""",
-            (self.generation,),
-        )
+        """One record per job of the current manifest, in manifest order, with its files."""
         record: dict[str, Any] | None = None
-        for job_id, state, spec_json, metadata_json, attempts, error, kind, run_id, unknown, last, *out in rows:
-            if record is None or record["job_id"] != job_id:
+        for row in self.export_rows():  # type: ignore[attr-defined]
+            if record is None or record["job_id"] != row[0]:
                 if record is not None:
                     yield record
-                spec = json.loads(spec_json)
-                record = {
-                    "job_id": job_id,
-                    "state": "pending" if state == "running" else state,
-                    "run_id": run_id,
-                    "outputs": [],
-                    "error": error if state != "succeeded" else None,
-                    "error_kind": kind if state != "succeeded" else None,
-                    "attempts": attempts,
-                    "unknown_creates": unknown,
-                    "source": last if state == "succeeded" and last in ("reused", "adopted") else None,
-                    "model": spec["model"],
-                    "input": spec["input"],
-                    "metadata": json.loads(metadata_json),
-                }
-            if out[0] is not None:
-                record["outputs"].append({"n": out[0], "path": out[1], "bytes": out[2], "sha256": out[3]})
+                record = dict(zip(EXPORT_FIELDS, row[:11], strict=True))
+                record["input"] = json.loads(record["input"])
+                record["metadata"] = json.loads(record["metadata"])
+                record["outputs"] = []
+            if row[11] is not None:
+                record["outputs"].append({"n": row[11], "bytes": row[12], "sha256": row[13], "path": row[14]})
         if record is not None:
             yield record
 
 
+EXPORT_FIELDS = (
+    "job_id", "state", "run_id", "error", "error_kind", "attempts", "unknown_creates", "source", "model",
+    "input", "metadata",
+)  # fmt: skip
+
+
 def _pending(job_id: str, spec_json: str, metadata_json: str, attempts: int, fresh: bool = False) -> PendingJob:
     return PendingJob(spec=JobSpec.from_record(job_id, spec_json, metadata_json), attempts=attempts, fresh=fresh)
+
+
+class LedgerExports:
+    """Export at a million jobs: one streamed statement, one row per file (or per job without files)."""
+
+    def export_rows(self: Any) -> Iterator[tuple[Any, ...]]:
+        """job_id, state, run_id, error, error_kind, attempts, unknown, source, model, input (JSON text),
+        metadata (JSON text), then n, bytes, sha256, path of one of its files (None when it has none);
+        in manifest order, a job's files in order."""
+        yield from self._stream(
+            """SELECT j.job_id, CASE j.state WHEN 'running' THEN 'pending' ELSE j.state END, j.run_id,
+                      CASE WHEN j.state = 'succeeded' THEN NULL ELSE j.error END,
+                      CASE WHEN j.state = 'succeeded' THEN NULL ELSE j.error_kind END,
+                      j.attempts, j.unknown, CASE WHEN j.state = 'succeeded' THEN j.source END,
+                      json_extract(j.spec_json, '$.model'), json_extract(j.spec_json, '$.input'), j.metadata_json,
+                      o.n, o.bytes, o.sha256, o.path
+               FROM jobs j LEFT JOIN outputs o ON o.job_id = j.job_id
+               WHERE j.generation = ? ORDER BY j.seq, o.n""",
+            (self.generation,),
+        )
+
+    def export_table(self: Any) -> Iterator[tuple[Any, ...]]:
+        """For CSV: job_id, state, run_id, error, attempts, unknown, prompt, aspect_ratio, quality, image_urls
+        ('|'-joined), metadata (JSON text), then n, bytes, sha256, path of one file, as export_rows."""
+        yield from self._stream(
+            """SELECT j.job_id, CASE j.state WHEN 'running' THEN 'pending' ELSE j.state END, j.run_id,
+                      CASE WHEN j.state = 'succeeded' THEN NULL ELSE j.error END, j.attempts, j.unknown,
+                      json_extract(j.spec_json, '$.input.prompt'), json_extract(j.spec_json, '$.input.aspect_ratio'),
+                      json_extract(j.spec_json, '$.input.quality'),
+                      (SELECT group_concat(value, '|') FROM json_each(j.spec_json, '$.input.image_urls')),
+                      j.metadata_json, o.n, o.bytes, o.sha256, o.path
+               FROM jobs j LEFT JOIN outputs o ON o.job_id = j.job_id
+               WHERE j.generation = ? ORDER BY j.seq, o.n""",
+            (self.generation,),
+        )
+
+    def metadata_keys(self: Any) -> list[str]:
+        """Every metadata key of the current manifest's jobs, in the order they first appear."""
+        rows = self._query(
+            """SELECT m.key FROM jobs j, json_each(j.metadata_json) m WHERE j.generation = ?
+               GROUP BY m.key ORDER BY min(j.seq), min(m.id)""",
+            (self.generation,),
+        ).fetchall()
+        return [str(row[0]) for row in rows]

@@ -70,7 +70,8 @@ MIGRATIONS: list[str] = [
     # 2: attempts may be satisfied without a run of their own (an identical request's image
     # reused, an image found in the folder adopted); failures have a kind that `retry` picks
     # by; a job can ask for a new run ('fresh'); earlier images of a regenerated job are kept;
-    # sessions keep their figures; jobs are read in manifest order by their own index.
+    # sessions keep their figures; jobs are read in manifest order by their own index, and carry
+    # their latest run id, possible double charges and where their image came from.
     """
     CREATE TABLE attempts_new (
         attempt_id INTEGER PRIMARY KEY,
@@ -97,6 +98,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX attempts_by_run ON attempts (run_id) WHERE run_id IS NOT NULL;
     ALTER TABLE jobs ADD COLUMN error_kind TEXT;
     ALTER TABLE jobs ADD COLUMN fresh INTEGER NOT NULL DEFAULT 0;  -- 1: make it with a new run, reuse nothing
+    -- Kept on the job as its attempts change, so that status and export read one row per job.
+    ALTER TABLE jobs ADD COLUMN run_id TEXT;                        -- its latest run
+    ALTER TABLE jobs ADD COLUMN unknown INTEGER NOT NULL DEFAULT 0; -- its creates whose answer never came
+    ALTER TABLE jobs ADD COLUMN source TEXT;                        -- 'reused' or 'adopted' when no run of its own
+    UPDATE jobs SET
+        run_id = (SELECT run_id FROM attempts a WHERE a.job_id = jobs.job_id AND a.run_id IS NOT NULL
+                  ORDER BY a.attempt_id DESC LIMIT 1),
+        unknown = (SELECT count(*) FROM attempts a WHERE a.job_id = jobs.job_id AND a.status = 'unknown');
     CREATE INDEX jobs_by_seq ON jobs (generation, seq);
     CREATE TABLE versions (
         job_id TEXT NOT NULL REFERENCES jobs (job_id),

@@ -34,7 +34,7 @@ from typing import Any
 
 from ..errors import LedgerBusy, LedgerError
 from ..models import AttemptStatus, JobSpec, JobState, SavedOutput, SyncSummary
-from .reads import LedgerReads
+from .reads import LedgerExports, LedgerReads
 from .schema import SCHEMA_VERSION, check_version, migrate
 
 try:
@@ -61,7 +61,7 @@ _UPSERT_JOB = """
 # Inside DO UPDATE, "jobs.x" is the row as it was: hashes are compared before replacing.
 
 
-class Ledger(LedgerReads):
+class Ledger(LedgerReads, LedgerExports):
     """All of batchgen's state for one output folder."""
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False):
@@ -360,6 +360,11 @@ class Ledger(LedgerReads):
         now = time.time()
         lost = self._query("SELECT count(*) FROM attempts WHERE status = 'creating'").fetchone()[0]
         self._queue(
+            """UPDATE jobs SET unknown = unknown +
+                 (SELECT count(*) FROM attempts a WHERE a.job_id = jobs.job_id AND a.status = 'creating')
+               WHERE job_id IN (SELECT job_id FROM attempts WHERE status = 'creating')"""
+        )
+        self._queue(
             "UPDATE attempts SET status = 'unknown', finished_at = ?, error_kind = 'unknown', "
             "error = 'the process stopped before the create request was answered' "
             "WHERE status = 'creating'",
@@ -402,6 +407,7 @@ class Ledger(LedgerReads):
             "UPDATE attempts SET run_id = ?, status = 'running', created_at = ? WHERE attempt_id = ?",
             (run_id, now, attempt_id),
         )
+        self._queue("UPDATE jobs SET run_id = ?, source = NULL WHERE job_id = ?", (run_id, job.job_id))
         return now
 
     def not_created(self, attempt_id: int, job_id: str) -> None:
@@ -434,8 +440,9 @@ class Ledger(LedgerReads):
         )
         state = JobState.FAILED if job_failed else JobState.PENDING
         self._queue(
-            "UPDATE jobs SET state = ?, error = ?, error_kind = ?, updated_at = ? WHERE job_id = ?",
-            (str(state), error, kind, now, job_id),
+            "UPDATE jobs SET state = ?, error = ?, error_kind = ?, updated_at = ?, unknown = unknown + ? "
+            "WHERE job_id = ?",
+            (str(state), error, kind, now, int(status is AttemptStatus.UNKNOWN), job_id),
         )
 
     def job_failed(self, job_id: str, error: str, kind: str | None = None) -> None:
@@ -484,6 +491,7 @@ class Ledger(LedgerReads):
         self.job_succeeded(attempt_id, job_id, outputs)
         # job_succeeded marked it 'succeeded'; keep the status that says where the image came from
         self._queue("UPDATE attempts SET status = ? WHERE attempt_id = ?", (str(status), attempt_id))
+        self._queue("UPDATE jobs SET source = ?, run_id = ? WHERE job_id = ?", (str(status), run_id, job_id))
         return attempt_id
 
     def refetch(self, job_id: str, attempt_id: int) -> None:
@@ -508,8 +516,9 @@ class Ledger(LedgerReads):
             (attempt_id, job_id, spec_hash, run_id, created_at, created_at),
         )
         self._queue(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ? WHERE job_id = ?",
-            (time.time(), job_id),
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, run_id = ?, source = NULL, updated_at = ? "
+            "WHERE job_id = ?",
+            (run_id, time.time(), job_id),
         )
 
     def lost_create(self, job_id: str, spec_hash: str, attempt_id: int) -> None:
