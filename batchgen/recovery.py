@@ -166,17 +166,16 @@ def check_files(ledger: Ledger, output_dir: Path) -> FileCheck:
     """Stat every file the ledger lists for a succeeded job; reopen the runs of those missing or changed."""
     check = FileCheck()
     broken: dict[str, int] = {}  # job id -> attempt id
-    for job_id, attempt_id, _n, path, size, _sha in ledger.recorded_outputs():
-        check.checked += 1
+    base, stat = os.fspath(output_dir).rstrip(os.sep) + os.sep, os.stat
+    for job_id, attempt_id, path, size in ledger.recorded_outputs():
         try:
-            actual = os.stat(output_dir / path).st_size
+            if stat(base + path).st_size == size:
+                continue
+            check.changed.append(path)
         except OSError:
             check.missing.append(path)
-            broken[job_id] = attempt_id
-            continue
-        if actual != size:
-            check.changed.append(path)
-            broken[job_id] = attempt_id
+        broken[job_id] = attempt_id
+    check.checked = ledger.counts()["succeeded"]
     if broken:
         runs = ledger.attempts_by_id(broken.values())
         for job_id, attempt_id in broken.items():

@@ -140,12 +140,11 @@ class LedgerReads:
 
     # -- files -------------------------------------------------------------------
 
-    def recorded_outputs(self) -> Iterator[tuple[str, int, int, str, int, str]]:
-        """(job_id, attempt_id, n, path, bytes, sha256) of every file of a succeeded job, in manifest order."""
+    def recorded_outputs(self) -> Iterator[tuple[str, int, str, int]]:
+        """(job_id, attempt_id, path, bytes) of every file of a succeeded job of the current manifest."""
         yield from self._stream(
-            """SELECT o.job_id, o.attempt_id, o.n, o.path, o.bytes, o.sha256
-               FROM jobs j JOIN outputs o ON o.job_id = j.job_id
-               WHERE j.generation = ? AND j.state = 'succeeded' ORDER BY j.seq, o.n""",
+            """SELECT o.job_id, o.attempt_id, o.path, o.bytes FROM outputs o JOIN jobs j ON j.job_id = o.job_id
+               WHERE j.generation = ? AND j.state = 'succeeded'""",
             (self.generation,),
         )
 
