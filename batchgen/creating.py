@@ -19,15 +19,16 @@ of the job and leaves slots and queues to the scheduler.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
 
 from .api import RunbaseClient
-from .errors import AccountError, ApiError, JobError, RateLimited, TransientError, Unauthorized
+from .errors import AccountError, ApiError, CapReached, JobError, RateLimited, TransientError, Unauthorized
 from .ledger import Ledger
 from .models import AttemptStatus, BatchStats, JobSpec, PendingJob
+from .pricing import Budget
 from .throttle import GentleStart, Throttle, backoff
 
 MAX_CREATE_TRIES = 6  # transient failures of one create before the job fails
@@ -41,6 +42,7 @@ class Result(enum.Enum):
     FAILED = "failed"  # the job failed for good; recorded
     REQUEUE = "requeue"  # not this job's fault and no create has worked yet: let another job try
     DROPPED = "dropped"  # the batch is stopping: the job stays pending
+    CAPPED = "capped"  # --max-runs / --max-credits reached: create nothing more, collect what is paid for
     UNAUTHORIZED = "unauthorized"  # 401: end the batch now
     ACCOUNT = "account"  # 402/403: stop creating, collect what is in flight
     API_DOWN = "api down"  # creates fail everywhere: stop, every job stays pending
@@ -52,7 +54,7 @@ class CreateOutcome:
     job: PendingJob  # with the attempts made so far
     attempt_id: int | None = None  # CREATED: the attempt that owns the run
     run_id: str | None = None
-    error: ApiError | None = None  # UNAUTHORIZED, ACCOUNT, API_DOWN
+    error: ApiError | CapReached | None = None  # UNAUTHORIZED, ACCOUNT, API_DOWN, CAPPED
 
 
 class Creator:
@@ -68,6 +70,7 @@ class Creator:
         durable: Callable[[], Awaitable[None]],
         poke: Callable[[], None],
         backoff_base: float = 0.5,
+        budgets: Sequence[tuple[Budget, Callable[[JobSpec], float]]] = (),
     ):
         self.client = client
         self.ledger = ledger
@@ -80,6 +83,7 @@ class Creator:
         self._stopping = stopping
         self.durable = durable
         self.poke = poke  # queued writes no one waits for: flush them soon anyway
+        self.budgets = budgets  # (budget, cost of a job) pairs: --max-runs, --max-credits
         self._failure_streak = 0  # transient create failures since the last success
 
     async def create(self, job: PendingJob) -> CreateOutcome:
@@ -92,7 +96,10 @@ class Creator:
                 await self.throttle.wait_create()
                 if self._stopping():
                     return CreateOutcome(Result.DROPPED, PendingJob(spec, attempts))
-                sent = _Attempt(self, spec)
+                reserved = await self._reserve(spec)
+                if isinstance(reserved, CapReached):
+                    return CreateOutcome(Result.CAPPED, PendingJob(spec, attempts), error=reserved)
+                sent = _Attempt(self, spec, reserved)
                 try:
                     info = await self.client.create_run(spec, before_send=sent.begin)
                 except RateLimited as exc:
@@ -147,16 +154,37 @@ class Creator:
                 self.stats.created += 1
                 return CreateOutcome(Result.CREATED, PendingJob(spec, attempts), attempt_id, info.run_id)
 
+    async def _reserve(self, spec: JobSpec) -> list[tuple[Budget, float]] | CapReached:
+        """Reserve this create's cost in every budget, or say which one is used up."""
+        reserved: list[tuple[Budget, float]] = []
+        for budget, cost_of in self.budgets:
+            cost = cost_of(spec)
+            if not await budget.reserve(cost):
+                for other, other_cost in reserved:
+                    other.give_back(other_cost)
+                return CapReached(f"--max-{budget.unit} {budget.limit:g} reached ({budget.spent:g} {budget.unit} used)")
+            reserved.append((budget, cost))
+        return reserved
+
 
 class _Attempt:
     """One create request's attempt row: begun just before the request leaves, then
     ended one way or another. Left 'creating' only if the task is cancelled while
-    the request may be on the wire; the next run records it as unknown."""
+    the request may be on the wire; the next run records it as unknown.
 
-    def __init__(self, creator: Creator, spec: JobSpec):
+    It also settles the create's reservations in the budgets: kept when a run was
+    made or may have been, given back when the API certainly made none."""
+
+    def __init__(self, creator: Creator, spec: JobSpec, reserved: list[tuple[Budget, float]]):
         self._creator = creator
         self._spec = spec
+        self._reserved = reserved
         self.attempt_id: int | None = None
+
+    def _settle(self, *, spent: bool) -> None:
+        for budget, cost in self._reserved:
+            budget.keep(cost) if spent else budget.give_back(cost)
+        self._reserved = []
 
     async def begin(self) -> None:
         """Called with a connection slot in hand, just before the request leaves: the attempt
@@ -166,18 +194,23 @@ class _Attempt:
         await self._creator.durable()
 
     def answered(self) -> None:
+        """The request is over (answered, failed, or cancelled): whatever is not settled yet is kept
+        if the request may have left, given back if it never did."""
         if self.attempt_id is not None:
             self._creator.on_the_wire -= 1
+        self._settle(spent=self.attempt_id is not None)
 
     def forget(self) -> None:
         """The create certainly made no run: the attempt goes, and soon, not at the next create (a 429
         pause may be long, and a kill meanwhile must not find it still 'creating')."""
+        self._settle(spent=False)
         if self.attempt_id is not None:
             self._creator.ledger.not_created(self.attempt_id, self._spec.job_id)
             self._creator.poke()
 
     def end(self, status: AttemptStatus, error: str, *, job_failed: bool, kind: str) -> None:
         assert self.attempt_id is not None
+        self._settle(spent=status is not AttemptStatus.REJECTED)
         self._creator.ledger.attempt_ended(
             self.attempt_id, self._spec.job_id, status, error, job_failed=job_failed, kind=kind
         )

@@ -8,6 +8,7 @@ Every error batchgen raises on purpose is a ``BatchgenError``::
     ├── LedgerError              the ledger cannot be opened, read or written
     │   └── LedgerBusy           another runner holds the ledger
     ├── OutputError              an output file cannot be written (disk full, permissions)
+    ├── CapReached               --max-runs / --max-credits reached: the batch stops creating
     └── ApiError                 anything the Runbase API (or the way to it) answered
         ├── TransientError       worth retrying: 5xx, timeouts, resets, malformed bodies
         │   └── RateLimited      429; carries ``retry_after`` seconds when the server gave one
@@ -76,6 +77,10 @@ class LedgerBusy(LedgerError):
 
 class OutputError(BatchgenError):
     """An output file cannot be written; the batch stops, nothing recorded is lost."""
+
+
+class CapReached(BatchgenError):
+    """What one invocation may create is used up (``--max-runs``, ``--max-credits``)."""
 
 
 class ApiError(BatchgenError):

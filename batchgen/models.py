@@ -220,6 +220,7 @@ class Outcome(enum.Enum):
     """Why a batch ended."""
 
     DONE = "done"
+    CAPPED = "stopped at the cap"
     ACCOUNT = "stopped by the account"
     UNAUTHORIZED = "unauthorized"
     INTERRUPTED = "interrupted"

@@ -13,7 +13,8 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from .ledger import Ledger
 from .ledger.reuse import ReuseIndex, default_index_path
 from .manifest import iter_jobs
 from .models import BatchStats, JobSpec, Outcome, SavedOutput
+from .pricing import Budget, Prices
 from .progress import Progress
 from .recovery import check_files, needs_repair, repair, unknown_images
 from .reusing import Reuser
@@ -48,6 +50,7 @@ class ExitCode:
     UNAUTHORIZED = 4  # the key is missing or refused
     LOCAL = 5  # the ledger or output folder cannot be used (disk full, busy, permissions)
     UNAVAILABLE = 6  # the API kept failing (5xx, network): resumable later
+    CAPPED = 7  # --max-runs / --max-credits reached: resumable, the next invocation continues
     INTERRUPTED = 130
 
 
@@ -77,6 +80,9 @@ class BatchConfig:
     allow_unknown_files: bool = False  # write into a folder holding images batchgen has no record of
     reuse: bool = True  # give a job an identical request's image instead of paying for a new run
     reuse_index: Path | None = None  # default: $BATCHGEN_CACHE_DIR or the user's cache folder, reuse.sqlite
+    max_runs: int | None = None  # runs this invocation may create at most (exact, whatever the concurrency)
+    max_credits: float | None = None  # credits this invocation may spend at most (needs prices)
+    prices: Mapping[str, float] = field(default_factory=dict)  # credits per run: {"high": 2, "medium": 1, ...}
     not_found_grace: float = NOT_FOUND_GRACE  # seconds a known run may answer 404 before it is given up
 
     def __post_init__(self) -> None:
@@ -268,6 +274,7 @@ async def _run_scheduler(
             not_found_grace=config.not_found_grace,
             on_file=_journal_file(folder),
             reuser=reuser,
+            budgets=_budgets(config),
         )
         counts = ledger.counts()
         progress = Progress.create(config.progress, total=counts["pending"] + counts["running"])
@@ -286,6 +293,22 @@ async def _run_scheduler(
         if progress is not None:
             progress.close(scheduler.stats)
     return scheduler, outcome
+
+
+def _budgets(config: BatchConfig) -> list[tuple[Budget, Callable[[JobSpec], float]]]:
+    budgets: list[tuple[Budget, Callable[[JobSpec], float]]] = []
+    if config.max_runs is not None:
+        budgets.append((Budget(config.max_runs, "runs"), lambda job: 1.0))
+    if config.max_credits is not None:
+        prices = Prices(config.prices)
+
+        def credits(job: JobSpec) -> float:
+            price = prices.of(job)
+            assert price is not None  # every job's price was checked before the batch started
+            return price
+
+        budgets.append((Budget(config.max_credits, "credits"), credits))
+    return budgets
 
 
 def _journal_file(folder: OutputFolder) -> Callable[[JobSpec, str, SavedOutput], None]:
@@ -347,6 +370,12 @@ def _resolve(config: BatchConfig) -> BatchConfig:
         raise UsageError("--max-attempts must be at least 1")
     if config.rate is not None and config.rate <= 0:
         raise UsageError("--rate must be a positive number of creates per second")
+    if config.max_runs is not None and config.max_runs < 1:
+        raise UsageError("--max-runs must be at least 1")
+    if config.max_credits is not None and not config.max_credits > 0:
+        raise UsageError("--max-credits must be a positive number")
+    if config.max_credits is not None:
+        _check_priced(config)
     if config.simulate:
         base_url = config.base_url or SIMULATED_BASE_URL
     else:
@@ -356,6 +385,21 @@ def _resolve(config: BatchConfig) -> BatchConfig:
     except ApiError as exc:
         raise UsageError(str(exc)) from None
     return replace(config, base_url=base_url)
+
+
+def _check_priced(config: BatchConfig) -> None:
+    """--max-credits needs every job's price: say which is missing before anything is sent."""
+    prices = Prices(config.prices)
+    if not prices:
+        raise UsageError("--max-credits needs the credits per run: give --price (e.g. high=2,medium=1)")
+    unpriced = Counter(
+        f"{job.model} quality {job.input.get('quality', '(not set)')}"
+        for job in iter_jobs(config.manifest)
+        if prices.of(job) is None
+    )
+    if unpriced:
+        kinds = ", ".join(f"{kind} ({n} job(s))" for kind, n in unpriced.most_common(3))
+        raise UsageError(f"--max-credits: no price for {kinds}; add them to --price (or a 'default=' price)")
 
 
 def _api_key(config: BatchConfig) -> str:
@@ -423,6 +467,11 @@ _OUTCOMES: dict[Outcome, tuple[int, str]] = {
         "interrupted; {left} job(s) wait. Run the same command again to finish.",
     ),
     Outcome.MANIFEST: (ExitCode.USAGE, ""),
+    Outcome.CAPPED: (
+        ExitCode.CAPPED,
+        "stopped at the cap you set: {error}. No more runs were created; the runs in flight were collected; "
+        "{left} job(s) wait. Run the same command again to continue.",
+    ),
     Outcome.ERROR: (
         ExitCode.LOCAL,
         "stopped: {error}. Nothing recorded was lost; run the same command again once fixed.",

@@ -29,7 +29,7 @@ import heapq
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from .creating import CreateOutcome, Creator, Result
 from .errors import AccountError, BatchgenError, OutputError, RateLimited, RunNotFound, TransientError, Unauthorized
 from .ledger import Ledger
 from .models import AttemptStatus, BatchStats, JobSpec, OpenRun, Outcome, PendingJob, RunInfo, SavedOutput
+from .pricing import Budget
 from .reusing import Reuser
 from .saving import OutputSaver, SaveFailed
 from .throttle import PollPlanner, Throttle, backoff
@@ -56,6 +57,7 @@ NOT_FOUND_GRACE = 180.0
 # Which reason for ending wins when several come: the more serious, the later in this list.
 _PRECEDENCE = (
     Outcome.DONE,
+    Outcome.CAPPED,
     Outcome.ACCOUNT,
     Outcome.MANIFEST,
     Outcome.UNAVAILABLE,
@@ -129,6 +131,7 @@ class Scheduler:
         not_found_grace: float = NOT_FOUND_GRACE,
         on_file: Callable[[JobSpec, str, SavedOutput], None] | None = None,
         reuser: Reuser | None = None,
+        budgets: Sequence[tuple[Budget, Callable[[JobSpec], float]]] = (),
     ):
         self.ledger = ledger
         self.client = client
@@ -155,6 +158,7 @@ class Scheduler:
             durable=self.committer.durable,
             poke=self.committer.poke,
             backoff_base=backoff_base,
+            budgets=budgets,
         )
         self.saver = OutputSaver(
             client=client,
@@ -360,6 +364,8 @@ class Scheduler:
             self._end(Stop.DRAINING, Outcome.ACCOUNT, outcome.error)
         elif result is Result.API_DOWN:
             self._end(Stop.HALTING, Outcome.UNAVAILABLE, outcome.error)
+        elif result is Result.CAPPED:
+            self._end(Stop.DRAINING, Outcome.CAPPED, outcome.error)
         self._job_finished(outcome.job)
 
     # -- polling ---------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,24 @@ def add_parsers(commands: Any) -> None:
     )
     run.add_argument("--max-download-mb", type=positive_float, default=100.0, help="size cap per output file")
     run.add_argument("--no-progress", action="store_true", help="no progress bar or status lines")
+    _add_plan_options(run)
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be created now and what it would cost; send nothing, write nothing",
+    )
+    run.add_argument(
+        "--max-runs",
+        type=positive_int,
+        metavar="N",
+        help="create at most N runs in this invocation, then collect them and exit 7 (default: no cap)",
+    )
+    run.add_argument(
+        "--max-credits",
+        type=positive_float,
+        metavar="C",
+        help="spend at most C credits in this invocation (needs --price), then exit 7 (default: no cap)",
+    )
     run.add_argument(
         "--no-reuse",
         action="store_true",
@@ -52,14 +71,40 @@ def add_parsers(commands: Any) -> None:
     run.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto", help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
 
-    check = commands.add_parser("validate", help="check a manifest without sending anything")
+    check = commands.add_parser(
+        "validate", help="check a manifest and print what a run would create and cost, without sending anything"
+    )
     check.add_argument("manifest", type=Path)
+    add_location(check)
+    _add_plan_options(check)
     check.set_defaults(handler=_validate)
+
+
+def _add_plan_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--price",
+        type=_prices,
+        metavar="KEY=CREDITS,...",
+        help="credits per run, by quality or model:quality (e.g. high=2,medium=1,default=1); "
+        "adds to (and overrides) the manifest's pricing",
+    )
+
+
+def _prices(text: str) -> dict[str, float]:
+    from ..errors import UsageError
+    from ..pricing import parse_prices
+
+    try:
+        return dict(parse_prices(text).table)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _run(args: argparse.Namespace) -> int:
     from ..runner import run_batch
 
+    if args.dry_run:
+        return _print_plan(args)
     result = run_batch(
         args.manifest,
         output_dir=args.output,
@@ -78,6 +123,9 @@ def _run(args: argparse.Namespace) -> int:
         allow_unknown_files=args.allow_unknown_files,
         reuse=not args.no_reuse,
         reuse_index=args.reuse_index,
+        max_runs=args.max_runs,
+        max_credits=args.max_credits,
+        prices=args.price or {},
     )
     _print_summary(result)
     return result.exit_code
@@ -126,4 +174,44 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"batchgen: {len(exc.problems)} problem(s) in {args.manifest}; nothing was sent", file=sys.stderr)
         return EXIT_USAGE
     print(f"{args.manifest}: {count} job{'s' if count != 1 else ''}, valid")
+    return _print_plan(args, header=False)
+
+
+def _print_plan(args: argparse.Namespace, *, header: bool = True) -> int:
+    """What `run` would create now and what it would cost; nothing sent, nothing written."""
+    from ..api import DEFAULT_BASE_URL
+    from ..errors import ManifestError
+    from ..ledger.reuse import ReuseIndex, default_index_path
+    from ..manifest import iter_jobs
+    from ..planning import describe, plan
+    from ..pricing import Prices
+    from ..runner import LEDGER_NAME
+
+    ledger = args.ledger or args.output / LEDGER_NAME
+    index_path = getattr(args, "reuse_index", None) or default_index_path()
+    index = None
+    if not getattr(args, "no_reuse", False) and index_path.is_file():
+        # The same service as `run` would use: a simulator's images never count for the real API.
+        base_url = getattr(args, "base_url", None) or os.environ.get("RUNBASE_BASE_URL") or DEFAULT_BASE_URL
+        index = ReuseIndex(index_path, "simulator" if getattr(args, "simulate", False) else base_url)
+    try:
+        result = plan(
+            iter_jobs(args.manifest),
+            ledger_path=ledger,
+            reuse_index=index,
+            prices=Prices(args.price or {}),
+            retry_failed=getattr(args, "retry_failed", False),
+        )
+    except ManifestError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"batchgen: {len(exc.problems)} problem(s) in {args.manifest}; nothing was sent", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        if index is not None:
+            index.close()
+    lines = describe(result)
+    if header:
+        print(f"{args.manifest}: dry run, nothing is sent")
+    print("\n".join(lines[1:] if not header else lines))
     return 0

@@ -1,0 +1,155 @@
+"""The bill before paying: what ``run`` would create now, and what it would cost.
+
+``plan()`` reads the manifest and, read-only, the ledger and the reuse index,
+and sends nothing. A job counts as a run to create unless the ledger already
+has it done (or a run of it in flight, for the same spec), an earlier batch's
+image of the very same request is in the reuse index, or an identical job
+earlier in this manifest will make the image it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from .errors import LedgerError
+from .ledger import Ledger
+from .ledger.reuse import ReuseIndex
+from .models import JobSpec, JobState
+from .pricing import Prices
+
+CHUNK = 2000
+
+
+@dataclass
+class Line:
+    runs: int = 0
+    credits: float | None = 0.0
+
+
+@dataclass
+class Plan:
+    jobs: int = 0
+    done: int = 0  # succeeded in the ledger, spec unchanged
+    in_flight: int = 0  # a run already created for it: collected, not paid again
+    failed: int = 0  # failed for good (run --retry-failed to try them again)
+    reusable: int = 0  # an earlier batch made the very same request
+    duplicates: int = 0  # an identical job earlier in this manifest makes its image
+    lines: dict[tuple[str, str, str], Line] = field(default_factory=dict)  # (model, quality, ratio) -> runs
+    unpriced: int = 0  # runs with no known price
+
+    @property
+    def runs(self) -> int:
+        return sum(line.runs for line in self.lines.values())
+
+    @property
+    def credits(self) -> float | None:
+        if self.unpriced:
+            return None
+        return sum(line.credits or 0.0 for line in self.lines.values())
+
+    def add(self, job: JobSpec, prices: Prices) -> None:
+        key = (job.model, str(job.input.get("quality", "(default)")), str(job.input.get("aspect_ratio", "(default)")))
+        line = self.lines.setdefault(key, Line())
+        line.runs += 1
+        price = prices.of(job) if prices else None
+        if price is None:
+            self.unpriced += 1
+            line.credits = None
+        elif line.credits is not None:
+            line.credits += price
+
+
+def plan(
+    jobs: Iterable[JobSpec],
+    *,
+    ledger_path: Path | None,
+    reuse_index: ReuseIndex | None,
+    prices: Prices,
+    retry_failed: bool = False,
+) -> Plan:
+    """What a run of ``jobs`` would create now; nothing is written and nothing is sent."""
+    result = Plan()
+    ledger = _open(ledger_path)
+    seen: set[str] = set()
+    try:
+        for chunk in _chunks(jobs):
+            result.jobs += len(chunk)
+            known = ledger.jobs_by_id(job.job_id for job in chunk) if ledger is not None else {}
+            for job in chunk:
+                spec_hash = job.spec_hash()
+                recorded = known.get(job.job_id)
+                if recorded is not None and recorded[0] == spec_hash:
+                    state = recorded[1]
+                    if state == JobState.SUCCEEDED:
+                        result.done += 1
+                        continue
+                    if state == JobState.RUNNING:
+                        result.in_flight += 1
+                        continue
+                    if state == JobState.FAILED and not retry_failed:
+                        result.failed += 1
+                        continue
+                if spec_hash in seen:
+                    result.duplicates += 1
+                    continue
+                seen.add(spec_hash)
+                if reuse_index is not None and _reusable(reuse_index, spec_hash):
+                    result.reusable += 1
+                    continue
+                result.add(job, prices)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    return result
+
+
+def _open(path: Path | None) -> Ledger | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        return Ledger(path, readonly=True)
+    except LedgerError:
+        return None  # a ledger of another version or a damaged one: plan as if there were none
+
+
+def _reusable(index: ReuseIndex, spec_hash: str) -> bool:
+    for candidate in index.find(spec_hash):
+        if all(file.path.is_file() and file.path.stat().st_size == file.bytes for file in candidate.files):
+            return True
+    return False
+
+
+def _chunks(jobs: Iterable[JobSpec]) -> Iterator[list[JobSpec]]:
+    iterator = iter(jobs)
+    while chunk := list(islice(iterator, CHUNK)):
+        yield chunk
+
+
+def describe(result: Plan) -> list[str]:
+    """The plan as lines for a terminal."""
+    lines = [f"{result.jobs} job(s) in the manifest"]
+    skipped = [
+        (result.done, "already done"),
+        (result.in_flight, "with a run already in flight (collected, not paid again)"),
+        (result.failed, "failed for good (--retry-failed tries them again)"),
+        (result.reusable, "reusing an earlier batch's image of the same request"),
+        (result.duplicates, "identical to an earlier job here (made once)"),
+    ]
+    for count, what in skipped:
+        if count:
+            lines.append(f"  {count} {what}")
+    lines.append(f"runs that would be created now: {result.runs}")
+    width = max((len(f"{model}  quality {q}  {r}") for model, q, r in result.lines), default=0)
+    for (model, quality, ratio), line in sorted(result.lines.items()):
+        label = f"{model}  quality {quality}  {ratio}".ljust(width)
+        cost = f"  {line.credits:g} credits" if line.credits is not None else "  (no price given)"
+        lines.append(f"  {label}  {line.runs:>7} runs{cost}")
+    credits = result.credits
+    if credits is not None and result.lines:
+        lines.append(f"credits: {credits:g}")
+    elif result.unpriced:
+        lines.append("credits: unknown for some runs (give their price with --price, e.g. high=2,medium=1)")
+    return lines

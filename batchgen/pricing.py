@@ -1,0 +1,99 @@
+"""What runs cost, and the cap on what one invocation may spend.
+
+Runbase does not publish credits per run: they are the account's. A user who
+knows them says so (``--price high=2,medium=1`` or ``pricing:`` in the
+manifest), and batchgen can then tell the bill before paying and stop at a
+budget. ``Prices.of(job)`` looks a job up by ``model:quality``, then
+``quality``, then ``model``, then ``default``.
+
+``Budget`` makes ``--max-runs`` and ``--max-credits`` exact whatever the
+concurrency: a create reserves its cost before its request leaves, keeps it if
+a run was made (or may have been: an unanswered create counts as spent), and
+gives it back if the API certainly made none (429, refused connection, 400).
+When a create cannot reserve, it waits for the reservations in flight to settle
+before deciding that the cap is reached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import anyio
+
+from .errors import UsageError
+from .models import JobSpec
+
+
+@dataclass(frozen=True)
+class Prices:
+    table: Mapping[str, float] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.table)
+
+    def of(self, job: JobSpec) -> float | None:
+        quality = job.input.get("quality")
+        keys = [f"{job.model}:{quality}", str(quality), job.model, "default"] if quality else [job.model, "default"]
+        for key in keys:
+            if key in self.table:
+                return self.table[key]
+        return None
+
+    def merged(self, other: Prices) -> Prices:
+        """These prices, with ``other``'s taking precedence."""
+        return Prices({**self.table, **other.table})
+
+
+def parse_prices(text: str) -> Prices:
+    """``high=2,medium=1`` (also ``default=1``, ``openai/gpt-image-1.5:high=2``) into Prices."""
+    table: dict[str, float] = {}
+    for item in text.split(","):
+        key, sep, value = item.strip().rpartition("=")
+        try:
+            price = float(value)
+        except ValueError:
+            price = math.nan
+        if not sep or not key.strip() or not math.isfinite(price) or price < 0:
+            raise UsageError(
+                f"--price takes KEY=CREDITS pairs separated by commas (high=2,medium=1), not {item.strip()!r}"
+            )
+        table[key.strip()] = price
+    return Prices(table)
+
+
+class Budget:
+    """At most ``limit`` (runs or credits) spent by one invocation; see the module docstring."""
+
+    def __init__(self, limit: float, unit: str):
+        self.limit = limit
+        self.unit = unit  # "runs" or "credits", for messages
+        self.spent = 0.0
+        self.reserved = 0.0
+        self._settled = anyio.Event()
+
+    async def reserve(self, cost: float) -> bool:
+        """Reserve ``cost``; False when the cap is reached (nothing in flight could free room)."""
+        while self.spent + self.reserved + cost > self.limit + 1e-9:
+            if self.reserved == 0:
+                return False
+            settled = self._settled
+            await settled.wait()
+        self.reserved += cost
+        return True
+
+    def keep(self, cost: float) -> None:
+        """The reserved cost was spent: a run was made, or may have been."""
+        self.reserved -= cost
+        self.spent += cost
+        self._wake()
+
+    def give_back(self, cost: float) -> None:
+        """The API certainly made no run."""
+        self.reserved -= cost
+        self._wake()
+
+    def _wake(self) -> None:
+        self._settled.set()
+        self._settled = anyio.Event()

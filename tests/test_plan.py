@@ -1,0 +1,94 @@
+"""The bill before paying: the dry-run plan, prices, and caps that stop a batch exactly where asked."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchgen import ExitCode
+from batchgen.errors import UsageError
+from batchgen.models import JobSpec, image_input
+from batchgen.pricing import Prices, parse_prices
+from batchgen.simulator import SimConfig, Simulator
+
+from .conftest import batchgen_cli
+
+
+@pytest.mark.parametrize("concurrency", [1, 8, 64])
+def test_max_runs_is_exact_whatever_the_concurrency(write_manifest, run, tmp_path, concurrency):
+    """--max-runs N creates exactly N runs (429s and lost answers included), exits 7, and the next run goes on."""
+    sim = Simulator(SimConfig(latency=0.05, create_rate="50", faults={"reset_after_create": 0.1}, seed=3))
+    manifest = write_manifest(40)
+    first = run(manifest, sim, max_runs=12, concurrency=concurrency)
+    assert first.exit_code == ExitCode.CAPPED, first.message
+    assert sim.stats()["creates"] == 12
+    assert first.counts["running"] == 0  # what was created was collected before stopping
+    second = run(manifest, sim, max_runs=1000, concurrency=concurrency)
+    assert second.exit_code == ExitCode.OK, second.message
+    assert second.counts["succeeded"] == 40
+
+
+def test_max_credits_stops_before_the_run_that_would_pass_it(write_manifest, run):
+    """With high=3, medium=1 and --max-credits 7, the batch spends at most 7 credits."""
+    sim = Simulator(SimConfig(latency=0.05))
+    jobs = [{"id": f"h{i}", "prompt": f"high {i}", "quality": "high"} for i in range(5)]
+    jobs += [{"id": f"m{i}", "prompt": f"medium {i}", "quality": "medium"} for i in range(5)]
+    result = run(write_manifest(jobs=jobs), sim, max_credits=7, prices={"high": 3, "medium": 1}, concurrency=1)
+    assert result.exit_code == ExitCode.CAPPED
+    spent = sum(3 if r["input"].get("quality") == "high" else 1 for r in sim.stats()["runs"])
+    assert spent <= 7 and spent >= 5  # it stops at the first run that no longer fits
+
+
+def test_max_credits_without_a_price_for_every_job_sends_nothing(write_manifest, run, sim):
+    """A job whose price is unknown makes --max-credits a usage error before any request."""
+    jobs = [{"id": "a", "prompt": "a", "quality": "high"}, {"id": "b", "prompt": "b"}]
+    result = run(write_manifest(jobs=jobs), sim, max_credits=10, prices={"high": 2})
+    assert result.exit_code == ExitCode.USAGE and "no price" in result.message
+    assert sim.stats()["create_requests"] == 0
+
+
+def test_prices_parse_and_look_up_by_model_quality_then_quality_then_default():
+    """--price pairs parse; a job's price comes from the most specific key."""
+    prices = parse_prices("high=2, medium=1, default=0.5, openai/gpt-image-1.5:high=3")
+    high = JobSpec("h", image_input("p", quality="high"))
+    other = JobSpec("o", image_input("p", quality="high"), model="someone/else")
+    plain = JobSpec("p", image_input("p"))
+    assert (prices.of(high), prices.of(other), prices.of(plain)) == (3, 2, 0.5)
+    assert Prices({}).of(plain) is None
+    for bad in ("high", "high=-1", "=2", "high=two", "high=nan"):
+        with pytest.raises(UsageError):
+            parse_prices(bad)
+
+
+def test_dry_run_counts_only_what_would_be_paid_now(write_manifest, tmp_path, run):
+    """The plan leaves out jobs done, identical ones and reusable ones, prices the rest, and sends nothing."""
+    sim = Simulator(SimConfig(latency=0.05))
+    done = write_manifest(jobs=[{"id": "a", "prompt": "lamp", "quality": "high"}], name="done.yaml")
+    assert run(done, sim).exit_code == ExitCode.OK
+    jobs = [
+        {"id": "a", "prompt": "lamp", "quality": "high"},  # done in this folder's ledger
+        {"id": "b", "prompt": "mug", "quality": "high", "aspect_ratio": "3:2"},
+        {"id": "c", "prompt": "mug", "quality": "high", "aspect_ratio": "3:2"},  # identical to b
+        {"id": "d", "prompt": "vase", "quality": "medium"},
+    ]
+    manifest = write_manifest(jobs=jobs, name="more.yaml")
+    out = tmp_path / "out"
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+    result = batchgen_cli("run", str(manifest), "--output", str(out), "--dry-run", "--price", "high=2,medium=1")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "4 job(s)" in text and "1 already done" in text and "1 identical" in text
+    assert "runs that would be created now: 2" in text and "credits: 3" in text
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+    assert after == before  # nothing written (sqlite may add its empty side files for a reader)
+    assert sim.stats()["creates"] == 1
+
+
+def test_validate_prints_the_plan_too(write_manifest, tmp_path):
+    """validate says the manifest is valid and what a run would create, with no output folder needed."""
+    result = batchgen_cli(
+        "validate", str(write_manifest(3)), "--output", str(tmp_path / "none"), "--price", "default=1"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "3 jobs, valid" in result.stdout and "runs that would be created now: 3" in result.stdout
+    assert "credits: 3" in result.stdout
+    assert not (tmp_path / "none").exists()
