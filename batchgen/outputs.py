@@ -19,10 +19,11 @@ the API chooses to return.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -152,3 +153,19 @@ def _make_folders(output_dir: Path, folder: Path) -> None:
         except FileExistsError:
             if current.is_symlink() or not current.is_dir():
                 raise UnsafeName(f"refusing to write through {current}: not a plain folder") from None
+
+
+def sidecar_name(image: str) -> str:
+    """``lighting/lamp~2.json`` for ``lighting/lamp~2.png``: the image's name with ``.json`` for its extension."""
+    stem, dot, _ = image.rpartition(".")
+    return (stem if dot else image) + ".json"
+
+
+def write_sidecar(output_dir: Path, image: SavedOutput, record: Mapping[str, object]) -> str:
+    """Write ``record`` as JSON next to ``image`` (atomically, like the image); returns its name."""
+    name = sidecar_name(image.path)
+    data = (json.dumps(record, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    with PartialFile(output_dir, Path(name).name) as part:
+        part.write(data)
+        part.commit(name, image.n, "application/json")
+    return name

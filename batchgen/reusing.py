@@ -37,10 +37,11 @@ class Reuser:
         self.on_file = on_file
         self.broken: LedgerError | None = None  # the index failed: the batch goes on without it
 
-    async def try_reuse(self, spec: JobSpec) -> bool:
-        """True when the job now has its images, copied from an identical request's run."""
+    async def try_reuse(self, spec: JobSpec) -> tuple[str | None, list[SavedOutput]] | None:
+        """(the run that made them, the files) when the job now has its images, copied from an identical
+        request's run; None when none could be used."""
         if self.broken is not None:
-            return False
+            return None
         try:
             candidates = self.index.find(spec.spec_hash())
             for candidate in candidates:
@@ -57,10 +58,10 @@ class Reuser:
                         note=f"the same request's image, made by run {candidate.run_id}",
                     )
                     self.index.add(spec.spec_hash(), candidate.run_id, self.output_dir, saved)
-                    return True
+                    return candidate.run_id, saved
         except LedgerError as exc:
             self.broken = exc
-        return False
+        return None
 
     def record(self, spec: JobSpec, run_id: str, saved: list[SavedOutput]) -> None:
         """A run's files were saved: offer them to later identical requests."""

@@ -83,6 +83,7 @@ class BatchConfig:
     max_runs: int | None = None  # runs this invocation may create at most (exact, whatever the concurrency)
     max_credits: float | None = None  # credits this invocation may spend at most (needs prices)
     prices: Mapping[str, float] = field(default_factory=dict)  # credits per run: {"high": 2, "medium": 1, ...}
+    sidecar: bool = False  # a JSON file next to each image: job id, prompt, options, run id, metadata
     not_found_grace: float = NOT_FOUND_GRACE  # seconds a known run may answer 404 before it is given up
 
     def __post_init__(self) -> None:
@@ -275,6 +276,7 @@ async def _run_scheduler(
             on_file=_journal_file(folder),
             reuser=reuser,
             budgets=_budgets(config),
+            sidecars=config.sidecar,
         )
         counts = ledger.counts()
         progress = Progress.create(config.progress, total=counts["pending"] + counts["running"])

@@ -42,6 +42,7 @@ from .creating import CreateOutcome, Creator, Result
 from .errors import AccountError, BatchgenError, OutputError, RateLimited, RunNotFound, TransientError, Unauthorized
 from .ledger import Ledger
 from .models import AttemptStatus, BatchStats, JobSpec, OpenRun, Outcome, PendingJob, RunInfo, SavedOutput
+from .outputs import write_sidecar
 from .pricing import Budget
 from .reusing import Reuser
 from .saving import OutputSaver, SaveFailed
@@ -132,6 +133,7 @@ class Scheduler:
         on_file: Callable[[JobSpec, str, SavedOutput], None] | None = None,
         reuser: Reuser | None = None,
         budgets: Sequence[tuple[Budget, Callable[[JobSpec], float]]] = (),
+        sidecars: bool = False,
     ):
         self.ledger = ledger
         self.client = client
@@ -142,6 +144,7 @@ class Scheduler:
         self.planner = planner or PollPlanner()
         self.backoff_base = backoff_base
         self.not_found_grace = not_found_grace
+        self.sidecars = sidecars
         self.stats = BatchStats()
         self.reuser = reuser
         self.committer = Committer(ledger, also=reuser.flush if reuser is not None else None)
@@ -302,6 +305,23 @@ class Scheduler:
             self._retry.extend(self._followers.pop(spec_hash, []))
         self._changed()
 
+    def _write_sidecars(self, spec: JobSpec, run_id: str | None, saved: list[SavedOutput], source: str) -> None:
+        """--sidecar: a JSON file next to each image saying what it is, for tools that watch the folder."""
+        for image in saved:
+            record = {
+                "job_id": spec.job_id,
+                "prompt": spec.prompt,
+                "model": spec.model,
+                "input": spec.input,
+                "run_id": run_id,
+                "source": source,
+                "image": image.path,
+                "n": image.n,
+                "sha256": image.sha256,
+                "metadata": spec.metadata,
+            }
+            write_sidecar(self.output_dir, image, record)
+
     async def _reused(self, job: PendingJob) -> bool:
         """True when the job was given an identical request's image, or waits for one being made."""
         if self.reuser is None or job.fresh:
@@ -311,7 +331,9 @@ class Scheduler:
         if leader is not None and leader != job.spec.job_id:
             self._followers.setdefault(spec_hash, []).append(job)
             return True
-        if leader is None and await self.reuser.try_reuse(job.spec):
+        if leader is None and (reused := await self.reuser.try_reuse(job.spec)) is not None:
+            if self.sidecars:
+                self._write_sidecars(job.spec, reused[0], reused[1], "reused")
             self.stats.reused += 1
             self.stats.succeeded += 1
             self._job_finished(job)
@@ -508,6 +530,8 @@ class Scheduler:
             saved = await self.saver.save(run.job.spec, info)
         except SaveFailed as exc:
             return self._run_failed(run, exc.message, retry=exc.retry, kind="download")
+        if self.sidecars:
+            self._write_sidecars(run.job.spec, run.run_id, saved, "run")
         self.ledger.job_succeeded(run.attempt_id, run.job.spec.job_id, saved)
         if self.reuser is not None:
             self.reuser.record(run.job.spec, run.run_id, saved)

@@ -35,6 +35,12 @@ def add_parsers(commands: Any) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bar or status lines")
     _add_plan_options(run)
     run.add_argument(
+        "--sidecar",
+        action="store_true",
+        help="write next to each image a JSON file (lamp.json for lamp.png) with its job id, prompt, options, "
+        "run id and metadata",
+    )
+    run.add_argument(
         "--dry-run",
         action="store_true",
         help="print what would be created now and what it would cost; send nothing, write nothing",
@@ -126,6 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         max_runs=args.max_runs,
         max_credits=args.max_credits,
         prices=args.price or {},
+        sidecar=args.sidecar,
     )
     _print_summary(result)
     return result.exit_code
