@@ -59,7 +59,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import inspect, run, simulate
+    from . import inspect, report, run, simulate
 
     parser = argparse.ArgumentParser(
         prog="batchgen",
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parsers(commands)
     inspect.add_parsers(commands)
     simulate.add_parsers(commands)
+    report.add_parsers(commands)
     return parser
 
 
