@@ -298,15 +298,15 @@ def test_prompts_and_errors_cannot_inject_html_or_terminal_codes(batch: Batch):
     jobs = {job["id"]: job for job in payload["jobs"]}
     assert jobs[batch.hostile]["input"]["prompt"] == clean_text(HOSTILE_PROMPT)
     assert "<script>window.__pwned = 1</script>" in jobs[batch.hostile]["input"]["prompt"]
-    assert jobs[batch.hostile_failed]["error"] == "server said: </script><b onmouseover=alert(1)>bold</b>\u2407 done"
+    assert jobs[batch.hostile_failed]["error"] == "server said: </script><b onmouseover=alert(1)>bold</b>\\x07 done"
 
 
 def test_clean_text_removes_terminal_sequences_and_shows_other_controls():
-    """CSI and OSC sequences go; a lone BEL or backspace shows as a symbol; bidi overrides are replaced."""
+    """CSI and OSC sequences go; a lone BEL or backspace and bidi overrides are written out as escapes."""
     assert clean_text("\x1b[1;31mred\x1b[0m") == "red"
     assert clean_text("\x1b]0;title\x07after") == "after"
-    assert clean_text("a\x07b\x08c") == "a\u2407b\u2408c"
-    assert clean_text("abc\u202edef") == "abc\ufffddef"
+    assert clean_text("a\x07b\x08c") == "a\\x07b\\x08c"
+    assert clean_text("abc\u202edef") == "abc\\u202edef"
     assert clean_text("line one\nline two\tend") == "line one\nline two\tend"
 
 

@@ -46,16 +46,12 @@ _PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
 
 
 def clean_text(text: str) -> str:
-    """``text`` without terminal escape sequences; other control characters shown as symbols."""
+    """``text`` without terminal escape sequences; other control characters written out (``\\x07``)."""
     return _CONTROLS.sub(_visible, _ANSI.sub("", text))
 
 
 def _visible(match: re.Match[str]) -> str:
-    char = match.group()
-    code = ord(char)
-    if code < 0x20:
-        return chr(0x2400 + code)  # ␀ … ␟
-    return "\N{REPLACEMENT CHARACTER}"
+    return f"\\x{ord(match.group()):02x}" if ord(match.group()) < 0x100 else f"\\u{ord(match.group()):04x}"
 
 
 def _cleaned(value: Any) -> Any:
