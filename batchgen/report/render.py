@@ -47,6 +47,8 @@ _PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
 
 def clean_text(text: str) -> str:
     """``text`` without terminal escape sequences; other control characters written out (``\\x07``)."""
+    if _CONTROLS.search(text) is None:  # nearly always: nothing to do
+        return text
     return _CONTROLS.sub(_visible, _ANSI.sub("", text))
 
 
