@@ -176,7 +176,7 @@ def browser(folder: Path, repeat: int, jobs: int) -> dict[str, Any]:
                     return performance.now() - t0; }"""
                 )
             )
-            assert page.inner_text("#shown") == f"1 of {jobs} shown" or jobs <= 4321, page.inner_text("#shown")
+            assert page.inner_text("#shown") == f"1 of {jobs:,} shown" or jobs <= 4321, page.inner_text("#shown")
             filtered.append(
                 page.evaluate(
                     """() => { const box = document.getElementById('search'); box.value = '';

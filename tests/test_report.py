@@ -146,6 +146,16 @@ def test_the_page_loads_nothing_from_anywhere(batch: Batch):
     assert csp and "default-src &#x27;none&#x27;" in csp.group(1)
 
 
+def test_help_names_the_options_and_exit_codes():
+    """`report --help` lists --output, --ledger, --out and --verify with their defaults, and the exit codes."""
+    result = batchgen_cli("report", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for words in ("--output DIR", "--ledger PATH", "--out FILE", "--verify", "default OUTPUT/report.html"):
+        assert words in text, words
+    assert "Exit 0 on success, 5 when" in text
+
+
 def test_no_ledger_is_a_clear_error(tmp_path: Path):
     """Without a ledger the command says where it looked and what to do, exit 5, no traceback."""
     result = batchgen_cli("report", "--output", str(tmp_path / "nothing"))

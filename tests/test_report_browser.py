@@ -370,7 +370,7 @@ def test_ten_thousand_jobs_keep_only_the_visible_cards_in_the_page(browser: Any,
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     gallery = Gallery(context.new_page(), batch).open(path.resolve().as_uri())
     page = gallery.page
-    assert page.inner_text("#shown") == "10000 of 10000 shown"
+    assert page.inner_text("#shown") == "10,000 of 10,000 shown"
     assert 0 < page.locator(".card").count() < 100
     page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
     page.wait_for_selector('.card[data-id="bulk-09999"]', timeout=DEADLINE_MS)

@@ -24,16 +24,20 @@ def add_parsers(commands: Any) -> None:
             "ledger is missing or unreadable or the page cannot be written."
         ),
     )
-    report.add_argument("--output", type=Path, help="output folder: its ledger and images are shown (default output/)")
+    report.add_argument(
+        "--output", type=Path, metavar="DIR", help="output folder: its ledger and images are shown (default output/)"
+    )
     report.add_argument(
         "--ledger",
         type=Path,
+        metavar="PATH",
         help=f"ledger file (default OUTPUT/{LEDGER_NAME}); without --output, images are looked for in the folder "
         "the ledger recorded, else beside the ledger",
     )
     report.add_argument(
         "--out",
         type=Path,
+        metavar="FILE",
         help=f"where to write the page (default OUTPUT/{REPORT_NAME}; inside the output folder it can be zipped "
         "with the images)",
     )

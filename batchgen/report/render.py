@@ -100,7 +100,7 @@ def render_html(data: ReportData, report_path: Path) -> str:
         "CSP": html.escape(csp),
         "TITLE": html.escape(_title(data.summary)),
         "HEADING": html.escape(_title(data.summary)),
-        "SUMMARY": _summary_html(data),
+        "SUMMARY": _summary_html(data, report_path.resolve().parent),
         "CSS": css,
         "SCRIPT": script,
         "DATA": script_json(payload),
@@ -203,22 +203,24 @@ def _ratio(job: JobRecord) -> list[int]:
 # -- the summary, rendered here so it reads without the script ----------------------
 
 
-def _summary_html(data: ReportData) -> str:
+def _summary_html(data: ReportData, report_dir: Path) -> str:
     s = data.summary
     cards = data.card_counts()
     total = len(data.jobs)
     not_recorded = "not recorded by this ledger"
+    pending_note = f"{s.jobs.get('running', 0):,} with a run in flight" if s.jobs.get("running") else ""
+    attempts = sum(n for k, n in s.attempts.items() if k != "creating")
     tiles = [
-        ("jobs", "jobs", str(total), ""),
-        ("succeeded", "succeeded", str(cards[CardState.SUCCEEDED]), ""),
-        ("failed", "failed", str(cards[CardState.FAILED]), ""),
-        ("pending", "pending", str(cards[CardState.PENDING]), f"{s.jobs.get('running', 0)} with a run in flight"),
-        ("missing", "missing or changed files", str(cards[CardState.MISSING]), ""),
-        ("runs", "runs created", str(s.runs_created), ""),
-        ("attempts", "attempts", str(sum(n for k, n in s.attempts.items() if k != "creating")), _detail(s.attempts)),
+        ("jobs", "jobs", f"{total:,}", ""),
+        ("succeeded", "succeeded", f"{cards[CardState.SUCCEEDED]:,}", ""),
+        ("failed", "failed", f"{cards[CardState.FAILED]:,}", ""),
+        ("pending", "pending", f"{cards[CardState.PENDING]:,}", pending_note),
+        ("missing", "missing or changed files", f"{cards[CardState.MISSING]:,}", ""),
+        ("runs", "runs created", f"{s.runs_created:,}", ""),
+        ("attempts", "attempts", f"{attempts:,}", _detail(s.attempts)),
         ("rate-limited", "429s", _count(s.rate_limited), "" if s.rate_limited is not None else not_recorded),
         ("retries", "retries", _count(s.retries), "" if s.retries is not None else not_recorded),
-        ("double", "possible double charges", str(s.possible_double_charges), "creates sent whose answer never came"),
+        ("double", "possible double charges", f"{s.possible_double_charges:,}", "creates sent whose answer never came"),
         ("wall", "wall time of the last run", _duration(s.wall_time_s), ""),
         ("pace", "images per minute", _rate(s.images_per_minute), _images_note(s)),
         ("last-run", "last run", _when(s.last_run.started_at) if s.last_run else "never", _outcome(s)),
@@ -231,7 +233,13 @@ def _summary_html(data: ReportData) -> str:
             f'<dd class="value">{html.escape(value)}</dd>{small}</div>'
         )
     parts.append("</dl>")
-    where = [f"manifest {s.manifest}" if s.manifest else "", f"images in {s.output_dir}", f"ledger {s.ledger}"]
+    # Paths relative to the page: they stay true when the folder is zipped, and name no home folder.
+    images = os.path.relpath(s.output_dir, report_dir)
+    where = [
+        f"manifest {s.manifest}" if s.manifest else "",
+        "images beside this page" if images == os.curdir else f"images in {images}",
+        f"ledger {os.path.relpath(Path(s.ledger).resolve(), report_dir)}",
+    ]
     generated = f"generated {_when(s.generated_at)}" + (", files verified by sha256" if s.verified else "")
     parts.append(f'<p class="where">{html.escape(clean_text(" · ".join(w for w in where if w)))}</p>')
     parts.append(f'<p class="where">{html.escape(generated)}</p>')
@@ -239,11 +247,11 @@ def _summary_html(data: ReportData) -> str:
 
 
 def _count(value: int | None) -> str:
-    return "n/a" if value is None else str(value)
+    return "n/a" if value is None else f"{value:,}"
 
 
 def _detail(attempts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {status}" for status, n in sorted(attempts.items()))
+    return ", ".join(f"{n:,} {status}" for status, n in sorted(attempts.items()))
 
 
 def _duration(seconds: float | None) -> str:
@@ -256,13 +264,13 @@ def _duration(seconds: float | None) -> str:
 
 
 def _rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+    return "n/a" if value is None else f"{value:.1f}" if value < 100 else f"{value:,.0f}"
 
 
 def _images_note(s: Summary) -> str:
     if s.images_in_last_run is None:
         return "the last run did not finish" if s.last_run else ""
-    return f"{s.images_in_last_run} image(s) saved in the last run"
+    return f"{s.images_in_last_run:,} image(s) saved in the last run"
 
 
 def _when(epoch: float) -> str:

@@ -37,6 +37,9 @@
     if (content !== undefined && content !== null) node.textContent = String(content);
     return node;
   }
+  function number(n) {
+    return n.toLocaleString("en-US");
+  }
   function text(value) {
     return typeof value === "string" ? value : JSON.stringify(value);
   }
@@ -197,9 +200,9 @@
   function apply() {
     view = [];
     for (let i = 0; i < JOBS.length; i++) if (matches(i)) view.push(i);
-    shown.textContent = view.length + " of " + JOBS.length + " shown";
+    shown.textContent = number(view.length) + " of " + number(JOBS.length) + " shown";
     empty.hidden = view.length > 0;
-    document.getElementById("copy-ids").textContent = "Copy " + view.length + (view.length === 1 ? " id" : " ids");
+    document.getElementById("copy-ids").textContent = "Copy " + number(view.length) + (view.length === 1 ? " id" : " ids");
     for (const button of document.querySelectorAll("#filters button")) {
       button.setAttribute("aria-pressed", String(button.dataset.state === state));
     }
@@ -225,7 +228,7 @@
     const button = el("button", "", LABELS[name] || name);
     button.type = "button";
     button.dataset.state = name;
-    button.appendChild(el("span", "n", name === "all" ? JOBS.length : counts[name] || 0));
+    button.appendChild(el("span", "n", number(name === "all" ? JOBS.length : counts[name] || 0)));
     button.addEventListener("click", function () { state = name; apply(); });
     filters.appendChild(button);
   }
@@ -250,7 +253,7 @@
     const status = document.getElementById("copied-status");
     const done = function (ok) {
       status.textContent = ok
-        ? "Copied " + view.length + (view.length === 1 ? " id" : " ids") + " to the clipboard."
+        ? "Copied " + number(view.length) + (view.length === 1 ? " id" : " ids") + " to the clipboard."
         : "Select the ids below and copy them (the browser refused the clipboard).";
     };
     if (navigator.clipboard && navigator.clipboard.writeText) {
@@ -301,7 +304,7 @@
 
   function fill() {
     const job = JOBS[view[current]];
-    document.getElementById("v-pos").textContent = current + 1 + " of " + view.length;
+    document.getElementById("v-pos").textContent = number(current + 1) + " of " + number(view.length);
     document.getElementById("v-prev").disabled = current === 0;
     document.getElementById("v-next").disabled = current === view.length - 1;
     viewer.dataset.id = job.id;
