@@ -1,9 +1,8 @@
 """How fast is `batchgen report` with 10,000 jobs, and how fast does its page show in a browser?
 
-Fills a ledger with N jobs through the Ledger's own write methods (the calls the runner
-makes: sync, begin attempt, run created, succeeded or ended), with a real small PNG per
-succeeded job in three aspect ratios: 90% succeeded, 6% failed, 3% pending, 1% succeeded
-with the file deleted afterwards. Then measures:
+Makes a real batch of N jobs (the runner against the in-process simulator, images in three
+aspect ratios): 6% refused, 3% left pending when the credits run out, 1% of the saved
+files deleted afterwards. Then measures:
 
 * generation: the real `batchgen report` CLI in a subprocess (wall time, peak RSS), and in
   process the time to collect (ledger + disk), render and write, and the page's size;
@@ -29,12 +28,10 @@ import platform
 import resource
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +40,6 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from batchgen.ledger import Ledger  # noqa: E402
-from batchgen.models import JobSpec, SavedOutput, image_input  # noqa: E402
 from batchgen.report import build_report_data, render_html, write_html  # noqa: E402
 
 CHROMIUM_FLAGS = [
@@ -55,60 +51,48 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-RATIOS = {"1:1": (64, 64), "3:2": (96, 64), "2:3": (64, 96)}
-
-
-def png(width: int, height: int, shade: int) -> bytes:
-    raw = b"".join(b"\x00" + bytes((shade, 128, 255 - shade)) * width for _ in range(height))
-    chunks = [(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)), (b"IDAT", zlib.compress(raw))]
-    body = b"".join(struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d)) for k, d in chunks)
-    return b"\x89PNG\r\n\x1a\n" + body + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
 
 
 def make_batch(folder: Path, n: int) -> dict[str, int]:
-    """A ledger of ``n`` jobs in ``folder``, written through Ledger's methods; returns the states made."""
-    import hashlib
+    """A real batch of ``n`` jobs in ``folder``: the runner against the in-process simulator.
 
-    output = folder / "output"
-    output.mkdir(parents=True)
+    6% of the prompts are refused (400), the credits run out before the last 3% (they stay
+    pending), and 1% of the saved files are deleted afterwards. Returns the states made.
+    """
+    import yaml
+
+    from batchgen import run_batch
+    from batchgen.simulator import SimConfig, Simulator
+
     words = "ceramic lamp linen shirt oak chair glass vase wool throw stoneware mug brass candle".split()
-    jobs = []
+    jobs, refused = [], 0
     for i in range(n):
-        ratio = list(RATIOS)[i % 3]
-        prompt = f"A {words[i % len(words)]} {words[(i * 7) % len(words)]} product photo number {i}, soft light, " * 2
-        metadata = {"sku": f"SKU-{i:06d}", "category": words[i % len(words)], "row": i}
-        jobs.append(JobSpec(job_id=f"job-{i:05d}", input=image_input(prompt, ratio, "high"), metadata=metadata))
-    states = {"succeeded": 0, "failed": 0, "pending": 0, "missing": 0}
-    images = {r: png(w, h, i * 40) for i, (r, (w, h)) in enumerate(RATIOS.items())}
-    with Ledger(output / "batchgen.sqlite") as ledger:
-        ledger.sync_manifest("manifests/catalogue.yaml", jobs, output_dir=str(output.resolve()))
-        session = ledger.session_started("manifests/catalogue.yaml")
-        for i, job in enumerate(jobs):
-            kind = i % 100
-            if kind < 3:
-                states["pending"] += 1
-                continue
-            attempt = ledger.begin_attempt(job)
-            if kind < 9:
-                ledger.attempt_ended(
-                    attempt, job.job_id, "rejected", "HTTP 400: input.prompt was refused by the content policy",
-                    job_failed=True,
-                )  # fmt: skip
-                states["failed"] += 1
-                continue
-            ledger.run_created(attempt, f"run_{i:08x}")
-            data = images[job.input["aspect_ratio"]]
-            name = f"{job.job_id}.png"
-            (output / name).write_bytes(data)
-            saved = SavedOutput(0, name, len(data), hashlib.sha256(data).hexdigest(), "image/png")
-            ledger.job_succeeded(attempt, job.job_id, [saved])
-            if kind == 99:
-                (output / name).unlink()
-                states["missing"] += 1
-            else:
-                states["succeeded"] += 1
-        ledger.session_finished(session, "done")
-    return states
+        prompt = f"A {words[i % len(words)]} {words[(i * 7) % len(words)]} product photo number {i}, soft light"
+        if i % 100 in range(3, 9):
+            prompt += ", refused"
+            refused += 1
+        jobs.append(
+            {
+                "id": f"job-{i:05d}",
+                "prompt": prompt,
+                "aspect_ratio": ("1:1", "3:2", "2:3")[i % 3],
+                "metadata": {"sku": f"SKU-{i:06d}", "category": words[i % len(words)]},
+            }
+        )
+    manifest = folder / "catalogue.yaml"
+    manifest.write_text(yaml.safe_dump({"jobs": jobs}, sort_keys=False), encoding="utf-8")
+    pending = n * 3 // 100
+    sim = Simulator(SimConfig(latency=0.0, refuse_prompts_containing="refused", credits=n - refused - pending))
+    result = run_batch(
+        manifest, output_dir=folder / "output", transport=sim.transport(), api_key="sk-bench",
+        base_url="http://api.runbase.test/api/v1", progress="none", concurrency=32,
+    )  # fmt: skip
+    deleted = 0
+    for i, path in enumerate(sorted((folder / "output").glob("*.png"))):
+        if i % 100 == 99:
+            path.unlink()
+            deleted += 1
+    return {**result.counts, "files_deleted": deleted, "exit_code": result.exit_code}
 
 
 def generation(folder: Path, repeat: int) -> dict[str, Any]:

@@ -95,6 +95,7 @@ def make_batch(root: Path, jobs: int = 14, credits: int = 9) -> Batch:
     # An error text as a hostile server could send it, recorded through the ledger's own method.
     with Ledger(output / LEDGER_NAME) as ledger:
         ledger.job_failed(failed[0], HOSTILE_ERROR)
+    with Ledger(output / LEDGER_NAME, readonly=True) as ledger:
         records = {r["job_id"]: r for r in ledger.iter_export()}
     return Batch(root, manifest, output, sim, records, deleted, "item-05", failed[0])
 
@@ -172,7 +173,7 @@ def test_a_damaged_ledger_is_a_clear_error(tmp_path: Path):
     (out / LEDGER_NAME).write_bytes(b"this is not a database" * 100)
     result = batchgen_cli("report", "--output", str(out))
     assert result.returncode == 5
-    assert str(out / LEDGER_NAME) in result.stderr and "not a readable batchgen ledger" in result.stderr
+    assert str(out / LEDGER_NAME) in result.stderr and "is damaged" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (out / REPORT_NAME).exists()
 
@@ -243,9 +244,38 @@ def test_report_data_matches_the_ledger_and_the_server(batch: Batch):
                 assert output.width is not None and output.height is not None
                 assert output.width * height == output.height * width
     assert data.summary.last_run is not None and data.summary.last_run.outcome == "stopped by the account"
-    # Images are counted from the files on disk: the deleted one is not among them.
-    assert data.summary.wall_time_s is not None
-    assert data.summary.images_in_last_run == len(batch.ids("succeeded")) - 1
+    assert data.summary.wall_time_s is not None  # one session made every image, the deleted one too
+    assert data.summary.images_in_last_run == len(batch.ids("succeeded")) == stats["downloads"]
+
+
+def test_429s_and_retries_are_summed_over_sessions_as_the_server_counted_them(tmp_path: Path):
+    """Two sessions under a create limit with 5xx faults: the summary's 429s and retries are the server's counts."""
+    jobs = [{"id": f"job-{i:02d}", "prompt": f"product photo {i}"} for i in range(12)]
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(yaml.safe_dump({"jobs": jobs}), encoding="utf-8")
+    sim = Simulator(SimConfig(latency=0.02, create_rate=4, retry_after=False, credits=6, faults={"http_503": 0.15}))
+    results = []
+    for _ in range(2):  # the first stops when the credits run out; the second finishes
+        results.append(
+            run_batch(
+                manifest,
+                output_dir=tmp_path / "out",
+                transport=sim.transport(),
+                api_key=API_KEY,
+                base_url=BASE_URL,
+                progress="none",
+                backoff_base=0.01,
+            )  # fmt: skip
+        )
+        sim.add_credits(len(jobs))
+    assert [r.exit_code for r in results] == [3, 0]
+    stats = sim.stats()
+    with Ledger(tmp_path / "out" / LEDGER_NAME, readonly=True) as ledger:
+        summary = build_report_data(ledger, tmp_path / "out").summary
+    assert summary.rate_limited == stats["rate_limited_creates"] + stats["rate_limited_gets"] > 0
+    assert summary.retries == sum(stats["faults"].values()) > 0
+    assert summary.images_in_last_run == results[1].stats.downloads
+    assert summary.last_run is not None and summary.last_run.exit_code == 0
 
 
 def test_cards_say_what_is_wrong_and_how_to_fix_it(batch: Batch):

@@ -1,8 +1,8 @@
 """Fill a ReportData from a ledger's public read methods and from the files on disk.
 
-Reads only: ``counts()``, ``attempt_counts()``, ``last_session()``,
-``iter_export()``, ``manifest`` and ``output_dir`` of a ``Ledger`` opened
-``readonly=True``. Each output file the ledger lists is looked at: present or
+Reads only: ``counts()``, ``attempt_counts()``, ``sessions()``,
+``iter_export()``, ``versions(job_id)``, ``manifest`` and ``output_dir`` of a
+``Ledger`` opened ``readonly=True``. Each output file the ledger lists is looked at: present or
 not, its size against the recorded one (and, with ``verify``, its sha256), its
 modification time, and its pixel size from the header. A recorded path that
 would lead outside the output folder is neither read nor linked.
@@ -19,12 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .data import FileStatus, JobRecord, LastRun, OutputFile, ReportData, Summary
+from .data import EarlierVersion, FileStatus, JobRecord, LastRun, OutputFile, ReportData, Summary
 from .images import image_size
 
 if TYPE_CHECKING:
     from ..ledger import Ledger
 
+ALL_SESSIONS = 1_000_000
 # Attempt statuses that mean a run id came back: a run was made (and paid for).
 RUN_STATUSES = ("running", "succeeded", "failed")
 # A file saved this long after the session's recorded finish still counts as the session's.
@@ -45,10 +46,11 @@ def build_report_data(
     have been moved, zipped and unpacked elsewhere). ``verify`` hashes every file.
     """
     root = output_dir.resolve()
-    jobs = [_job(record, root, verify) for record in ledger.iter_export()]
+    jobs = [_job(record, root, verify, ledger.versions(str(record["job_id"]))) for record in ledger.iter_export()]
     counts = ledger.counts()
     attempts = ledger.attempt_counts()
-    last_run = _last_run(ledger.last_session())
+    sessions = ledger.sessions(limit=ALL_SESSIONS)
+    last_run = _last_run(sessions[0] if sessions else None)
     summary = Summary(
         ledger=str(ledger.path),
         output_dir=str(root),
@@ -62,12 +64,14 @@ def build_report_data(
         last_run=last_run,
         verified=verify,
         location_args=location_args,
+        rate_limited=_session_total(sessions, "rate_limited"),
+        retries=_session_total(sessions, "retries"),
         **_pace(last_run, jobs),
     )
     return ReportData(summary=summary, jobs=jobs)
 
 
-def _job(record: Mapping[str, Any], root: Path, verify: bool) -> JobRecord:
+def _job(record: Mapping[str, Any], root: Path, verify: bool, versions: list[dict[str, Any]]) -> JobRecord:
     return JobRecord(
         job_id=str(record["job_id"]),
         state=str(record["state"]),
@@ -77,7 +81,26 @@ def _job(record: Mapping[str, Any], root: Path, verify: bool) -> JobRecord:
         unknown_creates=int(record.get("unknown_creates") or 0),
         run_id=record.get("run_id"),
         error=record.get("error"),
+        error_kind=record.get("error_kind"),
+        source=record.get("source"),
         outputs=tuple(check_file(root, o, verify) for o in record.get("outputs") or ()),
+        earlier=tuple(_earlier(root, v) for v in versions),
+    )
+
+
+def _earlier(root: Path, version: Mapping[str, Any]) -> EarlierVersion:
+    """An earlier image as the ledger's versions table has it, checked on disk like an output."""
+    checked = check_file(root, version)
+    return EarlierVersion(
+        path=checked.path,
+        replaced_at=version.get("replaced_at"),
+        saved_at=version.get("saved_at"),
+        sha256=checked.sha256,
+        bytes=checked.bytes,
+        exists=checked.status in (FileStatus.OK, FileStatus.CHANGED),
+        linkable=checked.status != FileStatus.OUTSIDE,
+        width=checked.width,
+        height=checked.height,
     )
 
 
@@ -146,19 +169,34 @@ def _last_run(session: Mapping[str, Any] | None) -> LastRun | None:
         finished_at=None if session.get("finished_at") is None else float(session["finished_at"]),
         outcome=session.get("outcome"),
         manifest=session.get("manifest"),
+        exit_code=session.get("exit_code"),
+        stats=session.get("stats"),
     )
+
+
+def _session_total(sessions: list[dict[str, Any]], key: str) -> int | None:
+    """``key`` of the sessions' recorded figures, summed; None when no session recorded figures."""
+    figures = [s["stats"] for s in sessions if isinstance(s.get("stats"), dict)]
+    if not figures:
+        return None
+    return sum(int(f.get(key) or 0) for f in figures)
 
 
 def _pace(last_run: LastRun | None, jobs: Iterable[JobRecord]) -> dict[str, Any]:
     """Wall time of the last session and the images it saved per minute.
 
-    Images are counted by when they were saved: the ledger's time where it gives
-    one, else the file's modification time, within the session's start and finish.
+    Images are the session's recorded downloads; for a session that recorded no
+    figures, the files saved (by the ledger's time, else their modification time)
+    between its start and finish.
     """
     if last_run is None or last_run.finished_at is None:
         return {}
     start, end = last_run.started_at, last_run.finished_at
     wall = max(0.0, end - start)
+    if last_run.stats is not None and "downloads" in last_run.stats:
+        saved = int(last_run.stats["downloads"] or 0)
+        per_minute = saved / (wall / 60) if wall > 0 else None
+        return {"wall_time_s": wall, "images_in_last_run": saved, "images_per_minute": per_minute}
     saved = 0
     for job in jobs:
         for output in job.outputs:

@@ -4,14 +4,12 @@
 ``render.render_html`` turns it into one HTML page. Another source (a test, a
 future ledger method, a PostgreSQL ledger) only has to fill these dataclasses.
 
-Fields that today's ledger cannot give are optional and ``None`` means
-"not recorded", which the page shows as such rather than as zero:
-
-* ``Summary.rate_limited`` and ``Summary.retries`` (429s and retried transient
-  failures, summed over sessions);
-* ``JobRecord.attempt_log`` (one ``AttemptRecord`` per attempt);
-* ``JobRecord.earlier`` (images that a regeneration moved aside);
-* ``OutputFile.saved_at`` (when the file was saved, per the ledger).
+Optional fields: ``None`` means "not recorded", which the page shows as such
+rather than as zero. ``Summary.rate_limited`` and ``Summary.retries`` come from
+the figures each session recorded (None for a ledger whose sessions recorded
+none); ``JobRecord.earlier`` from the ledger's versions of a regenerated job.
+Not given by the ledger yet, and left empty: ``JobRecord.attempt_log`` (one
+``AttemptRecord`` per attempt) and ``OutputFile.saved_at``.
 
 What the report checks itself on disk: whether each listed file exists, its
 size (and, with ``verify``, its sha256) against what the ledger recorded, its
@@ -63,10 +61,11 @@ class EarlierVersion:
 
     path: str  # relative to the output folder
     replaced_at: float | None = None
-    run_id: str | None = None
+    saved_at: float | None = None
     sha256: str | None = None
     bytes: int | None = None
-    exists: bool = True
+    exists: bool = True  # on disk now
+    linkable: bool = True  # False: the recorded path leads outside the output folder
     width: int | None = None
     height: int | None = None
 
@@ -94,6 +93,8 @@ class JobRecord:
     unknown_creates: int = 0  # creates whose answer never came (possible double charges)
     run_id: str | None = None  # the latest run
     error: str | None = None
+    error_kind: str | None = None  # the failure's class, as `retry --error-kind` names it
+    source: str | None = None  # "reused" / "adopted": the image came without a run of its own
     outputs: tuple[OutputFile, ...] = ()
     earlier: tuple[EarlierVersion, ...] = ()
     attempt_log: tuple[AttemptRecord, ...] | None = None  # None: not recorded
@@ -122,6 +123,8 @@ class LastRun:
     finished_at: float | None  # None: crashed or still running
     outcome: str | None
     manifest: str | None
+    exit_code: int | None = None
+    stats: dict[str, Any] | None = None  # the session's figures (models.BatchStats fields), if recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +144,8 @@ class Summary:
     wall_time_s: float | None = None  # the last session's, start to finish
     images_per_minute: float | None = None  # the last session's images over its wall time
     images_in_last_run: int | None = None
-    rate_limited: int | None = None  # 429 answers, all sessions; None: not recorded
-    retries: int | None = None  # transient failures retried, all sessions; None: not recorded
+    rate_limited: int | None = None  # 429 answers, summed over the sessions that recorded figures; None: none did
+    retries: int | None = None  # transient failures retried, likewise
     verified: bool = False  # files were hashed and compared with the ledger's sha256
     location_args: str = ""  # `--output DIR` / `--ledger PATH`, shell-quoted, for the fix commands; "" for defaults
 

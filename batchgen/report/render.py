@@ -158,9 +158,8 @@ def _job_payload(job: JobRecord, summary: Summary, href: Callable[[str], str]) -
     earlier = [
         {
             "path": e.path,
-            "href": href(e.path),
+            "href": href(e.path) if e.linkable else None,
             "at": e.replaced_at,
-            "run": e.run_id,
             "exists": e.exists,
             "w": e.width,
             "h": e.height,
@@ -177,6 +176,8 @@ def _job_payload(job: JobRecord, summary: Summary, href: Callable[[str], str]) -
         "unknown": job.unknown_creates,
         "run": job.run_id,
         "error": job.error,
+        "kind": job.error_kind,
+        "source": job.source,
         "fix": fix_command(job, summary),
         "ratio": _ratio(job),
         "files": files,

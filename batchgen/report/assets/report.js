@@ -328,6 +328,8 @@
     const opts = document.createElement("table");
     for (const key of Object.keys(job.input)) if (key !== "prompt") row(opts, key, text(job.input[key]));
     row(opts, "attempts", String(job.attempts));
+    if (job.source) row(opts, "image", job.source === "reused" ? "reused from an identical request" : "found in the folder and adopted");
+    if (job.kind) row(opts, "error kind", job.kind);
     if (job.unknown) row(opts, "possible double charges", String(job.unknown));
     row(opts, "run id", job.run);
     info.appendChild(opts);
@@ -349,7 +351,8 @@
       const latest = firstFile(job);
       const choices = [{ label: "current", href: latest && latest.href, index: -1 }];
       job.earlier.forEach(function (e, index) {
-        choices.push({ label: when(e.at) || "earlier " + (index + 1), href: e.exists ? e.href : null, index: index });
+        const label = (when(e.at) || "earlier " + (index + 1)) + (e.exists ? "" : " (file gone)");
+        choices.push({ label: label, href: e.exists ? e.href : null, index: e.exists && e.href ? index : null });
       });
       for (const choice of choices) {
         const button = el("button", "version");
@@ -363,7 +366,8 @@
           button.appendChild(img);
         }
         button.appendChild(el("span", "", choice.label));
-        button.addEventListener("click", function () { earlierShown = choice.index; fill(); });
+        if (choice.index === null) button.disabled = true;
+        else button.addEventListener("click", function () { earlierShown = choice.index; fill(); });
         strip.appendChild(button);
       }
       info.appendChild(strip);
