@@ -19,12 +19,16 @@
   const empty = document.getElementById("empty");
   const viewer = document.getElementById("viewer");
 
-  // Lower-cased text each job is searched in, built once.
-  const HAY = JOBS.map(function (job) {
-    const parts = [job.id, job.input.prompt || "", job.error || "", job.run || ""];
-    for (const key of Object.keys(job.meta)) parts.push(key + ":" + text(job.meta[key]), text(job.meta[key]));
-    return parts.join("\n").toLowerCase();
-  });
+  // Lower-cased text each job is searched in, built at the first search (not before the first render).
+  let HAY = null;
+  function haystack() {
+    HAY = HAY || JOBS.map(function (job) {
+      const parts = [job.id, job.input.prompt || "", job.error || "", job.run || ""];
+      for (const key of Object.keys(job.meta)) parts.push(key + ":" + text(job.meta[key]), text(job.meta[key]));
+      return parts.join("\n").toLowerCase();
+    });
+    return HAY;
+  }
 
   let state = "all", query = "", view = [], cols = 1, cardW = CARD_MIN, frameH = CARD_MIN, rowH = 0;
   const live = new Map(); // position in view -> card element
@@ -193,7 +197,8 @@
   function matches(i) {
     if (state !== "all" && JOBS[i].state !== state) return false;
     if (!query) return true;
-    for (const word of query) if (HAY[i].indexOf(word) < 0) return false;
+    const hay = haystack()[i];
+    for (const word of query) if (hay.indexOf(word) < 0) return false;
     return true;
   }
 
