@@ -294,11 +294,31 @@ def test_cards_say_what_is_wrong_and_how_to_fix_it(batch: Batch):
     for job_id in batch.ids("pending"):
         assert by_id[job_id].card_state == CardState.PENDING
         assert fix_command(by_id[job_id], data.summary) == f"batchgen run {manifest}"
-    assert fix_command(by_id[batch.deleted], data.summary) == (
-        f"batchgen retry --ids {batch.deleted} && batchgen run {manifest}"
-    )
+    assert fix_command(by_id[batch.deleted], data.summary) == f"batchgen run {manifest}"  # fetched again
     refused = [j for j in batch.ids("failed") if j != batch.hostile_failed]
     assert all("refused by the content policy" in (by_id[j].error or "") for j in refused)
+
+
+def test_the_command_shown_for_pending_and_missing_jobs_makes_them_right(batch: Batch):
+    """Running the card's command (`batchgen run MANIFEST`) fetches the deleted file again and does the pending jobs."""
+    data = collect(batch)
+    fixes = {job.job_id: fix_command(job, data.summary) for job in data.jobs}
+    assert fixes[batch.deleted] == f"batchgen run {batch.manifest}"
+    assert {fixes[j] for j in batch.ids("pending")} == {f"batchgen run {batch.manifest}"}
+    batch.sim.add_credits(len(batch.records))
+    run_batch(
+        batch.manifest, output_dir=batch.output, transport=batch.sim.transport(), api_key=API_KEY,
+        base_url=BASE_URL, progress="none", backoff_base=0.01,
+    )  # fmt: skip
+    after = collect(batch)
+    assert after.card_counts()["missing"] == after.card_counts()["pending"] == 0
+    refetched = next(job for job in after.jobs if job.job_id == batch.deleted)
+    assert refetched.outputs[0].status == FileStatus.OK
+    assert (
+        hashlib.sha256((batch.output / refetched.outputs[0].path).read_bytes()).hexdigest()
+        == (batch.records[batch.deleted]["outputs"][0]["sha256"])
+    )
+    assert batch.sim.stats()["creates_per_prompt_max"] == 1  # fetched from its run, not paid for again
 
 
 def test_a_changed_file_is_found_by_size_and_by_verify(batch: Batch):

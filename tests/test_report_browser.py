@@ -185,7 +185,8 @@ def test_failed_pending_and_missing_cards_show_the_error_and_the_fix(gallery: Ga
     assert (
         f"{batch.records[batch.deleted]['outputs'][0]['path']}: not on disk" in missing.locator(".error").inner_text()
     )
-    assert missing.locator(".fix").inner_text().startswith(f"batchgen retry --output out --ids {batch.deleted} && ")
+    assert missing.locator(".fix").inner_text() == f"batchgen run {manifest} --output out"
+    assert "the next run fetches it again" in missing.locator(".what").inner_text()
     assert missing.locator("img").count() == 0
     refused = [j for j in batch.ids("failed") if j != batch.hostile_failed]
     assert "refused by the content policy" in gallery.card(refused[0]).inner_text()

@@ -167,8 +167,8 @@ def fix_command(job: JobRecord, summary: Summary) -> str | None:
     where = f" {summary.location_args}" if summary.location_args else ""
     run = f"batchgen run {shlex.quote(summary.manifest) if summary.manifest else 'MANIFEST'}{where}"
     state = job.card_state
-    if state == CardState.PENDING:
-        return run
-    if state in (CardState.FAILED, CardState.MISSING):
+    if state in (CardState.PENDING, CardState.MISSING):
+        return run  # a missing or changed file is fetched again from its run, at no new charge
+    if state == CardState.FAILED:
         return f"batchgen retry{where} --ids {job.job_id} && {run}"
     return None

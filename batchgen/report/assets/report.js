@@ -9,7 +9,7 @@
   const WHAT = {
     failed: "Failed",
     pending: "Not generated yet",
-    missing: "File missing or changed",
+    missing: "File missing or changed: the next run fetches it again from its run",
   };
   const CARD_MIN = 220, GAP = 16, BODY_H = 128, OVERSCAN_ROWS = 2, PROMPT_CHARS = 280;
 
@@ -131,7 +131,7 @@
     const file = firstFile(job);
     if (file && (job.state === "succeeded" || job.state === "missing")) {
       frame.appendChild(image(file.href, job.ratio, cardW - 2, frameH, job.input.prompt || job.id, true));
-      if (job.state === "missing") frame.appendChild(el("div", "banner", "file changed on disk"));
+      if (job.state === "missing") frame.appendChild(el("div", "banner", "changed on disk: the next run fetches it again"));
     } else {
       frame.appendChild(problem(job, false));
     }
