@@ -38,6 +38,7 @@ CHROMIUM_FLAGS = [
 def batchgen(folder: Path, *args: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBASE_")}
     env["PYTHONPATH"] = str(REPO)
+    env["BATCHGEN_CACHE_DIR"] = str(folder / "cache")  # a fresh run, reusing no image of the user's
     print("$ batchgen " + " ".join(args), flush=True)
     subprocess.run([sys.executable, "-m", "batchgen", *args], cwd=folder, env=env, check=True)
 

@@ -72,7 +72,9 @@ def browser(batch: Batch) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory: pytest.TempPathFactory) -> Batch:
     """One real batch and its report, shared by the tests that only look."""
-    made = make_batch(tmp_path_factory.mktemp("gallery"))
+    with pytest.MonkeyPatch.context() as patch:  # its own reuse index, as conftest gives each test
+        patch.setenv("BATCHGEN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        made = make_batch(tmp_path_factory.mktemp("gallery"))
     result = batchgen_cli("report", "--output", "out", cwd=made.root)
     assert result.returncode == 0, result.stderr
     return made
