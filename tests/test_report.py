@@ -34,7 +34,7 @@ from batchgen.report import (
 from batchgen.report.collect import check_file
 from batchgen.report.images import image_size
 from batchgen.report.render import clean_text
-from batchgen.simulator import SimConfig, Simulator
+from batchgen.simulator import FAULTS, SimConfig, Simulator
 
 from .conftest import API_KEY, BASE_URL, batchgen_cli
 
@@ -61,7 +61,8 @@ class Batch:
 
 
 def make_batch(root: Path, jobs: int = 14, credits: int = 9) -> Batch:
-    """Run a real batch of ``jobs`` jobs: two refused, one hostile prompt, credits for ``credits`` runs."""
+    """Run a real batch of ``jobs`` jobs: two refused (their errors full of terminal escapes, as the server
+    sent them), one hostile prompt, credits for ``credits`` runs."""
     ratios = ("1:1", "3:2", "2:3")
     specs: list[dict[str, Any]] = []
     for i in range(jobs):
@@ -74,7 +75,10 @@ def make_batch(root: Path, jobs: int = 14, credits: int = 9) -> Batch:
     specs[5]["prompt"] = HOSTILE_PROMPT
     manifest = root / "catalogue.yaml"
     manifest.write_text(yaml.safe_dump({"jobs": specs}, sort_keys=False), encoding="utf-8")
-    sim = Simulator(SimConfig(latency=0.02, refuse_prompts_containing=REFUSED_WORD, credits=credits))
+    # Every error answer carries terminal escape sequences, as a hostile or broken server's may.
+    sim = Simulator(
+        SimConfig(latency=0.02, refuse_prompts_containing=REFUSED_WORD, credits=credits, faults={"control_chars": 1.0})
+    )
     output = root / "out"
     run_batch(
         manifest,
@@ -273,7 +277,7 @@ def test_429s_and_retries_are_summed_over_sessions_as_the_server_counted_them(tm
     with Ledger(tmp_path / "out" / LEDGER_NAME, readonly=True) as ledger:
         summary = build_report_data(ledger, tmp_path / "out").summary
     assert summary.rate_limited == stats["rate_limited_creates"] + stats["rate_limited_gets"] > 0
-    assert summary.retries == sum(stats["faults"].values()) > 0
+    assert summary.retries == sum(n for fault, n in stats["faults"].items() if fault in FAULTS) > 0
     assert summary.images_in_last_run == results[1].stats.downloads
     assert summary.last_run is not None and summary.last_run.exit_code == 0
 
@@ -356,6 +360,10 @@ def test_prompts_and_errors_cannot_inject_html_or_terminal_codes(batch: Batch):
     assert "<img src=x" not in page and "<b onmouseover" not in page and "</script><b" not in page
     payload = page_payload(page)
     jobs = {job["id"]: job for job in payload["jobs"]}
+    refused = [j for j in batch.ids("failed") if j != batch.hostile_failed]
+    assert refused and all("\x1b[" in batch.records[j]["error"] for j in refused)  # as the server sent it
+    assert all(jobs[j]["error"] == clean_text(batch.records[j]["error"]) for j in refused)
+    assert all("\x1b" not in jobs[j]["error"] and "refused by the content policy" in jobs[j]["error"] for j in refused)
     assert jobs[batch.hostile]["input"]["prompt"] == clean_text(HOSTILE_PROMPT)
     assert "<script>window.__pwned = 1</script>" in jobs[batch.hostile]["input"]["prompt"]
     assert jobs[batch.hostile_failed]["error"] == "server said: </script><b onmouseover=alert(1)>bold</b>\\x07 done"

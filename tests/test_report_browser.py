@@ -32,6 +32,7 @@ from batchgen.report import (
     write_html,
 )
 from batchgen.report.render import clean_text
+from batchgen.simulator import FAULTS
 
 from .conftest import batchgen_cli
 from .test_report import HOSTILE_ERROR, HOSTILE_PROMPT, Batch, make_batch
@@ -146,7 +147,7 @@ def test_the_header_shows_the_batch_in_figures(gallery: Gallery, batch: Batch):
     assert gallery.stat("double") == "0"
     stats = batch.sim.stats()
     assert gallery.stat("rate-limited") == str(stats["rate_limited_creates"] + stats["rate_limited_gets"])
-    assert gallery.stat("retries") == str(sum(stats["faults"].values()))
+    assert gallery.stat("retries") == str(sum(n for fault, n in stats["faults"].items() if fault in FAULTS))
     assert "stopped by the account" in gallery.page.inner_text('[data-stat="last-run"]')
     assert gallery.page.inner_text("#shown") == f"{total} of {total} shown"
 
@@ -287,6 +288,8 @@ def test_prompts_and_errors_show_as_text_and_run_nothing(gallery: Gallery, batch
     hostile = gallery.card(batch.hostile)
     assert hostile.locator(".prompt").inner_text() == clean_text(HOSTILE_PROMPT)
     assert "<script>window.__pwned = 1</script>" in hostile.locator(".prompt").inner_text()
+    for job_id in batch.ids("failed"):
+        assert "\x1b" not in gallery.card(job_id).inner_text()  # the server's escapes are gone
     failed = gallery.card(batch.hostile_failed)
     assert failed.locator(".error").inner_text() == clean_text(HOSTILE_ERROR)
     assert "\x1b" not in failed.inner_text() and "\x07" not in failed.inner_text()
