@@ -93,8 +93,9 @@ class Creator:
         # Until one create has succeeded, a job keeps the gate through all its tries.
         async with self.gate.admit():
             while True:
-                await self.throttle.wait_create()
+                ticket = await self.throttle.wait_create()
                 if self._stopping():
+                    self.throttle.done(ticket)
                     return CreateOutcome(Result.DROPPED, PendingJob(spec, attempts))
                 reserved = await self._reserve(spec)
                 if isinstance(reserved, CapReached):
@@ -105,7 +106,7 @@ class Creator:
                 except RateLimited as exc:
                     sent.forget()
                     self.stats.rate_limited += 1
-                    self.throttle.rate_limited(exc.retry_after, create=True)
+                    self.throttle.rate_limited(exc.retry_after, create=True, ticket=ticket)
                     continue
                 except TransientError as exc:
                     failures += 1
@@ -143,14 +144,16 @@ class Creator:
                     attempts += 1
                     sent.end(AttemptStatus.REJECTED, exc.message, job_failed=True, kind="rejected")
                     return CreateOutcome(Result.FAILED, PendingJob(spec, attempts))
+                else:
+                    self.throttle.accepted(create=True, ticket=ticket)
                 finally:
                     sent.answered()
+                    self.throttle.done(ticket)  # any other answer tells the pace nothing
                 # No await between the answer and this commit: the run id cannot be lost.
                 attempt_id = sent.created(info.run_id)
                 attempts += 1
                 self.gate.open()
                 self._failure_streak = 0
-                self.throttle.accepted(create=True)
                 self.stats.created += 1
                 return CreateOutcome(Result.CREATED, PendingJob(spec, attempts), attempt_id, info.run_id)
 

@@ -404,6 +404,7 @@ class Scheduler:
             refetch=open_run.refetch,
         )
         self._slots.take()
+        self.throttle.run_started()
         self._active_jobs += 1
         self._leaders.setdefault(run.job.spec.spec_hash(), run.job.spec.job_id)
         self._track(run, 0.0)
@@ -432,12 +433,12 @@ class Scheduler:
                     await changed.wait()
 
     async def _poll(self, run: _Run) -> None:
-        await self.throttle.wait_api()
+        ticket = await self.throttle.wait_poll()
         try:
             info = await self.client.get_run(run.run_id)
         except RateLimited as exc:
             self.stats.rate_limited += 1
-            self._schedule(run, self.throttle.rate_limited(exc.retry_after, create=False) + 0.01)
+            self._schedule(run, self.throttle.rate_limited(exc.retry_after, create=False, ticket=ticket) + 0.01)
             return
         except TransientError:
             run.errors += 1
@@ -461,7 +462,10 @@ class Scheduler:
             return self._fatal(exc, Outcome.UNAUTHORIZED)
         except AccountError as exc:  # 403 on a poll: we cannot even watch our runs
             return self._fatal(exc, Outcome.ACCOUNT)
-        self.throttle.accepted(create=False)
+        else:
+            self.throttle.accepted(create=False, ticket=ticket)
+        finally:
+            self.throttle.done(ticket)  # any other answer tells the pace nothing
         self.stats.polls += 1
         run.errors = 0
         run.not_found_since = None
@@ -491,6 +495,7 @@ class Scheduler:
     def _untrack(self, run: _Run) -> None:
         if self._in_flight.pop(run.run_id, None) is run:
             self._slots.release()
+            self.throttle.run_ended()
         self._changed()
 
     def _run_failed(self, run: _Run, error: str, *, retry: bool = True, kind: str = "run_failed") -> None:

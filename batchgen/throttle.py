@@ -1,13 +1,17 @@
 """Pacing shared by every request: the 429 pause, the create pace, the gentle start, poll timing.
 
-* ``Throttle``: one per batch. Every API request awaits ``wait_api()``; creates
-  also await ``wait_create()``, which spaces them out. A 429 moves the shared
-  pause later, never earlier (as Scrapy's AutoThrottle never shortens its
-  delay on an error), so every sender stops together. Without ``--rate``
-  the create pace is discovered: unlimited until the first 429, then the
-  rate seen just before it, less a margin, growing slowly while no 429 comes.
-* ``GentleStart``: the first create goes out alone; the rest wait until one
-  has succeeded, so a wrong key or an empty account costs one request.
+* ``Throttle``: one per batch, the async face of ``pacing.Pacer`` (the controller: see its
+  docstring for how the pace, the running-runs limit and the pauses are found). Every API
+  request awaits ``wait_api()`` (the shared 429 pause), a create ``wait_create()`` (the
+  pause, the pace, the cap on runs in flight) and a poll ``wait_poll()`` (the pause, and the
+  pace once polls are seen to count against the limit). The last two return a ``Send``
+  ticket that the caller hands back with what became of the request: ``accepted``,
+  ``rate_limited`` (a 429) or ``done`` (anything else). ``run_started`` / ``run_ended``
+  keep the count of runs in flight. A 429 moves the shared pause later, never earlier (as
+  Scrapy's AutoThrottle never shortens its delay on an error), so every sender stops
+  together; a ``--rate`` is a ceiling the pace starts at, and 429s still slow it.
+* ``GentleStart``: the first create goes out alone; the rest wait until one has
+  succeeded, so a wrong key or an empty account costs one request.
 * ``PollPlanner``: when to poll a run next, from how long runs have taken.
 * ``backoff()``: exponential backoff with jitter for transient failures.
 """
@@ -22,6 +26,8 @@ from contextlib import asynccontextmanager
 
 import anyio
 
+from .pacing import Kind, Pacer, Send
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -33,13 +39,7 @@ def backoff(attempt: int, *, base: float = 0.5, cap: float = 60.0, rng: Callable
 
 
 class Throttle:
-    """The shared 429 pause and the pace of run creation."""
-
-    # Discovered pace: after a 429, pace at this share of the rate seen just before it...
-    DECREASE = 0.9
-    # ...then grow by this share per second without a 429.
-    INCREASE_PER_SECOND = 0.01
-    RATE_WINDOW = 1.0  # seconds of accepted creates used to measure the rate
+    """The shared 429 pause, the pace of creates (and of polls that count), the runs-in-flight limit."""
 
     def __init__(
         self,
@@ -47,80 +47,84 @@ class Throttle:
         *,
         clock: Clock = anyio.current_time,
         sleep: Sleep = anyio.sleep,
-        rng: Callable[[], float] = random.random,
         backoff_base: float = 0.5,
     ):
-        self.fixed_rate = rate
-        self.rate: float | None = rate  # creates per second, None = unlimited
+        self.ceiling = rate
+        self.pacer = Pacer(clock=clock, ceiling=rate, backoff_base=backoff_base)
         self._clock = clock
         self._sleep = sleep
-        self._rng = rng
-        self._backoff_base = backoff_base
-        self._paused_until = 0.0
-        self._next_create = 0.0
-        self._consecutive_429 = 0
-        self._accepted: deque[float] = deque()
-        self._last_adjust = 0.0
+        self._freed: anyio.Event | None = None  # set when a run ends or a create is answered
+
+    @property
+    def pace(self) -> float:
+        """Requests per second that count against the limit, as paced now."""
+        return self.pacer.pace
+
+    @property
+    def running_limit(self) -> int | None:
+        """The cap on runs in flight the server was found to keep, if any."""
+        return self.pacer.running_limit
 
     async def wait_api(self) -> None:
-        """Wait out the shared pause; every API request calls this first."""
-        while (delay := self._paused_until - self._clock()) > 0:
+        """Wait out the shared pause; every API request calls this (or wait_create/wait_poll) first."""
+        while (delay := self.pacer.pause_until - self._clock()) > 0:
             await self._sleep(delay)
 
-    async def wait_create(self) -> None:
-        """Wait out the pause, then for this create's slot in the pace."""
-        while True:
-            await self.wait_api()
-            if self.rate is None:
-                return
-            now = self._clock()
-            slot = max(now, self._next_create)
-            self._next_create = slot + 1.0 / self.rate
-            if slot > now:
-                await self._sleep(slot - now)
-            if self._paused_until <= self._clock():
-                return
-            # A 429 arrived while we waited for our slot: queue again behind the pause.
+    async def wait_create(self) -> Send:
+        """Wait for the pause, this create's slot in the pace and room under the running limit;
+        returns the ticket to hand back with the answer."""
+        return await self._wait(Kind.CREATE)
 
-    def rate_limited(self, retry_after: float | None, *, create: bool) -> float:
+    async def wait_poll(self) -> Send:
+        """Wait for the pause (and the pace, once polls count against the limit)."""
+        return await self._wait(Kind.POLL)
+
+    async def _wait(self, kind: Kind) -> Send:
+        while (delay := self.pacer.delay(kind)) > 0:
+            if math.isinf(delay):  # held under the running limit until a run ends
+                if self._freed is None or self._freed.is_set():
+                    self._freed = anyio.Event()
+                await self._freed.wait()
+            else:
+                await self._sleep(delay)
+        return self.pacer.send(kind)
+
+    def rate_limited(self, retry_after: float | None, *, create: bool, ticket: Send | None = None) -> float:
         """Record a 429; returns how long every sender now pauses."""
-        now = self._clock()
-        in_same_episode = now < self._paused_until
-        if not in_same_episode:
-            self._consecutive_429 += 1
-        if retry_after is not None:
-            delay = retry_after
-        else:
-            delay = backoff(self._consecutive_429, base=self._backoff_base, rng=self._rng)
-        self._paused_until = max(self._paused_until, now + delay)
-        if create and self.fixed_rate is None and not in_same_episode:
-            self._slow_down(now)
-        return self._paused_until - now
+        if ticket is None:  # a request that did not wait for a ticket: its 429 still pauses everyone
+            ticket = Send(Kind.CREATE if create else Kind.POLL, self._clock(), self.pacer.in_flight, False, self.pace)
+            if create:
+                self.pacer.wire += 1
+        pause = self.pacer.refused(ticket, retry_after)
+        self._wake()
+        return pause
 
-    def accepted(self, *, create: bool) -> None:
-        """A request went through: the 429 streak is over; grow the discovered pace."""
-        self._consecutive_429 = 0
-        if not create:
+    def accepted(self, *, create: bool, ticket: Send | None = None) -> None:
+        """A request went through."""
+        if ticket is None:
+            self.pacer.streak = 0
             return
-        now = self._clock()
-        self._accepted.append(now)
-        while self._accepted and self._accepted[0] < now - self.RATE_WINDOW:
-            self._accepted.popleft()
-        if self.fixed_rate is None and self.rate is not None:
-            elapsed = now - max(self._last_adjust, self._paused_until)
-            if elapsed > 0:
-                self.rate *= 1 + self.INCREASE_PER_SECOND * min(elapsed, 1.0)
-                self._last_adjust = now
+        self.pacer.accepted(ticket)
 
-    def _slow_down(self, now: float) -> None:
-        while self._accepted and self._accepted[0] < now - self.RATE_WINDOW:
-            self._accepted.popleft()
-        seen = len(self._accepted) / self.RATE_WINDOW
-        current = self.rate if self.rate is not None else seen
-        # Polls share the limit, so "seen" can be far below it: never cut by more than half.
-        self.rate = max(0.2, 0.5 * current, min(current, seen) * self.DECREASE)
-        self._last_adjust = now
-        self._accepted.clear()
+    def done(self, ticket: Send) -> None:
+        """The request is over and said nothing about the limit (an error, a dropped create);
+        a ticket already answered is left as it is."""
+        if ticket.result is None:
+            self.pacer.lost(ticket)
+            self._wake()
+
+    def run_started(self) -> None:
+        """A run created by an earlier session is being collected: it counts as in flight."""
+        self.pacer.run_started()
+
+    def run_ended(self) -> None:
+        """A run left the in-flight set (finished, failed or given up on)."""
+        self.pacer.run_ended()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._freed is not None:
+            self._freed.set()
 
 
 class GentleStart:
