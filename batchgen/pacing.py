@@ -70,7 +70,7 @@ KAPPA_DEAR, KAPPA_CHEAP = 0.3, 0.5  # how far into [lo, hi] to pace: log-share, 
 HORIZON = 30.0  # seconds of sending a choice of pace is assumed to affect
 QUIET_MIN = 2.0  # seconds without a 429 before probing upward, at least
 TIME_BUDGET = 0.02  # share of time that failed probes may cost
-REFUSAL_BUDGET = 0.02  # share of requests that failed probes may cost
+REFUSAL_BUDGET = 0.01  # share of requests that failed probes may cost
 PROBE_GROWTH = 0.077  # probe pace = bound · exp(a·t²): ×1.08 after 1 s, ×2 after 3 s
 CAP_EVIDENCE = 2  # climbs refused at a level before it is taken for a cap
 CAP_QUIET = 5.0  # seconds between probes above the cap, at least
@@ -105,6 +105,7 @@ class Send:
     pace: float
     result: Result | None = None
     probe: bool = False  # a create above the cap on running runs
+    repeat: bool = False  # a 429 at a suspected cap again before any run finished
 
 
 class BucketFit:
@@ -196,6 +197,7 @@ class RateControl:
         self.last_pause = 1.0
         self.cost = 1.0  # seconds of sending one more 429 is expected to cost
         self.floor = 0.0
+        self.refused_at = math.inf  # the lowest pace refused since the limit last moved
         self.history: deque[tuple[float, str, float, tuple[float, float] | None]] = deque(maxlen=200)
 
     def _set(self, pace: float) -> None:
@@ -245,14 +247,14 @@ class RateControl:
         # pause ends); count at least a quarter of the pause.
         self.cost = max(0.25 * self.last_pause, self.last_pause - self.fit.burst_at(lo) / lo)
         spread = hi / lo
-        if spread <= 1 + 2 * MARGIN:
-            target = lo * (1 - MARGIN)
+        if spread <= 1 + 4 * MARGIN:
+            target = lo
         else:  # a cheap 429 buys a bisection; a dear one only a cautious step
             kappa = min(KAPPA_CHEAP, max(KAPPA_DEAR, KAPPA_CHEAP * (spread - 1) * HORIZON / (4 * max(self.cost, 1e-3))))
             target = lo * spread**kappa
-        if lo < 0.5 * hi:  # the fit's lower end is still vague
-            target = max(target, self.floor * hi)
-        target = min(target, hi * (1 - MARGIN))
+        if lo < 0.95 * self.floor * hi:  # the fit's lower end is still vague: hold at a share of its bound
+            target = self.floor * hi
+        target = min(target, hi, max(lo, self.refused_at)) * (1 - MARGIN)
         if now - self.quiet_since < self.quiet_period() or target > self.pace:
             self._set(target)
 
@@ -264,24 +266,25 @@ class RateControl:
         self.fit.accept(send.at)
         if self.fit.bounds() is None:  # more got through than any bucket allowed: the limit rose
             self.history.append((send.at, "limit rose", self.pace, self.bounds))
-            self.fit, self.bounds = None, None
+            self.fit, self.bounds, self.refused_at = None, None, math.inf
             self.growing, self.grow_base, self.grow_time = True, self.pace, 0.0
 
-    def refused(self, send: Send, now: float, pause: float) -> None:
-        new_episode = send.at >= self.reacted_at
+    def refused(self, send: Send, now: float, pause: float, *, repeat: bool = False) -> None:
+        new_episode = send.at >= self.reacted_at and not repeat
         if self.fit is None:
             self.fit = BucketFit(send.at, full=False)
         else:
             self.fit.refuse(send.at)
             if self.fit.bounds() is None:  # no bucket explains it: the limit fell (or is no bucket)
                 self.history.append((send.at, "limit fell", self.pace, self.bounds))
-                self.fit = BucketFit(send.at, full=False)
+                self.fit, self.refused_at = BucketFit(send.at, full=False), math.inf
                 if self.bounds is not None:
                     self._set(min(self.pace, self.bounds[1]))
         if not new_episode:
             self.settle(now)
             return
         self.reacted_at, self.last_pause = now, pause
+        self.refused_at = min(self.refused_at, send.pace)
         self.floor = FIRST_FLOOR if self.floor == 0.0 else LATER_FLOOR
         self.startup, self.grow_time = False, 0.0
         self.settle(now)
@@ -303,6 +306,7 @@ class RunningLimit:
 
     def __init__(self) -> None:
         self.cap: int | None = None
+        self.slots: int | None = None  # our own limit on runs in flight: a cap at or above it is moot
         self.suspect: int | None = None
         self.refused_hi = self.accepted_hi = 0  # since the suspect: at or above its level
         self.after = -math.inf  # a refusal counts once the last one's pause is over
@@ -312,6 +316,7 @@ class RunningLimit:
         self.probing = False
         self.quiet_until = -math.inf
         self.trial_until = -math.inf  # a rate 429 well below a new cap before this drops it
+        self.repeat = False  # the last 429 came at the suspect level again before any run finished
 
     def top(self, now: float) -> int:
         while self.levels and self.levels[0][0] < now - self.WINDOW:
@@ -335,6 +340,7 @@ class RunningLimit:
     def refused(self, send: Send, pause_end: float, pause: float) -> Result:
         n = send.in_flight
         self.probing = self.probing and not send.probe
+        self.repeat = False
         if self.cap is not None:
             if n < self.cap - 1:
                 if send.at < self.trial_until:  # the cap was the rate's doing after all
@@ -345,6 +351,7 @@ class RunningLimit:
             self.accepted_under = 0
             return Result.CAPPED
         if self.suspect is not None and n >= self.suspect:
+            self.repeat = not self.ended  # the same climb as the last one: no news about the rate
             if send.at >= self.after and self.ended and self.suspect >= 2:
                 self.refused_hi += 1
                 self.after, self.ended = pause_end, False
@@ -355,6 +362,8 @@ class RunningLimit:
             return Result.REFUSED
         if n < self.top(send.at) - n // 10:
             return Result.REFUSED  # more were running a moment ago and got through
+        if self.slots is not None and n >= self.slots - 1:
+            return Result.REFUSED  # our own slots hold the count here: no sign of the server's cap
         self.suspect, self.refused_hi, self.accepted_hi = n, 1, 0
         self.after, self.ended = pause_end, False
         return Result.REFUSED
@@ -485,6 +494,7 @@ class Pacer:
             self.wire -= 1
             suspected = self.limit.suspect is not None
             send.result = self.limit.refused(send, self.pause_until, pause)
+            send.repeat = self.limit.repeat
             if send.result is Result.CAPPED and self._before_suspect is not None:
                 # The 429s taken for the rate's were the cap's: forget what the fit learnt from them.
                 self.rate = self._before_suspect
@@ -522,5 +532,5 @@ class Pacer:
             if send.result is Result.ACCEPTED:
                 self.rate.accepted(send)
             elif send.result is Result.REFUSED:
-                self.rate.refused(send, now, self.pause_until - now)
+                self.rate.refused(send, now, self.pause_until - now, repeat=send.repeat)
         self.rate.settle(now)

@@ -172,6 +172,7 @@ class Scheduler:
             on_file=on_file,
         )
         self._slots = _Slots(concurrency)
+        throttle.limit_runs(concurrency)
         self._workers = max(1, min(concurrency, MAX_SUBMITTERS))
         self._savers = max(1, min(concurrency, MAX_SAVERS))
         self._clock = anyio.current_time

@@ -60,6 +60,10 @@ class Throttle:
         """Requests per second that count against the limit, as paced now."""
         return self.pacer.pace
 
+    def limit_runs(self, slots: int) -> None:
+        """Our own limit on runs in flight (--concurrency): 429s at it are no sign of the server's cap."""
+        self.pacer.limit.slots = slots
+
     @property
     def running_limit(self) -> int | None:
         """The cap on runs in flight the server was found to keep, if any."""

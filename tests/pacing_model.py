@@ -197,13 +197,17 @@ def run_model(
     jitter: float = 0.0,
     seed: int = 0,
     pacer: Pacer | None = None,
+    clock: list[float] | None = None,
     horizon: float = 3600.0,
 ) -> Outcome:
-    """One batch of ``n`` runs of ``latency`` seconds through ``pacer`` against a server with ``limits``."""
+    """One batch of ``n`` runs of ``latency`` seconds through ``pacer`` against a server with
+    ``limits``. A pacer passed in must read ``clock[0]``, the simulated time."""
     rng = random.Random(seed)
     server = ModelServer(limits)
-    clock = [0.0]
-    pacer = pacer or Pacer(ceiling=ceiling, clock=lambda: clock[0])
+    clock = clock if clock is not None else [0.0]
+    if pacer is None:
+        pacer = Pacer(ceiling=ceiling, clock=lambda: clock[0])
+        pacer.limit.slots = concurrency
     out = Outcome(n=n, t_star=t_star(limits, n, latency, concurrency), finished_at=math.inf)
     events: list[tuple[float, int, Callable[[], None]]] = []
     seq = 0
@@ -363,18 +367,25 @@ def paces(times: list[float], window: float, end: float, step: float = 0.1) -> l
 
 
 def convergence(
-    times: list[float], schedule: Schedule, *, share: float = 1.0, tolerance: float = 0.1, window: float | None = None
+    times: list[float],
+    schedule: Schedule,
+    *,
+    share: float = 1.0,
+    tolerance: float = 0.1,
+    window: float | None = None,
+    end: float | None = None,
 ) -> list[float]:
     """For the start and each change of the limit: seconds until the pace stays within
-    ``tolerance`` of the limit (times ``share``) up to the next change or the last accepted
-    request. Only a pace below the band counts as out of it: above the limit is the server's
+    ``tolerance`` of the limit (times ``share``) up to the next change or ``end`` (default:
+    the last accepted request). Only a pace below the band counts as out of it: above the limit is the server's
     burst letting it be. A pace is measured over ``window`` seconds (default: long enough for
-    20 requests, at least 1 s); inf when it never settles."""
-    end = max(times)
+    20 requests, at least 5 s, so that one Retry-After pause is a dip of at most a fifth, not a
+    second without requests); inf when it never settles."""
+    end = max(times) if end is None else end
     result = []
     for i, (start, rate) in enumerate(schedule):
         target = rate * share
-        w = window or max(1.0, 20.0 / target)
+        w = window or max(5.0, 20.0 / target)
         stop = min(schedule[i + 1][0] if i + 1 < len(schedule) else math.inf, end)
         samples = [(t, p) for t, p in paces(times, w, stop) if t - w >= start - 1e-9]
         settled = None
