@@ -1,4 +1,4 @@
-"""Pacing as pure logic, on a fake clock: the shared 429 pause, create pacing, gentle start, poll timing."""
+"""The throttle's async face and the poll planner, on a fake clock: no sleeping, no timing windows."""
 
 from __future__ import annotations
 
@@ -7,140 +7,223 @@ import random
 import anyio
 import pytest
 
+from batchgen.pacing import START_PACE, Kind
 from batchgen.throttle import GentleStart, PollPlanner, Throttle, backoff
 
 
 class FakeClock:
+    """A clock that only moves when someone sleeps on it."""
+
     def __init__(self) -> None:
         self.now = 0.0
-        self.slept: list[float] = []
 
     def __call__(self) -> float:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
         self.now += seconds
+        await anyio.lowlevel.checkpoint()
+
+
+def fake_throttle(rate: float | None = None) -> tuple[Throttle, FakeClock]:
+    clock = FakeClock()
+    return Throttle(rate, clock=clock, sleep=clock.sleep), clock
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap():
-    """Each retry waits between half and all of base*2^(n-1), never more than the cap."""
+    """Each retry waits between half and all of base·2^(n-1), never more than the cap."""
     rng = random.Random(1).random
+    base, cap = 0.5, 10.0
     for attempt in range(1, 12):
-        ceiling = min(10.0, 0.5 * 2 ** (attempt - 1))
-        delay = backoff(attempt, base=0.5, cap=10.0, rng=rng)
+        ceiling = min(cap, base * 2 ** (attempt - 1))
+        delay = backoff(attempt, base=base, cap=cap, rng=rng)
         assert ceiling / 2 <= delay <= ceiling
 
 
 def test_a_429_moves_the_shared_pause_later_never_earlier():
-    """Retry-After 5 then Retry-After 1: everyone still waits the 5 seconds."""
-    clock = FakeClock()
-    throttle = Throttle(clock=clock, sleep=clock.sleep)
-    assert throttle.rate_limited(5.0, create=False) == 5.0
-    assert throttle.rate_limited(1.0, create=False) == 5.0
-    anyio.run(throttle.wait_api)
-    assert clock.now == 5.0
+    """Retry-After 5 then Retry-After 1: every sender still waits the 5 seconds."""
+    throttle, clock = fake_throttle()
+
+    async def main() -> None:
+        first = await throttle.wait_create()
+        second = await throttle.wait_poll()  # on the wire when the first 429 comes back
+        assert throttle.rate_limited(5.0, create=True, ticket=first) == 5.0
+        assert throttle.rate_limited(1.0, create=False, ticket=second) == 5.0
+        await throttle.wait_api()
+        assert clock.now == 5.0
+
+    anyio.run(main)
 
 
-def test_429_without_retry_after_backs_off_longer_each_episode():
-    """Consecutive 429 episodes without Retry-After pause longer and longer."""
-    clock = FakeClock()
-    throttle = Throttle(clock=clock, sleep=clock.sleep, rng=lambda: 1.0)
-    pauses = []
-    for _ in range(4):
-        pauses.append(throttle.rate_limited(None, create=False))
-        anyio.run(throttle.wait_api)
-    assert pauses == sorted(pauses) and pauses[-1] == 8 * pauses[0]
+def test_a_429_without_a_ticket_still_pauses_everyone():
+    """A request that did not take a ticket (a refresh of an output link) and gets a 429 pauses
+    creates and polls alike for the Retry-After."""
+    throttle, clock = fake_throttle()
+
+    async def main() -> None:
+        throttle.rate_limited(3.0, create=False)
+        await throttle.wait_create()
+        assert clock.now == 3.0
+
+    anyio.run(main)
 
 
 def test_a_given_rate_spaces_creates_evenly():
-    """With --rate 10, ten creates take a second."""
-    clock = FakeClock()
-    throttle = Throttle(10.0, clock=clock, sleep=clock.sleep)
+    """With --rate 10, eleven creates leave over one second (the first at once)."""
+    throttle, clock = fake_throttle(10.0)
 
-    async def ten_creates() -> None:
+    async def main() -> None:
         for _ in range(11):
-            await throttle.wait_create()
+            ticket = await throttle.wait_create()
+            throttle.accepted(create=True, ticket=ticket)
 
-    anyio.run(ten_creates)
+    anyio.run(main)
     assert clock.now == pytest.approx(1.0)
 
 
-def test_discovered_pace_drops_below_the_rate_seen_and_creeps_back_up():
-    """The first create 429 sets the pace under the rate that got through; clean seconds raise it."""
-    clock = FakeClock()
-    throttle = Throttle(clock=clock, sleep=clock.sleep)
-    assert throttle.rate is None
-    for _ in range(50):  # 50 accepted creates within a second
-        clock.now += 0.02
-        throttle.accepted(create=True)
-    throttle.rate_limited(1.0, create=True)
-    assert throttle.rate is not None and 40 <= throttle.rate < 50
-    slowed = throttle.rate
-    clock.now += 1.0
-    for _ in range(100):
-        clock.now += 1 / slowed
-        throttle.accepted(create=True)
-    assert throttle.rate > slowed
+def test_creates_start_at_the_start_pace_and_polls_are_not_paced_until_they_count():
+    """Before anything is known creates leave START_PACE a second; polls only wait for pauses."""
+    throttle, clock = fake_throttle()
+
+    async def main() -> None:
+        for _ in range(3):
+            await throttle.wait_create()
+        assert clock.now == pytest.approx(2 / START_PACE)
+        before = clock.now
+        for _ in range(50):
+            await throttle.wait_poll()
+        assert clock.now == before
+
+    anyio.run(main)
+
+
+def test_a_poll_429_makes_polls_wait_for_the_pace():
+    """Once a poll is answered 429, polls take their place in the pace like creates."""
+    throttle, clock = fake_throttle()
+
+    async def main() -> None:
+        poll = await throttle.wait_poll()
+        pause = throttle.rate_limited(None, create=False, ticket=poll)
+        assert throttle.pacer.counted(Kind.POLL)
+        await throttle.wait_api()
+        assert clock.now == pytest.approx(pause)
+        start = clock.now
+        for _ in range(3):
+            await throttle.wait_poll()
+        assert clock.now - start == pytest.approx(2 / throttle.pace, rel=0.01)
+
+    anyio.run(main)
+
+
+def test_creates_wait_under_the_running_limit_until_a_run_ends():
+    """With a cap of two runs in flight, a third create waits until a run ends, not for a time."""
+    throttle, _ = fake_throttle(1000.0)
+    throttle.pacer.limit.cap = 2
+    order: list[str] = []
+
+    async def create(name: str) -> None:
+        ticket = await throttle.wait_create()
+        throttle.accepted(create=True, ticket=ticket)
+        order.append(name)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for name in ("a", "b", "c"):
+                tg.start_soon(create, name)
+            await anyio.wait_all_tasks_blocked()
+            assert len(order) == 2
+            throttle.run_ended()
+        assert sorted(order) == ["a", "b", "c"]
+
+    anyio.run(main)
+
+
+def test_a_ticket_given_back_unanswered_leaves_the_wire():
+    """A create that never got a usable answer (an error, a dropped job) stops counting as in flight."""
+    throttle, _ = fake_throttle()
+
+    async def main() -> None:
+        ticket = await throttle.wait_create()
+        assert throttle.pacer.in_flight == 1
+        throttle.done(ticket)
+        throttle.done(ticket)  # twice is harmless
+        assert throttle.pacer.in_flight == 0
+
+    anyio.run(main)
 
 
 def test_gentle_start_lets_one_create_through_until_one_succeeds():
     """Until the gate opens, creates go one at a time (failures don't open it); after it, all together."""
     gate = GentleStart()
     inside = peak = 0
+    release = anyio.Event()
 
     async def create(succeeds: bool) -> None:
         nonlocal inside, peak
         async with gate.admit():
             inside += 1
             peak = max(peak, inside)
-            await anyio.sleep(0.01)
+            await release.wait()
             inside -= 1
             if succeeds:
                 gate.open()
 
     async def main() -> None:
-        nonlocal peak
+        nonlocal peak, release
         async with anyio.create_task_group() as tg:
             for i in range(5):
                 tg.start_soon(create, i == 4)  # four failed probes, then one that succeeds
+            await anyio.wait_all_tasks_blocked()
+            release.set()
         assert peak == 1
-        peak = 0
+        peak, release = 0, anyio.Event()
         async with anyio.create_task_group() as tg:
             for _ in range(5):
                 tg.start_soon(create, True)
-        assert peak == 5
+            await anyio.wait_all_tasks_blocked()
+            assert peak == 5
+            release.set()
 
     anyio.run(main)
 
 
 def test_a_wave_of_runs_polled_together_moves_the_first_delay_once():
     """Sixty-four misses at the same delay count as one observation, not sixty-four."""
-    planner = PollPlanner(initial=0.5)
+    start = 0.5
+    planner = PollPlanner(initial=start)
     for _ in range(64):
-        planner.first_poll_result(False, 0.5)
-    assert 0.5 < planner.first < 1.0
+        planner.first_poll_result(False, start)
+    assert start < planner.first < 2 * start
+
+
+def poll_runs(planner: PollPlanner, duration: float, runs: int) -> list[tuple[int, float]]:
+    """Poll `runs` runs of a fixed duration one after another: (polls taken, age when seen finished)."""
+    seen = []
+    for _ in range(runs):
+        age = planner.next_poll(0.0)
+        polls = 1
+        planner.first_poll_result(age >= duration, age)
+        while age < duration:
+            gap = planner.next_poll(age)
+            age += gap
+            polls += 1
+            if age >= duration:
+                planner.finished_between(age - gap, age)
+            else:
+                planner.still_running(age)
+        seen.append((polls, age))
+    return seen
 
 
 @pytest.mark.parametrize("duration", [0.05, 1.0, 20.0])
 def test_first_poll_settles_just_after_a_fixed_generation_time(duration):
-    """With a fixed generation time the first poll converges to just after it: one poll per run."""
-    planner = PollPlanner(initial=0.5)
-    ages: list[float] = []
-    for _ in range(400):
-        delay = planner.next_poll(0.0)
-        if delay >= duration:
-            planner.first_poll_result(True, delay)
-            ages.append(delay)
-        else:
-            planner.first_poll_result(False, delay)
-            age = delay
-            while age < duration:
-                age += planner.next_poll(age)
-            planner.finished_between(age - planner.next_poll(age), age)
-    late = [a for a in ages[-100:]]
-    assert len(late) > 80
-    assert max(late) < duration * 1.08
+    """With a fixed generation time, once settled at least 85 of 100 runs take a single poll,
+    made less than 8 % after the run finished."""
+    planner = PollPlanner()
+    poll_runs(planner, duration, 300)
+    single = [age for polls, age in poll_runs(planner, duration, 100) if polls == 1]
+    assert len(single) >= 85
+    assert max(single) < duration * 1.08
 
 
 def test_widely_spread_durations_lower_the_first_poll_target():
@@ -150,9 +233,8 @@ def test_widely_spread_durations_lower_the_first_poll_target():
     for _ in range(64):
         d = rng.lognormvariate(0, 0.5)
         planner.finished_between(d * 0.95, d * 1.05)
-    wide = planner.target
     tight = PollPlanner()
     for _ in range(64):
         tight.finished_between(0.99, 1.01)
-    assert wide < 0.5 < tight.target
+    assert planner.target < tight.target
     assert tight.growth < planner.growth
