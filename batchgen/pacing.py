@@ -19,18 +19,21 @@ Ideas taken, and why:
   first second is not mistaken for the rate (the issue with a window before the first 429).
 * **Slow start, then back off only as far as the evidence says** (TCP, BBR Startup): the
   pace doubles every 0.1 s of being the bottleneck (and at least every two answers) until
-  the first 429; then it moves inside the fitted range [lo, hi], bisecting (Netflix
-  concurrency-limits' Gradient2 smooths towards an estimate rather than halving) when a
-  429 is cheap and creeping up when it is dear. A 429 that no bucket explains any more
-  means the limit fell: the fit starts over from that 429 and the pace drops by BETA (the
-  multiplicative decrease of AIMD/CUBIC) only when nothing better is known.
+  the first 429; then it holds at 85 % of the fit's upper bound until the lower one
+  catches up, and moves inside [lo, hi], bisecting (Netflix concurrency-limits' Gradient2
+  smooths towards an estimate rather than halving) when a 429 is cheap and creeping up
+  when it is dear, never above a pace already refused unless the fit proves more. A 429
+  that no bucket explains any more means the limit fell: the fit starts over from that
+  429, and the pace drops by BETA (the multiplicative decrease of AIMD/CUBIC) only when
+  nothing better is known.
 * **Probe upward after quiet periods, fast once clear of the old limit** (CUBIC's
   max-probing: slow near the last known maximum, then ever faster): after QUIET seconds
   without a 429 the pace rises above the fit's upper bound as exp(a·t²). Answers beyond
   every surviving bucket mean the limit rose and the ramp continues. The quiet period is
-  set by a budget: a 429 whose pause is not refilled by the bucket costs the batch that
+  set by two budgets: a 429 whose pause the bucket does not refill costs the batch that
   pause, so probes come at most every cost / TIME_BUDGET seconds (50 s with whole-second
-  Retry-After and a small bucket, 2 s when a 429 is nearly free).
+  Retry-After and a small bucket); and at most one create in 1 / REFUSAL_BUDGET is a
+  failed probe (10 s at 10/s, 2 s at 50/s and above).
 * **Don't grow when something else limits** (concurrency-limits' AIMD and Vegas only raise
   the limit while in-flight is near it): the pace grows only while requests wait for it.
 * **A cap on running runs** is recognised by its signature (429s at one in-flight level,
