@@ -906,7 +906,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="where manifests and outputs go (default: a temp dir, removed)")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     parser.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
+    parser.add_argument("--grid", action="store_true", help="run issue 9's grid of limit shapes instead (bench/grid.py)")
+    parser.add_argument("--points", default="", help="with --grid: only the points whose name contains this")
+    parser.add_argument("--figures", type=Path, help="with --grid: where the PNG pictures go (default: the work dir)")
     args = parser.parse_args(argv)
+    if args.grid:
+        return run_grid(args)
 
     wanted = sorted({int(s) for s in args.scenarios.split(",") if s.strip()})
     clients = re.findall(r"\w+(?:\[[\w,]*\])?", args.clients)  # commas inside [] belong to the client
@@ -988,6 +993,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(markdown_report(info, rows, s6, s7, targets, scenarios, profile))
+    return 0
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    """``--grid``: bench/grid.py's points, with this script's simulator, CLI runner and snapshot."""
+    sys.path.insert(0, str(HERE))
+    import grid
+
+    info = machine()
+    with tempfile.TemporaryDirectory(prefix="batchgen-grid-") as tmp:
+        work = args.workdir.resolve() if args.workdir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        info.update(take_snapshot(args.source, work))
+        info["commit"] = info.get("git_head") or "worktree"
+        print(f"batchgen grid — {info['cores']} cores, {info['cpu_model']}; work dir {work}", flush=True)
+        payload = grid.run_grid(args, work, info, sys.modules[__name__])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2, default=str))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(payload["markdown"] + "\n")
     return 0
 
 

@@ -241,3 +241,18 @@ def test_bucket_fit_keeps_only_the_buckets_that_explain_every_answer():
     assert 10 * (1 - SPREAD) <= lo <= 10 * (1 + SPREAD)
     assert 10 <= hi < 15
     assert fit.burst_at(lo) <= 3
+
+
+if __name__ == "__main__":  # python -m tests.test_pacing: the grid's figures on the model
+    for point in grid():
+        out = run_model(point.limits, n=point.n, latency=point.latency, concurrency=point.concurrency)
+        settle = ""
+        if point.limits.rate is not None:
+            times = out.counted_at if point.limits.polls_count else out.accepted_at
+            found = convergence(times, schedule_of(point.limits.rate) or [], end=max(out.accepted_at))
+            settle = ", ".join(f"{s:.1f}" for s in found)
+        status = "limit" if point.name in LIMITS else "met"
+        print(
+            f"| {point.name} | {out.ratio:.3f} | {out.refused_creates} ({out.refused_share:.1%}) | {settle or 'n/a'} "
+            f"| {out.violations} | {out.max_unfinished} | {status} |"
+        )
