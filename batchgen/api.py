@@ -1,14 +1,18 @@
 """The Runbase client: create a run, get a run, download an output.
 
-This is the only module that sees HTTP. Every answer and every httpx exception
-becomes either a parsed value (``RunInfo``) or an error from ``batchgen.errors``,
-so the scheduler reasons about *what happened* (rate limited, out of credits,
-maybe created) rather than status codes.
+This is the only module that sees HTTP. Every answer and every transport exception
+becomes either a parsed value (``RunInfo``, ``Download``) or an error from
+``batchgen.errors``, so the scheduler reasons about *what happened* (rate limited,
+out of credits, maybe created, an output that is not an image) rather than status codes.
 
 The API key lives in the headers of one client bound to the API's origin, which
 follows no redirects. Output files are fetched by a second client that has no
 key at all, so the key cannot reach an output host, whatever URL or redirect
-the API hands us.
+the API hands us. Which transport carries the bytes is ``batchgen.transport``'s choice.
+
+Every text that came from a server (error bodies, run errors, status words, URLs,
+content types) leaves this module scrubbed of the key and of Authorization values,
+on one line, shortened and printable (``batchgen.text.server_text``).
 """
 
 from __future__ import annotations
@@ -29,24 +33,67 @@ import httpx
 from .errors import (
     ApiError,
     BadRequest,
-    DownloadRefused,
     Forbidden,
+    LinkRefused,
+    NotAnImage,
     OutOfCredits,
+    OutputUnusable,
     RateLimited,
+    RunIdRefused,
     RunNotFound,
     TransientError,
     Unauthorized,
 )
 from .models import JobSpec, RunInfo
+from .text import server_text
+from .transport import DEFAULT_NETWORK, Network, network_transport
 
 DEFAULT_BASE_URL = "https://runbase.net/api/v1"
 MAX_REDIRECTS = 5
-MAX_ERROR_TEXT = 300
 MAX_RETRY_AFTER = 3600.0
+MAX_RUN_ID_LENGTH = 512
+MAX_STATUS_LENGTH = 40
+# A download may take as long as the API deadline plus this many seconds per byte received:
+# a host that trickles bytes is given up instead of holding a saver for hours.
+MIN_DOWNLOAD_RATE = 32 * 1024  # bytes per second
 
 # Exceptions raised before the request left this machine: a create that failed
 # this way certainly made no run.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+# The image formats the model returns, by their first bytes; nothing else is an image.
+# WebP: "RIFF", four bytes of length, "WEBP".
+SNIFF_BYTES = 12
+IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+def sniff_image(head: bytes) -> str | None:
+    """The image type (``image/png``, ``image/jpeg``, ``image/webp``) the bytes start with, or None."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _looks_like(head: bytes) -> str:
+    """What a body that is not an image seems to be, for the message (its bytes are never shown)."""
+    if not head:
+        return "an empty body"
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if start.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "an HTML page"
+    if b"<svg" in start:
+        return "an SVG document"
+    if start.startswith(b"<"):
+        return "an XML document"
+    if start.startswith((b"{", b"[")):
+        return "JSON"
+    if head.startswith(b"GIF8"):
+        return "a GIF image"
+    return "bytes of no accepted image format"
 
 
 @dataclass(frozen=True)
@@ -67,16 +114,63 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class Download:
+    """A complete image received into the sink.
+
+    ``content_type`` and ``extension`` come from the bytes; ``declared_type`` is what the
+    host's Content-Type said (scrubbed), kept to be noted when it disagrees.
+    """
+
     content_type: str
     size: int
+    extension: str
+    declared_type: str = ""
+
+    @property
+    def type_mismatch(self) -> str | None:
+        """A note when the host declared another type than the bytes are, else None."""
+        if not self.declared_type or self.declared_type == self.content_type:
+            return None
+        if self.declared_type == "image/jpg" and self.content_type == "image/jpeg":
+            return None
+        return f"declared {self.declared_type}, the bytes are {self.content_type}"
 
 
 class Sink(Protocol):
     def write(self, chunk: bytes) -> Any: ...
 
 
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it can be sent as one literal path segment, else raise ``RunIdRefused``.
+
+    Any id is percent-encoded whole (``/``, ``?``, ``#``, ``%`` included), so it reaches
+    ``/runs/{id}`` unchanged; but ``.`` and ``..`` (which URL normalisation, in clients,
+    proxies and servers alike, turns into another path even when encoded as ``%2E``),
+    empty ids, control characters and absurd lengths are refused rather than rewritten.
+    """
+    if (
+        not run_id
+        or run_id in (".", "..")
+        or len(run_id) > MAX_RUN_ID_LENGTH
+        or not run_id.isprintable()
+        or run_id != run_id.strip()
+    ):
+        raise RunIdRefused(f"refusing run id {server_text(repr(run_id), limit=80)}: it cannot be one URL path segment")
+    return run_id
+
+
+def run_path(run_id: str) -> str:
+    """The path of a run relative to the base URL: ``runs/`` and the id, every reserved byte encoded."""
+    # quote() leaves letters, digits and "_.-~" as they are; "." only matters as a whole
+    # segment, which check_run_id refuses.
+    return "runs/" + quote(check_run_id(run_id), safe="")
+
+
 class RunbaseClient:
-    """One pooled connection set to the API, one key-less one to output hosts."""
+    """One pooled connection set to the API, one key-less one to output hosts.
+
+    ``transport`` serves both clients (the in-process simulator's ``ASGITransport``);
+    without it each client gets its own network transport (``batchgen.transport``).
+    """
 
     def __init__(
         self,
@@ -84,6 +178,7 @@ class RunbaseClient:
         api_key: str,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        network: Network = DEFAULT_NETWORK,
         timeouts: Timeouts | None = None,
         max_connections: int = 32,
         max_download_bytes: int = 100 * 1024 * 1024,
@@ -93,6 +188,7 @@ class RunbaseClient:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self.base_url = base_url.rstrip("/")
         self.max_download_bytes = max_download_bytes
+        self._secrets = (api_key,)
         self._request_deadline = timeouts.connect + 2 * timeouts.read
         # Requests wait here rather than in httpcore's pool, whose every hand-out scans
         # all queued requests against all connections: with 128 waiting, most of our CPU.
@@ -104,7 +200,7 @@ class RunbaseClient:
             timeout=timeouts.as_httpx(),
             limits=limits,
             follow_redirects=False,
-            transport=transport,
+            transport=transport or network_transport(limits, network),
         )
         # No key here, ever: this client talks to whatever host an output URL names.
         self._files = httpx.AsyncClient(
@@ -112,7 +208,7 @@ class RunbaseClient:
             timeout=timeouts.as_httpx(),
             limits=limits,
             follow_redirects=False,  # followed by hand, so each hop's scheme is checked
-            transport=transport,
+            transport=transport or network_transport(limits, network),
         )
 
     def __repr__(self) -> str:
@@ -128,58 +224,85 @@ class RunbaseClient:
         await self._api.aclose()
         await self._files.aclose()
 
+    def _text(self, text: str, limit: int | None = None) -> str:
+        """Server text as it may be stored and shown: scrubbed, one line, short, printable."""
+        return server_text(text, self._secrets) if limit is None else server_text(text, self._secrets, limit)
+
     async def create_run(self, job: JobSpec, *, before_send: Callable[[], Awaitable[None]] | None = None) -> RunInfo:
         """POST /runs. A TransientError with ``maybe_created`` means the run may exist.
 
         ``before_send`` is awaited once a connection slot is ours, just before the
         request leaves: the caller records the attempt there, so an attempt is
-        'on the wire' only while its request can actually be.
+        'on the wire' only while its request can actually be. A failure before it ran
+        (the deadline while waiting for a slot, say) is never ``maybe_created``.
         """
         body = job.request_body()
-        with _translate_transport_errors(creating=True), self._deadline(creating=True):
+        sent = False
+
+        def may_have_left() -> bool:
+            return sent
+
+        with self._translate(may_have_left), self._deadline(may_have_left):
             async with self._api_slots:
                 if before_send is not None:
                     await before_send()
+                sent = True
                 response = await self._api.post("runs", json=body)
-        _raise_for_status(response, creating=True)
+        self._raise_for_status(response, creating=True)
         # Assumption (runbase-api.md): 200, 201 or 202 with at least {"id": "..."}.
-        data = _json_object(response, creating=True)
+        data = self._json_object(response, creating=True)
         run_id = data.get("id")
         if isinstance(run_id, int) and not isinstance(run_id, bool):
             run_id = str(run_id)
         if not isinstance(run_id, str) or not run_id:
             raise TransientError(
-                f"the API accepted the run but its answer has no run id: {_shorten(response.text)}",
+                f"the API accepted the run but its answer has no run id: {self._text(response.text)}",
                 status=response.status_code,
                 maybe_created=True,
             )
-        return _run_info(run_id, data)
+        try:
+            check_run_id(run_id)
+        except RunIdRefused as exc:
+            # The run exists and cannot be polled without rewriting its id: a possible double charge.
+            raise TransientError(
+                f"the API accepted the run but answered with an unusable id: {exc.message}",
+                status=response.status_code,
+                maybe_created=True,
+            ) from exc
+        return self._run_info(run_id, data)
 
     async def get_run(self, run_id: str) -> RunInfo:
-        """GET /runs/{id}."""
-        with _translate_transport_errors(creating=False), self._deadline(creating=False):
+        """GET /runs/{id}, the id as one percent-encoded path segment (``RunIdRefused`` if it cannot be)."""
+        path = run_path(run_id)
+        with self._translate(lambda: False), self._deadline(lambda: False):
             async with self._api_slots:
-                response = await self._api.get("runs/" + quote(run_id, safe=""))
-        _raise_for_status(response, creating=False)
-        return _run_info(run_id, _json_object(response, creating=False))
+                response = await self._api.get(path)
+        self._raise_for_status(response, creating=False)
+        return self._run_info(run_id, self._json_object(response, creating=False))
 
     async def download(self, url: str, sink: Sink) -> Download:
-        """Stream ``url`` into ``sink``; checks scheme on every hop, size cap, declared length."""
-        for _ in range(MAX_REDIRECTS + 1):
-            _check_download_url(url)
-            async with self._stream(url) as response:
-                if response.is_redirect:
-                    location = response.headers.get("location", "")
-                    if not location:
-                        raise DownloadRefused(f"redirect without a location from {_redact(url)}")
-                    url = urljoin(url, location)
-                    continue
-                _raise_for_download_status(response, url)
-                return await self._receive(response, url, sink)
-        raise DownloadRefused(f"more than {MAX_REDIRECTS} redirects for {_redact(url)}")
+        """Stream the image at ``url`` into ``sink``: http(s) only on every hop, PNG/JPEG/WebP
+        only (by the bytes), a size cap, the declared length, and an overall deadline that
+        grows with the bytes received. Nothing reaches ``sink`` before the first bytes are
+        known to be an image."""
+        started = anyio.current_time()
+        with anyio.CancelScope(deadline=started + self._request_deadline) as scope:
+            for _ in range(MAX_REDIRECTS + 1):
+                self._check_download_url(url)
+                async with self._stream(url) as response:
+                    if response.is_redirect:
+                        location = response.headers.get("location", "")
+                        if not location:
+                            raise LinkRefused(f"redirect without a location from {self._url(url)}")
+                        url = urljoin(url, location)
+                        continue
+                    self._raise_for_download_status(response, url)
+                    return await self._receive(response, url, sink, scope, started)
+            raise OutputUnusable(f"more than {MAX_REDIRECTS} redirects for {self._url(url)}")
+        raise TransientError(f"download too slow: gave up after {anyio.current_time() - started:.0f} s")
 
     @contextmanager
-    def _deadline(self, *, creating: bool) -> Iterator[None]:
+    def _deadline(self, may_have_left: Callable[[], bool]) -> Iterator[None]:
         """An overall limit per API request: httpx's timeouts are per read, and a server
         that trickles bytes would never trip them."""
         try:
@@ -187,113 +310,168 @@ class RunbaseClient:
                 yield
         except TimeoutError as exc:
             raise TransientError(
-                f"no complete answer within {self._request_deadline:.0f} s", maybe_created=creating
+                f"no complete answer within {self._request_deadline:.0f} s", maybe_created=may_have_left()
             ) from exc
+
+    @contextmanager
+    def _translate(self, may_have_left: Callable[[], bool]) -> Iterator[None]:
+        """Transport exceptions → ours; the one place that knows which ones mean 'maybe sent'.
+
+        httpx's own and (through ``batchgen.transport``) aiohttp's arrive as httpx exceptions."""
+        try:
+            yield
+        except _NOT_SENT as exc:
+            raise TransientError(f"could not connect: {self._describe(exc)}") from exc
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"no answer in time: {self._describe(exc)}", maybe_created=may_have_left()) from exc
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise OutputUnusable(f"unusable URL: {self._describe(exc)}") from exc
+        except httpx.TransportError as exc:  # read/write errors, resets, protocol errors
+            raise TransientError(f"connection failed: {self._describe(exc)}", maybe_created=may_have_left()) from exc
+        except httpx.DecodingError as exc:
+            raise TransientError(f"undecodable response: {self._describe(exc)}") from exc
+
+    def _describe(self, exc: Exception) -> str:
+        return self._text(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
     @asynccontextmanager
     async def _stream(self, url: str) -> AsyncIterator[httpx.Response]:
-        with _translate_transport_errors(creating=False):
+        with self._translate(lambda: False):
             async with self._file_slots, self._files.stream("GET", url) as response:
                 yield response
 
-    async def _receive(self, response: httpx.Response, url: str, sink: Sink) -> Download:
+    async def _receive(
+        self, response: httpx.Response, url: str, sink: Sink, scope: anyio.CancelScope, started: float
+    ) -> Download:
         declared = _content_length(response)
-        if declared is not None and declared > self.max_download_bytes:
-            raise DownloadRefused(
-                f"output is {declared} bytes, over the {self.max_download_bytes}-byte cap: {_redact(url)}"
-            )
+        cap = self.max_download_bytes
+        if declared is not None and declared > cap:
+            raise OutputUnusable(f"output is {declared} bytes, over the {cap}-byte cap: {self._url(url)}")
+        declared_type = self._text(response.headers.get("content-type", "").split(";")[0].strip().lower(), 80)
+        head = b""
+        content_type: str | None = None
         size = 0
-        with _translate_transport_errors(creating=False):
+        with self._translate(lambda: False):
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
-                if size > self.max_download_bytes:
-                    raise DownloadRefused(f"output exceeds the {self.max_download_bytes}-byte cap: {_redact(url)}")
+                if size > cap:
+                    raise OutputUnusable(f"output exceeds the {cap}-byte cap: {self._url(url)}")
+                scope.deadline = started + self._request_deadline + size / MIN_DOWNLOAD_RATE
+                if content_type is None:
+                    head += chunk
+                    if len(head) < SNIFF_BYTES:
+                        continue
+                    content_type = self._sniff(head, declared_type, url)
+                    chunk, head = head, b""
                 sink.write(chunk)
         if declared is not None and response.num_bytes_downloaded != declared:
             raise TransientError(
-                f"download truncated: got {response.num_bytes_downloaded} of {declared} bytes from {_redact(url)}"
+                f"download truncated: got {response.num_bytes_downloaded} of {declared} bytes from {self._url(url)}"
             )
-        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        return Download(content_type=content_type, size=size)
+        if content_type is None:  # fewer than SNIFF_BYTES in all
+            content_type = self._sniff(head, declared_type, url)
+            sink.write(head)
+        return Download(content_type, size, IMAGE_TYPES[content_type], declared_type)
+
+    def _sniff(self, head: bytes, declared_type: str, url: str) -> str:
+        content_type = sniff_image(head)
+        if content_type is None:
+            said = f", declared {declared_type}" if declared_type else ""
+            raise NotAnImage(f"not an image: {_looks_like(head)}{said}, from {self._url(url)}")
+        return content_type
+
+    def _raise_for_status(self, response: httpx.Response, *, creating: bool) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        message = f"HTTP {status}: {self._error_text(response)}"
+        if status == 401:
+            raise Unauthorized(message, status=status)
+        if status == 402:
+            raise OutOfCredits(message, status=status)
+        if status == 403:
+            raise Forbidden(message, status=status)
+        if status == 429:
+            raise RateLimited(message, retry_after=parse_retry_after(response.headers.get("retry-after")))
+        if status == 404 and not creating:
+            raise RunNotFound(message, status=status)
+        if status >= 500 or status in (408, 425) or not creating:
+            # A gateway timeout may hide a run the upstream did make.
+            maybe = creating and status in (504, 524)
+            raise TransientError(message, status=status, maybe_created=maybe)
+        raise BadRequest(message, status=status)  # 400 and any other 4xx on create: about this job
+
+    def _raise_for_download_status(self, response: httpx.Response, url: str) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if status == 429 or status >= 500 or status == 408:
+            raise TransientError(f"HTTP {status} downloading {self._url(url)}", status=status)
+        raise LinkRefused(f"HTTP {status} downloading {self._url(url)}", status=status)
+
+    def _json_object(self, response: httpx.Response, *, creating: bool) -> dict[str, Any]:
+        try:
+            data = json.loads(response.content)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            data = None
+        if not isinstance(data, dict):
+            raise TransientError(
+                f"HTTP {response.status_code} with a body that is not a JSON object: {self._text(response.text)}",
+                status=response.status_code,
+                maybe_created=creating,
+            )
+        return data
+
+    def _run_info(self, run_id: str, data: dict[str, Any]) -> RunInfo:
+        status = data.get("status")
+        status = self._text(status.strip().lower(), MAX_STATUS_LENGTH) if isinstance(status, str) else "unknown"
+        return RunInfo(run_id=run_id, status=status, urls=_output_urls(data), error=self._run_error(data))
+
+    def _run_error(self, data: dict[str, Any]) -> str | None:
+        error = data.get("error")
+        if isinstance(error, dict):
+            error = error.get("message") or json.dumps(error)
+        if error is None or error == "":
+            return None
+        return self._text(str(error))
+
+    def _error_text(self, response: httpx.Response) -> str:
+        """The most useful short text in an error body, whatever the body is."""
+        try:
+            data = json.loads(response.content)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            data = None
+        if isinstance(data, dict):
+            error = data.get("error", data.get("message", data.get("detail")))
+            if isinstance(error, dict):
+                error = error.get("message", error)
+            if error:
+                return self._text(str(error))
+        text = response.text if response.content else ""
+        if "<" in text and ">" in text:  # an HTML page from a proxy: keep its words only
+            text = re.sub(r"<[^>]*>", " ", text)
+        text = self._text(text)
+        return text or self._text(response.reason_phrase) or "no details"
+
+    def _check_download_url(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise OutputUnusable(f"refusing to download from a non-http(s) URL: {self._url(url)}")
+
+    def _url(self, url: str) -> str:
+        """A URL as messages show it: without its query (signed URLs carry their credentials
+        there), scrubbed, printable; a ``data:`` URL by its media type only."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() == "data":
+            return "data:" + self._text(parts.path.split(",")[0], 40) + ",…"
+        shown = f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else url.split("?")[0]
+        return self._text(shown, 200)
 
 
 def check_base_url(base_url: str) -> None:
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ApiError(f"the API base URL must be an http(s) URL, not {base_url!r}")
-
-
-@contextmanager
-def _translate_transport_errors(*, creating: bool) -> Iterator[None]:
-    """httpx exceptions → ours; the one place that knows which ones mean 'maybe sent'."""
-    try:
-        yield
-    except _NOT_SENT as exc:
-        raise TransientError(f"could not connect to the API: {_describe(exc)}") from exc
-    except httpx.TimeoutException as exc:
-        raise TransientError(f"no answer in time: {_describe(exc)}", maybe_created=creating) from exc
-    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-        raise DownloadRefused(f"unusable URL: {_describe(exc)}") from exc
-    except httpx.TransportError as exc:  # read/write errors, resets, protocol errors
-        raise TransientError(f"connection failed: {_describe(exc)}", maybe_created=creating) from exc
-    except httpx.DecodingError as exc:
-        raise TransientError(f"undecodable response: {_describe(exc)}") from exc
-
-
-def _describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _raise_for_status(response: httpx.Response, *, creating: bool) -> None:
-    status = response.status_code
-    if 200 <= status < 300:
-        return
-    text = _error_text(response)
-    message = f"HTTP {status}: {text}"
-    if status == 401:
-        raise Unauthorized(message, status=status)
-    if status == 402:
-        raise OutOfCredits(message, status=status)
-    if status == 403:
-        raise Forbidden(message, status=status)
-    if status == 429:
-        raise RateLimited(message, retry_after=parse_retry_after(response.headers.get("retry-after")))
-    if status == 404 and not creating:
-        raise RunNotFound(message, status=status)
-    if status >= 500 or status in (408, 425) or not creating:
-        # A gateway timeout may hide a run the upstream did make.
-        maybe = creating and status in (504, 524)
-        raise TransientError(message, status=status, maybe_created=maybe)
-    raise BadRequest(message, status=status)  # 400 and any other 4xx on create: about this job
-
-
-def _raise_for_download_status(response: httpx.Response, url: str) -> None:
-    status = response.status_code
-    if 200 <= status < 300:
-        return
-    if status == 429 or status >= 500 or status == 408:
-        raise TransientError(f"HTTP {status} downloading {_redact(url)}", status=status)
-    raise DownloadRefused(f"HTTP {status} downloading {_redact(url)}", status=status)
-
-
-def _json_object(response: httpx.Response, *, creating: bool) -> dict[str, Any]:
-    try:
-        data = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
-        data = None
-    if not isinstance(data, dict):
-        raise TransientError(
-            f"HTTP {response.status_code} with a body that is not a JSON object: {_shorten(response.text)}",
-            status=response.status_code,
-            maybe_created=creating,
-        )
-    return data
-
-
-def _run_info(run_id: str, data: dict[str, Any]) -> RunInfo:
-    status = data.get("status")
-    status = status.strip().lower() if isinstance(status, str) else "unknown"
-    return RunInfo(run_id=run_id, status=status, urls=_output_urls(data), error=_run_error(data))
 
 
 def _output_urls(data: dict[str, Any]) -> tuple[str, ...]:
@@ -309,39 +487,6 @@ def _output_urls(data: dict[str, Any]) -> tuple[str, ...]:
     if not isinstance(urls, list):
         return ()
     return tuple(u for u in urls if isinstance(u, str) and u)
-
-
-def _run_error(data: dict[str, Any]) -> str | None:
-    error = data.get("error")
-    if isinstance(error, dict):
-        error = error.get("message") or json.dumps(error)[:MAX_ERROR_TEXT]
-    if error is None or error == "":
-        return None
-    return _shorten(str(error))
-
-
-def _error_text(response: httpx.Response) -> str:
-    """The most useful short text in an error body, whatever the body is."""
-    try:
-        data = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
-        data = None
-    if isinstance(data, dict):
-        error = data.get("error", data.get("message", data.get("detail")))
-        if isinstance(error, dict):
-            error = error.get("message", error)
-        if error:
-            return _shorten(str(error))
-    text = response.text if response.content else ""
-    if "<" in text and ">" in text:  # an HTML page from a proxy: keep its words only
-        text = re.sub(r"<[^>]*>", " ", text)
-    text = _shorten(text)
-    return text or response.reason_phrase or "no details"
-
-
-def _shorten(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -370,16 +515,3 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-def _check_download_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise DownloadRefused(f"refusing to download from a non-http(s) URL: {_redact(url)}")
-
-
-def _redact(url: str) -> str:
-    """A URL without its query: signed URLs carry their credentials there."""
-    parts = urlsplit(url)
-    shown = f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else url.split("?")[0]
-    return _shorten(shown)

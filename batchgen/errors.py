@@ -10,7 +10,8 @@ Every error batchgen raises on purpose is a ``BatchgenError``::
     ├── OutputError              an output file cannot be written (disk full, permissions)
     ├── CapReached               --max-runs / --max-credits reached: the batch stops creating
     └── ApiError                 anything the Runbase API (or the way to it) answered
-        ├── TransientError       worth retrying: 5xx, timeouts, resets, malformed bodies
+        ├── TransientError       worth retrying: 5xx, timeouts, resets, malformed bodies;
+        │   │                    ``maybe_created``: a create that may have made a run
         │   └── RateLimited      429; carries ``retry_after`` seconds when the server gave one
         ├── AccountError         about the account, not the job: stop creating runs
         │   ├── Unauthorized     401
@@ -19,7 +20,20 @@ Every error batchgen raises on purpose is a ``BatchgenError``::
         └── JobError             about one job or run; the batch goes on
             ├── BadRequest       400 on create: the job fails for good
             ├── RunNotFound      404 on a poll: the run is gone, try a new one
-            └── DownloadRefused  an output URL refused (403/404/410), bad scheme, too big
+            │   └── RunIdRefused a run id that cannot be one literal path segment (``..``,
+            │                    control characters): refused, never rewritten into another path
+            └── DownloadRefused  an output URL did not give an image; which kind says what can help:
+                ├── LinkRefused      the file host refused the link (403, 404, 410, ...):
+                │                    fresh URLs from the API may help, then a new run may
+                ├── NotAnImage       a body that is not PNG, JPEG or WebP (an HTML sign-in page,
+                │                    an XML error, SVG, empty): fresh URLs may help; a new run
+                │                    would meet the same host, so none is paid for
+                └── OutputUnusable   nothing helps, neither fresh URLs nor a new run: over the
+                                     size cap, a data:/file: URL or a redirect to one, too many
+                                     redirects, a run that succeeded without output URLs
+
+Every message of an ``ApiError`` that holds server text was scrubbed of the API key
+and Authorization values and made printable in ``batchgen.api`` (``batchgen.text``).
 
 A job's failure is recorded in the ledger, not raised out of the batch; only
 batch-level failures (manifest, ledger, account) leave the scheduler.
@@ -141,5 +155,22 @@ class RunNotFound(JobError):
     """404 on a poll: the run no longer exists."""
 
 
+class RunIdRefused(RunNotFound):
+    """A run id that cannot be one literal path segment (``.``, ``..``, control characters):
+    never rewritten into another path, so never asked about."""
+
+
 class DownloadRefused(JobError):
-    """An output URL was refused, redirected somewhere unsafe, or was too big."""
+    """An output URL did not give an image; the subclass says whether fresh URLs or a new run can help."""
+
+
+class LinkRefused(DownloadRefused):
+    """The file host refused the link (an HTTP 4xx): fresh URLs may help, and failing that a new run."""
+
+
+class NotAnImage(DownloadRefused):
+    """The body is not a PNG, JPEG or WebP image: fresh URLs may help; a new run would meet it again."""
+
+
+class OutputUnusable(DownloadRefused):
+    """Neither fresh URLs nor a new run can help: too big, a non-http(s) URL or redirect, no URLs at all."""

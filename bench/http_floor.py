@@ -75,7 +75,11 @@ async def measure(name: str, base_url: str, run_id: str, requests: int, workers:
     else:
         transport = make_transport(name, limits)
     async with httpx.AsyncClient(
-        base_url=base_url + "/", headers={"Authorization": f"Bearer {API_KEY}"}, limits=limits, transport=transport
+        base_url=base_url + "/",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        limits=limits,
+        transport=transport,
+        timeout=60.0,  # 128 requests queue for 16 connections: httpx's 5 s pool timeout is too short on a busy machine
     ) as client:
         # Warm the pool: open the connections it will keep.
         await asyncio.gather(*(client.get(f"runs/{run_id}") for _ in range(min(pool, workers) * 2)))
