@@ -1,9 +1,21 @@
 """Saving a succeeded run's outputs: download each URL into a temporary file, name it, rename it into place.
 
-Signed URLs expire, so a refused download gets fresh URLs from the API once
-before the attempt is given up; transient failures are retried with backoff.
-``OutputSaver.save`` returns the files saved, or raises ``SaveFailed`` saying
-whether a new run could help.
+What a refusal means decides what is tried next (``batchgen.errors``):
+
+* ``LinkRefused`` (the file host said 403, 404, 410, ...) and ``NotAnImage`` (an HTML
+  sign-in page, an XML error, SVG, an empty body): signed URLs expire, so the run is
+  fetched again once for fresh URLs (free). If they fail too, a refused link may
+  still be cured by a new run (``retry=True``); a host that answers with something
+  other than an image would answer a new run the same way (``retry=False``).
+* ``OutputUnusable`` (over the size cap, a ``data:``/``file:`` URL or a redirect to
+  one, a redirect loop) and a run that succeeded without URLs even when fetched again:
+  the job fails with the reason, and no new run is paid for (``retry=False``).
+* Transient failures (5xx, resets, truncated bodies, a host too slow) are retried
+  with backoff, a bounded number of times.
+
+Nothing that is not a complete PNG, JPEG or WebP ever gets a name in the output
+folder: the temporary file is removed on every failure. ``OutputSaver.save``
+returns the files saved, or raises ``SaveFailed`` saying whether a new run could help.
 """
 
 from __future__ import annotations
@@ -14,9 +26,18 @@ from pathlib import Path
 import anyio
 
 from .api import RunbaseClient
-from .errors import AccountError, DownloadRefused, JobError, RateLimited, TransientError
+from .errors import (
+    AccountError,
+    DownloadRefused,
+    JobError,
+    LinkRefused,
+    NotAnImage,
+    OutputUnusable,
+    RateLimited,
+    TransientError,
+)
 from .models import BatchStats, JobSpec, RunInfo, SavedOutput
-from .outputs import PartialFile, UnsafeName, extension_for, output_name
+from .outputs import PartialFile, UnsafeName, output_name
 from .throttle import Throttle, backoff
 
 MAX_DOWNLOAD_TRIES = 5
@@ -49,32 +70,48 @@ class OutputSaver:
         self.throttle = throttle
         self.stats = stats
         self.backoff_base = backoff_base
+        # Outputs saved whose host declared another type than their bytes (the bytes decided).
+        self.type_mismatches = 0
+        self.last_type_mismatch: str | None = None
 
     async def save(self, spec: JobSpec, info: RunInfo) -> list[SavedOutput]:
+        run_id = info.run_id
+        refreshed = False
         urls = list(info.urls)
         if not urls:
-            raise SaveFailed(f"run {info.run_id} succeeded without output URLs")
+            # A run may say 'succeeded' a moment before its outputs are listed: ask once more.
+            refreshed = True
+            self.stats.url_refreshes += 1
+            fresh = await self._refresh(run_id)
+            urls = list(fresh.urls) if fresh is not None else []
+            if not urls:
+                raise SaveFailed(f"run {run_id} succeeded without output URLs", retry=False)
         saved: list[SavedOutput] = []
-        refreshed = False
         n = tries = 0
         while n < len(urls):
+            where = f"output {n + 1} of run {run_id}"
             try:
                 saved.append(await self._download(spec, info.run_id, urls[n], n))
                 n, tries = n + 1, 0
-            except DownloadRefused as exc:
-                # Signed URLs expire: ask the API for fresh ones once before giving up.
+            except OutputUnusable as exc:
+                raise SaveFailed(f"{where} cannot be saved: {exc.message}", retry=False) from exc
+            except (LinkRefused, NotAnImage) as exc:
+                # Signed URLs expire and storage hosts put up sign-in pages: fresh URLs once, for free.
+                a_new_run_may_help = isinstance(exc, LinkRefused)
                 if refreshed:
-                    raise SaveFailed(f"download refused: {exc.message}") from exc
+                    raise SaveFailed(f"{where}: {exc.message}", retry=a_new_run_may_help) from exc
                 refreshed = True
                 self.stats.url_refreshes += 1
-                fresh = await self._refresh(info.run_id)
+                fresh = await self._refresh(run_id)
                 if fresh is None or len(fresh.urls) != len(urls):
-                    raise SaveFailed(f"download refused and no fresh URLs: {exc.message}") from exc
+                    raise SaveFailed(f"{where}: {exc.message}; no fresh URLs", retry=a_new_run_may_help) from exc
                 urls = list(fresh.urls)
+            except DownloadRefused as exc:  # a kind without its own rule: refuse, pay for nothing more
+                raise SaveFailed(f"{where}: {exc.message}", retry=False) from exc
             except TransientError as exc:
                 tries += 1
                 if tries >= MAX_DOWNLOAD_TRIES:
-                    raise SaveFailed(f"download kept failing: {exc.message}") from exc
+                    raise SaveFailed(f"{where}: download kept failing: {exc.message}") from exc
                 self.stats.retries += 1
                 await anyio.sleep(backoff(tries, base=self.backoff_base))
             except UnsafeName as exc:
@@ -87,8 +124,12 @@ class OutputSaver:
         with PartialFile(self.output_dir, spec.job_id, before_rename) as part:
             download = await self.client.download(url, part)
             self.stats.downloads += 1
-            name = output_name(spec.stem, n, extension_for(download.content_type, url))
-            return part.commit(name, n, download.content_type or "application/octet-stream")
+            name = output_name(spec.stem, n, download.extension)
+            saved = part.commit(name, n, download.content_type)
+        if download.type_mismatch is not None:
+            self.type_mismatches += 1
+            self.last_type_mismatch = f"{name}: {download.type_mismatch}"
+        return saved
 
     async def _refresh(self, run_id: str) -> RunInfo | None:
         for attempt in range(1, REFRESH_TRIES + 1):

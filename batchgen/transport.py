@@ -14,9 +14,10 @@ underneath, the bytes travel through one of:
 ``AiohttpNetworkTransport`` keeps the package's request and response plumbing and
 changes three things that batchgen's guarantees depend on:
 
-* the URL goes to aiohttp exactly as httpx encoded it (``yarl.URL(..., encoded=True)``):
-  yarl would otherwise decode ``%2E`` and drop the dot segment, so a run id could
-  reach another path than ``/runs/{id}``;
+* the URL goes to aiohttp exactly as httpx encoded it (``yarl.URL(..., encoded=True)``),
+  so both transports put the same bytes on the wire: yarl would otherwise decode
+  percent-encoded unreserved characters and remove ``%2E`` segments (``batchgen.api``
+  also refuses run ids that only such a segment could carry);
 * every aiohttp exception becomes the httpx exception that says *how far the request
   got*: ``ConnectError``/``ConnectTimeout`` only when nothing can have been sent (no
   connection, or none from the pool in time), ``ReadTimeout``, ``RemoteProtocolError``
