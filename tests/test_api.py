@@ -318,3 +318,75 @@ def test_a_sign_in_page_behind_an_expired_link_gets_fresh_urls_and_the_real_imag
     (path,) = output_files(tmp_path / "out")
     assert path.name == "job-000.png"
     assert [hashlib.sha256(path.read_bytes()).hexdigest()] == [f["sha256"] for f in sim.stats()["runs"][0]["files"]]
+
+
+# --- the key, echoed by the server, appears nowhere: stderr, ledger, status, export -------------------
+
+
+class Echoing:
+    """The simulator, except that creates whose prompt says 'refuse' get a 400 and every run's first
+    poll a 500, both echoing the request's headers (the key among them) with terminal escape codes."""
+
+    def __init__(self, sim: Simulator):
+        self.sim = sim
+        self.polled: set[str] = set()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        echo = f"{HOSTILE_TEXT} request headers: {headers}"
+        path = scope["path"]
+        body: bytes | None = None
+        if scope["method"] == "POST" and path.endswith("/runs"):
+            request = b""
+            while True:
+                message = await receive()
+                request += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            if b"refuse" in request:
+                status, body = 400, json.dumps({"error": {"message": f"content policy: {echo}"}}).encode()
+            else:
+                replay = [{"type": "http.request", "body": request, "more_body": False}]
+
+                async def replayed() -> dict[str, Any]:
+                    return replay.pop() if replay else {"type": "http.disconnect"}
+
+                return await self.sim(scope, replayed, send)
+        elif scope["method"] == "GET" and "/runs/" in path and path not in self.polled:
+            self.polled.add(path)
+            status, body = 500, f"<html><body><pre>{echo}</pre></body></html>".encode()
+        if body is None:
+            return await self.sim(scope, receive, send)
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/html")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def test_a_key_echoed_by_the_server_reaches_no_output_ledger_or_message(write_manifest, tmp_path):
+    """Error bodies echoing Authorization with escape codes: the key and raw escapes are in no file or output."""
+    from batchgen.simulator import SimulatorServer
+
+    from .conftest import batchgen_cli
+
+    jobs = [{"id": "ok-1", "prompt": "a lamp"}, {"id": "bad-1", "prompt": "refuse this lamp"}]
+    manifest = write_manifest(jobs=jobs)
+    out = tmp_path / "out"
+    sim = Simulator(SimConfig(latency=0.02))
+    with SimulatorServer(Echoing(sim)) as server:  # type: ignore[arg-type]
+        env = {"RUNBASE_API_KEY": API_KEY, "RUNBASE_BASE_URL": server.base_url}
+        ran = batchgen_cli("run", str(manifest), "--output", str(out), "--no-progress", env=env)
+    assert ran.returncode == ExitCode.JOBS_FAILED, ran.stderr
+    assert sim.stats()["auth_on_files"] == 0
+    texts = {"run stderr": ran.stderr, "run stdout": ran.stdout}
+    for args in (["status"], ["status", "--json"], ["export"], ["export", "--format", "csv"]):
+        shown = batchgen_cli(*args, "--output", str(out))
+        assert shown.returncode == 0, shown.stderr
+        texts[" ".join(args)] = shown.stdout + shown.stderr
+    assert "content policy" in texts["status --json"]  # the server's reason is kept, scrubbed
+    for name, text in texts.items():
+        assert API_KEY not in text, name
+        assert ESC not in text and "\u202e" not in text, name
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert API_KEY.encode() not in path.read_bytes(), path  # binary files: an ESC byte proves nothing

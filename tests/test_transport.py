@@ -342,3 +342,25 @@ def test_a_deadline_that_ends_the_wait_for_a_slot_is_not_a_send():
     with pytest.raises(TransientError, match="no complete answer") as caught:
         anyio.run(main)
     assert sent == [] and not caught.value.maybe_created
+
+
+def test_run_ids_reach_the_run_path_literally_in_process():
+    """Through ASGITransport too, each odd id arrives as one segment that decodes to exactly the id."""
+    seen: list[tuple[bytes, str]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append((scope["raw_path"], scope["path"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"id": "x", "status": "running"}'})
+
+    async def main() -> None:
+        async with RunbaseClient(BASE_URL, API_KEY, transport=httpx.ASGITransport(app=app)) as client:
+            for run_id in ODD_IDS:
+                await client.get_run(run_id)
+
+    anyio.run(main)
+    prefix = f"{API_PREFIX}/runs/"
+    for run_id, (raw_path, path) in zip(ODD_IDS, seen, strict=True):
+        segment = raw_path.decode("ascii").removeprefix(prefix)
+        assert "/" not in segment and unquote(segment) == run_id
+        assert path == prefix + run_id
