@@ -364,3 +364,25 @@ def test_run_ids_reach_the_run_path_literally_in_process():
         segment = raw_path.decode("ascii").removeprefix(prefix)
         assert "/" not in segment and unquote(segment) == run_id
         assert path == prefix + run_id
+
+
+def test_a_files_host_that_trickles_is_given_up(network):
+    """A download whose bytes come too slowly for its deadline (each within the read timeout) is a TransientError."""
+
+    def trickle_png(head: bytes, sock: socket.socket) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n\x89PNG\r\n\x1a\n\x00\x00\x00\x0d")
+        for _ in range(100000):
+            sock.sendall(b"\x00")
+            time.sleep(0.05)
+
+    with RawServer(trickle_png) as server:
+        sink = io.BytesIO()
+
+        async def main() -> None:
+            quick = Timeouts(connect=0.2, read=0.3, write=0.3, pool=1.0)  # a 0.8 s deadline
+            async with client_for(network, server.base_url, quick) as client:
+                await client.download(f"http://127.0.0.1:{server.port}/files/x.png", sink)
+
+        with pytest.raises(TransientError, match="too slow"):
+            anyio.run(main)
+    assert sink.getvalue().startswith(b"\x89PNG")  # it was an image, only too slow
