@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urljoin, urlsplit
 
 import anyio
@@ -46,7 +46,9 @@ from .errors import (
 )
 from .models import JobSpec, RunInfo
 from .text import server_text
-from .transport import DEFAULT_NETWORK, Network, network_transport
+
+if TYPE_CHECKING:
+    from .transport import Network
 
 DEFAULT_BASE_URL = "https://runbase.net/api/v1"
 MAX_REDIRECTS = 5
@@ -178,7 +180,7 @@ class RunbaseClient:
         api_key: str,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
-        network: Network = DEFAULT_NETWORK,
+        network: Network = "aiohttp",
         timeouts: Timeouts | None = None,
         max_connections: int = 32,
         max_download_bytes: int = 100 * 1024 * 1024,
@@ -194,13 +196,21 @@ class RunbaseClient:
         # all queued requests against all connections: with 128 waiting, most of our CPU.
         self._api_slots = anyio.CapacityLimiter(max_connections)
         self._file_slots = anyio.CapacityLimiter(max_connections)
+        if transport is None:
+            # Imported here: aiohttp loads the system's CA certificates on import, a cost the
+            # in-process simulator (and every command that sends nothing) need not pay.
+            from .transport import network_transport
+
+            api_transport, files_transport = network_transport(limits, network), network_transport(limits, network)
+        else:
+            api_transport = files_transport = transport
         self._api = httpx.AsyncClient(
             base_url=self.base_url + "/",
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "batchgen"},
             timeout=timeouts.as_httpx(),
             limits=limits,
             follow_redirects=False,
-            transport=transport or network_transport(limits, network),
+            transport=api_transport,
         )
         # No key here, ever: this client talks to whatever host an output URL names.
         self._files = httpx.AsyncClient(
@@ -208,7 +218,7 @@ class RunbaseClient:
             timeout=timeouts.as_httpx(),
             limits=limits,
             follow_redirects=False,  # followed by hand, so each hop's scheme is checked
-            transport=transport or network_transport(limits, network),
+            transport=files_transport,
         )
 
     def __repr__(self) -> str:

@@ -31,6 +31,7 @@ changes three things that batchgen's guarantees depend on:
 
 from __future__ import annotations
 
+import functools
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -65,11 +66,17 @@ def _environment_proxies() -> bool:
     return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    """httpx's verifying context (certifi's CA bundle), built once: loading it costs milliseconds."""
+    return httpx.create_ssl_context(verify=True)
+
+
 class AiohttpNetworkTransport(AiohttpTransport):
     """httpx on top of aiohttp, with the URL kept as encoded and exceptions mapped by stage."""
 
     def __init__(self, *, limits: httpx.Limits, verify: ssl.SSLContext | bool = True):
-        super().__init__(verify=verify, limits=limits, trust_env=False)
+        super().__init__(verify=_default_ssl_context() if verify is True else verify, limits=limits, trust_env=False)
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
