@@ -100,7 +100,7 @@ async def measure(name: str, base_url: str, run_id: str, requests: int, workers:
 def commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        status = ["git", "status", "--porcelain", "--", "batchgen", "bench"]
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", "batchgen", "bench"]
         dirty = subprocess.run(status, capture_output=True, text=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
