@@ -39,7 +39,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .api import RunbaseClient
 from .committer import Committer
 from .creating import CreateOutcome, Creator, Result
-from .errors import AccountError, BatchgenError, OutputError, RateLimited, RunNotFound, TransientError, Unauthorized
+from .errors import (
+    AccountError,
+    BatchgenError,
+    OutputError,
+    RateLimited,
+    RunIdRefused,
+    RunNotFound,
+    TransientError,
+    Unauthorized,
+)
 from .ledger import Ledger
 from .models import AttemptStatus, BatchStats, JobSpec, OpenRun, Outcome, PendingJob, RunInfo, SavedOutput
 from .outputs import write_sidecar
@@ -448,6 +457,8 @@ class Scheduler:
                 return self._run_failed(run, f"no answer about run {run.run_id} for {self.run_timeout:.0f} s")
             self._schedule(run, backoff(run.errors, base=self.backoff_base, cap=30.0))
             return
+        except RunIdRefused as exc:  # not a 404: no grace would change the id
+            return self._run_failed(run, exc.message)
         except RunNotFound:
             now = self._clock()
             if run.not_found_since is None:

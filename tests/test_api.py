@@ -390,3 +390,20 @@ def test_a_key_echoed_by_the_server_reaches_no_output_ledger_or_message(write_ma
     for path in out.rglob("*"):
         if path.is_file():
             assert API_KEY.encode() not in path.read_bytes(), path  # binary files: an ESC byte proves nothing
+
+
+def test_a_recorded_run_id_that_cannot_be_a_path_segment_is_given_up_at_once(write_manifest, run, sim, tmp_path):
+    """A run id '..' in the ledger (never from a create: those are refused) fails its attempt without a 404 grace."""
+    from batchgen.ledger import Ledger
+    from batchgen.manifest import load_jobs
+
+    manifest = write_manifest(1)
+    with Ledger(tmp_path / "out" / "batchgen.sqlite") as ledger:
+        ledger.sync_manifest(str(manifest), load_jobs(manifest), output_dir=str(tmp_path / "out"))
+        job = load_jobs(manifest)[0]
+        ledger.run_created(ledger.begin_attempt(job), "..", job)
+    result = run(manifest)  # the default grace for 404s is minutes: this test would time out inside it
+    assert result.exit_code == ExitCode.OK, result.message
+    assert sim.stats()["gets"] >= 1 and all(run["polls"] >= 1 for run in sim.stats()["runs"])
+    (record,) = export_records(tmp_path / "out")
+    assert record["state"] == "succeeded" and record["attempts"] == 2
