@@ -144,27 +144,26 @@ class Sink(Protocol):
 def check_run_id(run_id: str) -> str:
     """``run_id`` if it can be sent as one literal path segment, else raise ``RunIdRefused``.
 
-    Any id is percent-encoded whole (``/``, ``?``, ``#``, ``%`` included), so it reaches
-    ``/runs/{id}`` unchanged; but ``.`` and ``..`` (which URL normalisation, in clients,
-    proxies and servers alike, turns into another path even when encoded as ``%2E``),
-    empty ids, control characters and absurd lengths are refused rather than rewritten.
+    Empty ids, ids with control or other unprintable characters (they would reach
+    messages and the ledger) and absurd lengths are refused; every other id is sent.
     """
-    if (
-        not run_id
-        or run_id in (".", "..")
-        or len(run_id) > MAX_RUN_ID_LENGTH
-        or not run_id.isprintable()
-        or run_id != run_id.strip()
-    ):
+    if not run_id or len(run_id) > MAX_RUN_ID_LENGTH or not run_id.isprintable():
         raise RunIdRefused(f"refusing run id {server_text(repr(run_id), limit=80)}: it cannot be one URL path segment")
     return run_id
 
 
 def run_path(run_id: str) -> str:
-    """The path of a run relative to the base URL: ``runs/`` and the id, every reserved byte encoded."""
-    # quote() leaves letters, digits and "_.-~" as they are; "." only matters as a whole
-    # segment, which check_run_id refuses.
-    return "runs/" + quote(check_run_id(run_id), safe="")
+    """The path of a run relative to the base URL: ``runs/`` and the id as one segment, every
+    byte but letters, digits and ``_.-~`` percent-encoded (``/``, ``?``, ``#`` and ``%`` too).
+
+    ``.`` and ``..`` are sent as ``%2E`` and ``%2E%2E``: neither httpx nor (with
+    ``batchgen.transport``) aiohttp removes those as dot segments. A server or proxy that
+    decodes and normalises them would answer about another path; ``get_run`` notices that
+    the answer is about another run.
+    """
+    check_run_id(run_id)
+    segment = "%2E" * len(run_id) if run_id in (".", "..") else quote(run_id, safe="")
+    return "runs/" + segment
 
 
 class RunbaseClient:
@@ -288,7 +287,18 @@ class RunbaseClient:
             async with self._api_slots:
                 response = await self._api.get(path)
         self._raise_for_status(response, creating=False)
-        return self._run_info(run_id, self._json_object(response, creating=False))
+        data = self._json_object(response, creating=False)
+        answered = data.get("id")
+        if isinstance(answered, int) and not isinstance(answered, bool):
+            answered = str(answered)
+        if isinstance(answered, str) and answered and answered != run_id:
+            # The id did not reach the API intact (a proxy decoded and normalised the path):
+            # this answer is about another run, and asking again would get the same one.
+            raise RunIdRefused(
+                f"asked about run {self._text(repr(run_id), 80)}, the API answered about "
+                f"{self._text(repr(answered), 80)}: the id does not survive the way to the API"
+            )
+        return self._run_info(run_id, data)
 
     async def download(self, url: str, sink: Sink) -> Download:
         """Stream the image at ``url`` into ``sink``: http(s) only on every hop, PNG/JPEG/WebP

@@ -20,8 +20,8 @@ Every error batchgen raises on purpose is a ``BatchgenError``::
         └── JobError             about one job or run; the batch goes on
             ├── BadRequest       400 on create: the job fails for good
             ├── RunNotFound      404 on a poll: the run is gone, try a new one
-            │   └── RunIdRefused a run id that cannot be one literal path segment (``..``,
-            │                    control characters): refused, never rewritten into another path
+            │   └── RunIdRefused a run id that cannot be one literal path segment (empty, control
+            │                    characters), or whose answer is about another run: never rewritten
             └── DownloadRefused  an output URL did not give an image; which kind says what can help:
                 ├── LinkRefused      the file host refused the link (403, 404, 410, ...):
                 │                    fresh URLs from the API may help, then a new run may
@@ -156,8 +156,8 @@ class RunNotFound(JobError):
 
 
 class RunIdRefused(RunNotFound):
-    """A run id that cannot be one literal path segment (``.``, ``..``, control characters):
-    never rewritten into another path, so never asked about."""
+    """A run id that cannot be one literal path segment (empty, control characters), or one
+    the API answered about another run for: never rewritten, and no wait would help."""
 
 
 class DownloadRefused(JobError):

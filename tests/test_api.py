@@ -278,7 +278,12 @@ def with_urls(urls: list[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
 
 
 def output_files(out: Path) -> list[Path]:
-    return [p for p in out.rglob("*") if p.is_file() and not p.name.startswith("batchgen.sqlite")]
+    """Files in the output folder other than batchgen's own (the ledger, the folder's .batchgen/)."""
+    return [
+        p
+        for p in out.rglob("*")
+        if p.is_file() and not p.name.startswith("batchgen.sqlite") and ".batchgen" not in p.relative_to(out).parts
+    ]
 
 
 HOSTILE_OUTPUTS = {
@@ -393,7 +398,7 @@ def test_a_key_echoed_by_the_server_reaches_no_output_ledger_or_message(write_ma
 
 
 def test_a_recorded_run_id_that_cannot_be_a_path_segment_is_given_up_at_once(write_manifest, run, sim, tmp_path):
-    """A run id '..' in the ledger (never from a create: those are refused) fails its attempt without a 404 grace."""
+    """A run id holding ESC in the ledger (creates refuse such ids) fails its attempt without a 404 grace."""
     from batchgen.ledger import Ledger
     from batchgen.manifest import load_jobs
 
@@ -401,7 +406,7 @@ def test_a_recorded_run_id_that_cannot_be_a_path_segment_is_given_up_at_once(wri
     with Ledger(tmp_path / "out" / "batchgen.sqlite") as ledger:
         ledger.sync_manifest(str(manifest), load_jobs(manifest), output_dir=str(tmp_path / "out"))
         job = load_jobs(manifest)[0]
-        ledger.run_created(ledger.begin_attempt(job), "..", job)
+        ledger.run_created(ledger.begin_attempt(job), "run\x1b[2J", job)
     result = run(manifest)  # the default grace for 404s is minutes: this test would time out inside it
     assert result.exit_code == ExitCode.OK, result.message
     assert sim.stats()["gets"] >= 1 and all(run["polls"] >= 1 for run in sim.stats()["runs"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import socket
 import socketserver
 import struct
@@ -30,7 +31,7 @@ from .conftest import API_KEY, BASE_URL
 NETWORKS = ["aiohttp", "httpx"]
 JOB = JobSpec(job_id="lamp", input=image_input("a lamp"))
 SHORT = Timeouts(connect=1.0, read=0.5, write=1.0, pool=1.0)
-ODD_IDS = ["a/b", "?x", "%2e", "%2E%2E", "#frag", "a b", ".x", "x.", "...", "ü", "a;b=c", "~"]
+ODD_IDS = [".", "..", "a/b", "?x", "%2e", "%2E%2E", "#frag", "a b", ".x", "x.", "...", "ü", "a;b=c", "~"]
 
 
 # --- a raw HTTP/1.1 server whose answer each test chooses --------------------------------
@@ -107,9 +108,10 @@ def answer(status: int, body: bytes, headers: dict[str, str] | None = None) -> C
 
 
 def json_run(head: bytes, sock: socket.socket) -> None:
-    """Answer any request with a running run whose id is the last path segment, as sent."""
+    """Answer any request with a running run whose id is the last path segment, decoded as a server would."""
     target = head.split(b" ")[1].decode("latin-1")
-    answer(200, b'{"id": "echo", "status": "running", "path": "%s"}' % target.encode())(head, sock)
+    run_id = unquote(target.rsplit("/", 1)[-1])
+    answer(200, json.dumps({"id": run_id, "status": "running"}).encode())(head, sock)
 
 
 def client_for(network: str, base_url: str, timeouts: Timeouts = SHORT, **options: Any) -> RunbaseClient:
@@ -231,9 +233,9 @@ def test_run_ids_reach_the_run_path_literally_on_the_wire(network, run_id):
     assert unquote(segment) == run_id
 
 
-@pytest.mark.parametrize("run_id", [".", "..", "", "a\x1bb", "a\nb", " x"])
+@pytest.mark.parametrize("run_id", ["", "a\x1bb", "a\nb", "\u202eabc", "x" * 513])
 def test_run_ids_that_cannot_be_one_segment_are_refused_without_a_request(network, run_id):
-    """'.' and '..' (normalised away even as %2E), empty ids and control characters are refused, not rewritten."""
+    """Empty ids, control characters, bidi overrides and absurd lengths are refused, never rewritten."""
     with RawServer(json_run) as server:
 
         async def main() -> None:
@@ -246,8 +248,8 @@ def test_run_ids_that_cannot_be_one_segment_are_refused_without_a_request(networ
 
 
 def test_a_create_answered_with_an_unusable_id_may_have_made_a_run(network):
-    """A create answered with id '..' is a run we cannot poll: reported as maybe created, never polled elsewhere."""
-    with RawServer(answer(201, b'{"id": "..", "status": "queued"}')) as server:
+    """A create answered with an id holding ESC is a run we cannot poll: reported as maybe created."""
+    with RawServer(answer(201, b'{"id": "a\\u001b[2Jb", "status": "queued"}')) as server:
 
         async def main() -> None:
             async with client_for(network, server.base_url) as client:
@@ -257,6 +259,18 @@ def test_a_create_answered_with_an_unusable_id_may_have_made_a_run(network):
             anyio.run(main)
         assert caught.value.maybe_created
         assert len(server.heads) == 1
+
+
+def test_an_answer_about_another_run_is_refused(network):
+    """A poll answered about another run (its id rewritten on the way, say by a normalising proxy) is refused."""
+    with RawServer(answer(200, b'{"id": "run_other", "status": "succeeded", "output": {"urls": []}}')) as server:
+
+        async def main() -> None:
+            async with client_for(network, server.base_url) as client:
+                await client.get_run("..")
+
+        with pytest.raises(RunIdRefused, match="answered about 'run_other'"):
+            anyio.run(main)
 
 
 def _stall(head: bytes, sock: socket.socket) -> None:
@@ -351,7 +365,8 @@ def test_run_ids_reach_the_run_path_literally_in_process():
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         seen.append((scope["raw_path"], scope["path"]))
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b'{"id": "x", "status": "running"}'})
+        run_id = unquote(scope["raw_path"].decode("ascii").rsplit("/", 1)[-1])
+        await send({"type": "http.response.body", "body": json.dumps({"id": run_id, "status": "running"}).encode()})
 
     async def main() -> None:
         async with RunbaseClient(BASE_URL, API_KEY, transport=httpx.ASGITransport(app=app)) as client:
