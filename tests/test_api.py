@@ -412,3 +412,83 @@ def test_a_recorded_run_id_that_cannot_be_a_path_segment_is_given_up_at_once(wri
     assert sim.stats()["gets"] >= 1 and all(run["polls"] >= 1 for run in sim.stats()["runs"])
     (record,) = export_records(tmp_path / "out")
     assert record["state"] == "succeeded" and record["attempts"] == 2
+
+
+# --- the simulator's hostile faults, through the real runner ------------------------------------------
+
+SIM_REFUSALS = {  # fault (probability 1) → what the job's error must say
+    "body_html_login": "an HTML page",
+    "body_xml_error": "XML",
+    "body_svg_script": "SVG",
+    "body_empty": "an empty body",
+    "body_bin": "no accepted image format",
+    "body_huge": "cap",
+    "redirect_bad_scheme": "non-http",
+    "output_data_url": "non-http",
+    "output_file_url": "non-http",
+    "no_output_urls": "without output URLs",
+}
+
+
+@pytest.mark.parametrize("fault", sorted(SIM_REFUSALS))
+def test_each_hostile_output_of_the_simulator_fails_its_job_with_one_run_paid(write_manifest, run, tmp_path, fault):
+    """Every hostile output the simulator can serve fails the job with its reason, leaves no file, pays one run."""
+    sim = Simulator(SimConfig(latency=0.02, faults={fault: 1.0}, huge_body_bytes=4 << 20))
+    result = run(write_manifest(2), sim, max_attempts=3, max_download_bytes=1 << 20)
+    assert result.exit_code == ExitCode.JOBS_FAILED, result.message
+    assert sim.stats()["creates"] == 2  # one run per job: no refusal bought a second
+    assert output_files(tmp_path / "out") == []
+    for record in export_records(tmp_path / "out"):
+        assert record["state"] == "failed" and SIM_REFUSALS[fault] in record["error"], record
+
+
+def test_a_png_labelled_octet_stream_is_saved_as_png(write_manifest, run, tmp_path):
+    """The bytes decide: a real PNG served as application/octet-stream is saved as .png with the server's sha256."""
+    sim = Simulator(SimConfig(latency=0.02, faults={"png_octet_stream": 1.0}))
+    assert run(write_manifest(3), sim).exit_code == ExitCode.OK
+    saved = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in output_files(tmp_path / "out")}
+    assert sorted(saved) == ["job-000.png", "job-001.png", "job-002.png"]
+    assert set(saved.values()) == {f["sha256"] for r in sim.stats()["runs"] for f in r["files"]}
+
+
+def test_odd_run_ids_from_the_simulator_are_polled_under_their_own_path(write_manifest, run, tmp_path):
+    """Runs whose ids are '.', '..', 'a/x', '?x', 'x%2e'... are polled and saved, each paid once."""
+    sim = Simulator(SimConfig(latency=0.02, faults={"odd_run_id": 1.0}, seed=3))
+    result = run(write_manifest(12), sim)
+    assert result.exit_code == ExitCode.OK, result.message
+    stats = sim.stats()
+    assert stats["creates"] == 12
+    ids = {r["id"] for r in stats["runs"]}
+    assert {".", ".."} & ids or any("/" in i or "?" in i or "%" in i for i in ids), ids
+    saved = {hashlib.sha256(p.read_bytes()).hexdigest() for p in output_files(tmp_path / "out")}
+    assert saved == {f["sha256"] for r in stats["runs"] for f in r["files"]} and len(saved) == 12
+
+
+def test_the_simulator_echoing_the_key_with_escape_codes_leaks_nothing(write_manifest, tmp_path):
+    """echo_headers and control_chars on every error (400s, 500s, failed runs): the key and raw ESC appear nowhere."""
+    from batchgen.simulator import SimulatorServer
+
+    from .conftest import batchgen_cli
+
+    jobs = [{"id": f"ok-{i}", "prompt": f"a lamp {i}"} for i in range(6)] + [{"id": "bad", "prompt": "refuse me"}]
+    manifest = write_manifest(jobs=jobs)
+    out = tmp_path / "out"
+    faults = {"echo_headers": 1.0, "control_chars": 1.0, "http_500": 0.3}
+    config = SimConfig(latency=0.02, faults=faults, failure_rate=0.3, refuse_prompts_containing="refuse", seed=2)
+    sim = Simulator(config)
+    with SimulatorServer(sim) as server:
+        env = {"RUNBASE_API_KEY": API_KEY, "RUNBASE_BASE_URL": server.base_url}
+        ran = batchgen_cli("run", str(manifest), "--output", str(out), "--no-progress", "--max-attempts", "2", env=env)
+    assert ran.returncode == ExitCode.JOBS_FAILED, ran.stderr
+    assert sim.stats()["faults"].get("echo_headers", 0) > 0
+    texts = {"run": ran.stdout + ran.stderr}
+    for args in (["status"], ["status", "--json"], ["export"], ["export", "--format", "csv"]):
+        shown = batchgen_cli(*args, "--output", str(out))
+        assert shown.returncode == 0, shown.stderr
+        texts[" ".join(args)] = shown.stdout + shown.stderr
+    for name, text in texts.items():
+        assert API_KEY not in text, name
+        assert ESC not in text, name
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert API_KEY.encode() not in path.read_bytes(), path

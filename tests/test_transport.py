@@ -401,3 +401,26 @@ def test_a_files_host_that_trickles_is_given_up(network):
         with pytest.raises(TransientError, match="too slow"):
             anyio.run(main)
     assert sink.getvalue().startswith(b"\x89PNG")  # it was an image, only too slow
+
+
+def test_odd_run_ids_from_the_simulator_over_sockets(network):
+    """Runs the simulator names '.', '..', '../x', '?x', 'x%2e'... are polled and downloaded over real sockets."""
+    sim = Simulator(SimConfig(latency=0.0, faults={"odd_run_id": 1.0}, seed=3))
+    with SimulatorServer(sim) as server:
+
+        async def main() -> list[bytes]:
+            bodies: list[bytes] = []
+            async with client_for(network, server.base_url) as client:
+                for _ in range(60):  # until both bare ids were handed out (each names one run only)
+                    bodies += await _create_and_download(client)
+                    if {".", ".."} <= {r["id"] for r in sim.stats()["runs"]}:
+                        break
+            return bodies
+
+        bodies = anyio.run(main)
+    stats = sim.stats()
+    assert {".", ".."} <= {r["id"] for r in stats["runs"]}
+    assert any("/" in r["id"] for r in stats["runs"])
+    assert sorted(hashlib.sha256(b).hexdigest() for b in bodies) == sorted(
+        f["sha256"] for r in stats["runs"] for f in r["files"]
+    )
