@@ -44,6 +44,7 @@ from .errors import (
     TransientError,
     Unauthorized,
 )
+from .images import IMAGE_TYPES, SNIFF_BYTES, looks_like, sniff_image
 from .models import JobSpec, RunInfo
 from .text import server_text
 
@@ -62,40 +63,6 @@ MIN_DOWNLOAD_RATE = 32 * 1024  # bytes per second
 # Exceptions raised before the request left this machine: a create that failed
 # this way certainly made no run.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-# The image formats the model returns, by their first bytes; nothing else is an image.
-# WebP: "RIFF", four bytes of length, "WEBP".
-SNIFF_BYTES = 12
-IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-
-
-def sniff_image(head: bytes) -> str | None:
-    """The image type (``image/png``, ``image/jpeg``, ``image/webp``) the bytes start with, or None."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
-
-def _looks_like(head: bytes) -> str:
-    """What a body that is not an image seems to be, for the message (its bytes are never shown)."""
-    if not head:
-        return "an empty body"
-    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if start.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
-        return "an HTML page"
-    if b"<svg" in start:
-        return "an SVG document"
-    if start.startswith(b"<"):
-        return "an XML document"
-    if start.startswith((b"{", b"[")):
-        return "JSON"
-    if head.startswith(b"GIF8"):
-        return "a GIF image"
-    return "bytes of no accepted image format"
 
 
 @dataclass(frozen=True)
@@ -397,7 +364,7 @@ class RunbaseClient:
         content_type = sniff_image(head)
         if content_type is None:
             said = f", declared {declared_type}" if declared_type else ""
-            raise NotAnImage(f"not an image: {_looks_like(head)}{said}, from {self._url(url)}")
+            raise NotAnImage(f"not an image: {looks_like(head)}{said}, from {self._url(url)}")
         return content_type
 
     def _raise_for_status(self, response: httpx.Response, *, creating: bool) -> None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from batchgen import ExitCode
-from batchgen.api import IMAGE_TYPES, RunbaseClient, sniff_image
+from batchgen.api import RunbaseClient
 from batchgen.errors import (
     BadRequest,
     LinkRefused,
@@ -27,6 +27,7 @@ from batchgen.errors import (
     TransientError,
     Unauthorized,
 )
+from batchgen.images import IMAGE_TYPES, sniff_image
 from batchgen.models import JobSpec, image_input
 from batchgen.simulator import SimConfig, Simulator
 from batchgen.text import MAX_SERVER_TEXT, REDACTED, printable, scrub, server_text
