@@ -361,7 +361,7 @@ def test_prompts_and_errors_cannot_inject_html_or_terminal_codes(batch: Batch):
     payload = page_payload(page)
     jobs = {job["id"]: job for job in payload["jobs"]}
     refused = [j for j in batch.ids("failed") if j != batch.hostile_failed]
-    assert refused and all("\x1b[" in batch.records[j]["error"] for j in refused)  # as the server sent it
+    assert refused and all("\\x1b[" in batch.records[j]["error"] for j in refused)  # stored escaped by batchgen.api
     assert all(jobs[j]["error"] == clean_text(batch.records[j]["error"]) for j in refused)
     assert all("\x1b" not in jobs[j]["error"] and "refused by the content policy" in jobs[j]["error"] for j in refused)
     assert jobs[batch.hostile]["input"]["prompt"] == clean_text(HOSTILE_PROMPT)
