@@ -1,0 +1,180 @@
+"""Read a manifest (YAML, CSV or JSONL) into validated ``JobSpec``s.
+
+The public API::
+
+    manifest = read_manifest("catalogue.yaml")   # never raises for the file's content
+    manifest.model, manifest.pricing, manifest.sources
+    for job in manifest.jobs(): ...              # streams; raises ManifestError after the last job
+    manifest.count()                             # the number of jobs, or ManifestError; builds no specs
+
+    iter_jobs(path)  == read_manifest(path).jobs()
+    load_jobs(path)  == list(iter_jobs(path))
+    validate(path)   == read_manifest(path).count()
+
+Formats, one module each: ``yaml_reader`` (``jobs:`` lists, and the top level of
+every YAML manifest), ``catalogue`` (YAML with ``rows:`` and ``job:`` templates,
+rows from ``rows``), ``csv_reader``, ``jsonl_reader``. Field rules are in
+``fields``, ids and uniqueness in ``ids``, the price table in ``pricing``.
+
+Every problem is reported at once with the file, line (YAML, JSONL) or row
+(CSV, counting the header as row 1) and field; for a catalogue, the manifest
+line of the template with the rows file's row and column in the message.
+Jobs are checked as they stream, so memory does not grow with the manifest
+(see ``ids`` for how uniqueness is checked without holding every id).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ManifestError
+from ..models import DEFAULT_MODEL, JobSpec
+from .catalogue import Catalogue, catalogue_records, parse_catalogue
+from .csv_reader import read_csv
+from .jsonl_reader import read_jsonl
+from .pricing import Pricing
+from .problems import Invalid, Problems
+from .reading import RecordSource, read_jobs
+from .yaml_reader import YamlDocument, load_yaml, yaml_jobs, yaml_value
+
+__all__ = ["Manifest", "Pricing", "iter_jobs", "load_jobs", "read_manifest", "validate"]
+
+MANIFEST_TYPES = (".yaml", ".yml", ".csv", ".jsonl")
+
+
+@dataclass
+class Manifest:
+    """A manifest opened for reading: what its top says, and its jobs on demand.
+
+    ``model`` is the manifest's model (``openai/gpt-image-1.5`` unless ``model:``
+    says otherwise), ``pricing`` the credits per run from ``pricing:`` (None when
+    not given), ``sources`` every file the jobs are read from (the manifest, and
+    a catalogue's rows file): a caller that caches by content must hash them all.
+    Problems found while opening are kept and raised, with every other problem,
+    by ``jobs()`` or ``count()``.
+    """
+
+    path: Path
+    model: str = DEFAULT_MODEL
+    pricing: Pricing | None = None
+    sources: tuple[Path, ...] = ()
+    _problems_at_open: Problems | None = field(default=None, repr=False)
+    _records: RecordSource | None = field(default=None, repr=False)
+    _expected_jobs: int = field(default=0, repr=False)
+
+    def jobs(self) -> Iterator[JobSpec]:
+        """Yield the valid jobs in order; then raise ``ManifestError`` if anything was wrong."""
+        for job in self._read(build=True):
+            assert isinstance(job, JobSpec)
+            yield job
+
+    def count(self) -> int:
+        """The number of jobs, or ``ManifestError``; streams and builds no specs."""
+        return sum(self._read(build=False))  # type: ignore[arg-type]
+
+    def _read(self, build: bool) -> Iterator[JobSpec | int]:
+        opened = self._problems_at_open
+        assert opened is not None
+        problems = Problems(opened.path, opened.where_kind)
+        problems.listed, problems.unlisted = list(opened.listed), opened.unlisted
+        if self._records is None:
+            problems.raise_if_any()
+            raise ManifestError([])  # not reached: a manifest without records has a problem
+        yield from read_jobs(self._records, problems, self.model, build=build, expected_jobs=self._expected_jobs)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Open a manifest: its model, pricing and sources now, its jobs when asked (see ``Manifest``)."""
+    name = os.fsdecode(os.fspath(path))
+    kind = os.path.splitext(name)[1].lower()
+    problems = Problems(name, "row" if kind == ".csv" else "line")
+    manifest = Manifest(Path(name), sources=(Path(name),), _problems_at_open=problems)
+    if (problem := _file_problem(name)) is not None:
+        problems.add(None, None, problem)
+    elif kind not in MANIFEST_TYPES:
+        problems.add(
+            None, None, f"unsupported manifest type {kind or '(no extension)'!r}; use .yaml, .yml, .csv or .jsonl"
+        )
+    elif kind == ".csv":
+        manifest._records = lambda found: read_csv(name, found)
+        manifest._expected_jobs = _expected_rows(name)
+    elif kind == ".jsonl":
+        manifest._records = lambda found: read_jsonl(name, found)
+    else:
+        _open_yaml(manifest, name, problems)
+    return manifest
+
+
+def _open_yaml(manifest: Manifest, name: str, problems: Problems) -> None:
+    try:
+        doc = load_yaml(name, problems)
+    except OSError as error:
+        problems.add(None, None, f"cannot read the file: {error.strerror or error}")
+        return
+    if doc is None:
+        return
+    manifest.model = doc.model
+    if "pricing" in doc.top:
+        node, line = doc.top["pricing"]
+        value = yaml_value(doc.loader, node, line, "pricing", problems)
+        try:
+            manifest.pricing = Pricing.parse(value, doc.model) if value is not None else None
+        except Invalid as error:
+            problems.add(line, "pricing", str(error))
+    if any(key in doc.top for key in ("rows", "job")):
+        catalogue = parse_catalogue(doc, name, problems)
+        if catalogue is not None:
+            manifest.sources += (catalogue.rows.path,)
+            manifest._records = _catalogue_source(catalogue)
+        return
+    manifest._records = _yaml_source(doc)
+
+
+def _yaml_source(doc: YamlDocument) -> RecordSource:
+    return lambda found: yaml_jobs(doc, found)
+
+
+def _catalogue_source(catalogue: Catalogue) -> RecordSource:
+    return lambda found: catalogue_records(catalogue, found)
+
+
+def _expected_rows(name: str) -> int:
+    try:
+        with open(name, "rb") as file:
+            sample = file.read(1 << 16)
+        return int(os.path.getsize(name) / max(1, len(sample)) * (sample.count(b"\n") or 1) * 1.1) + 16
+    except OSError:
+        return 0
+
+
+def _file_problem(name: str) -> str | None:
+    try:
+        mode = os.stat(name).st_mode
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as error:
+        return f"cannot read the file: {error.strerror or error}"
+    if stat.S_ISDIR(mode):
+        return "this is a directory, not a manifest file"
+    if not stat.S_ISREG(mode):  # a FIFO or device could block forever
+        return "this is not a regular file"
+    return None
+
+
+def iter_jobs(path: str | os.PathLike[str]) -> Iterator[JobSpec]:
+    """Yield the manifest's valid jobs in order; then raise ``ManifestError`` if anything was wrong."""
+    return read_manifest(path).jobs()
+
+
+def load_jobs(path: str | os.PathLike[str]) -> list[JobSpec]:
+    """Every job of the manifest, or ``ManifestError``."""
+    return list(iter_jobs(path))
+
+
+def validate(path: str | os.PathLike[str]) -> int:
+    """The number of jobs in the manifest, or ``ManifestError``; streams, builds no specs."""
+    return read_manifest(path).count()

@@ -1,0 +1,113 @@
+"""The pass over a manifest: records in, specs out, then every problem at once.
+
+``read_jobs`` streams: it yields each valid job as soon as it is checked and,
+after the last one, raises ``ManifestError`` listing every problem, so a
+consumer writing inside a transaction can roll back. Jobs whose id or file
+name may repeat an earlier one are held back until the end (see ``ids``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..models import JobSpec
+from .fields import check_filename, check_id
+from .ids import Claims, GeneratedIds, Suspect, repeat_message
+from .problems import Invalid, Problems
+from .records import Batch, JobBuilder, Record
+
+# Yields a manifest's records (or checked batches) and reports into the Problems it is given.
+RecordSource = Callable[[Problems], Iterator[Record | Batch]]
+
+
+def read_jobs(
+    records: RecordSource,
+    problems: Problems,
+    model: str,
+    *,
+    build: bool,
+    expected_jobs: int = 0,
+) -> Iterator[JobSpec | int]:
+    """Yield each valid job (when not building, counts of valid jobs instead), then raise if anything was wrong."""
+    ids, names = Claims(expected_jobs), Claims()
+    generated = GeneratedIds(lambda: (job_id for _line, job_id in _keys_again(records, "id")))
+    builder = JobBuilder(problems, model, ids, names, generated)
+    jobs = 0
+    try:
+        for item in records(problems):
+            if isinstance(item, Record):
+                jobs += 1
+                outcome = builder.check(item, build)
+                if outcome is not None:
+                    yield 1 if outcome is True else outcome
+                continue
+            jobs += len(item.lines)
+            specs = item.specs() if build else None
+            held: set[int] = set()
+            if item.ids is not None:
+                payloads: list[JobSpec] | list[bool] = specs if specs is not None else [True] * len(item.lines)
+                held = ids.claim_many(item.ids, item.lines, payloads.__getitem__)
+            if specs is None:
+                yield len(item.lines) - len(held)
+                continue
+            for position, spec in enumerate(specs):
+                if position not in held:
+                    yield spec if spec.job_id else _with_generated_id(spec, generated)
+    except OSError as error:
+        problems.add(None, None, f"cannot read the file: {error.strerror or error}")
+    if jobs == 0 and not problems:
+        problems.add(None, None, "the manifest has no jobs")
+    if ids.suspects or names.suspects:
+        yield from _resolve(records, problems, builder, ids, names, build)
+    problems.raise_if_any()
+
+
+def _with_generated_id(spec: JobSpec, generated: GeneratedIds) -> JobSpec:
+    return JobSpec(generated.generate(spec), spec.input, spec.model, spec.metadata, spec.sample, spec.filename)
+
+
+def _resolve(
+    records: RecordSource, problems: Problems, builder: JobBuilder, ids: Claims, names: Claims, build: bool
+) -> Iterator[JobSpec | int]:
+    """Name every true repeat, and release the jobs held back by a mere fingerprint collision."""
+    repeated: set[int] = set()
+    cleared: list[Suspect] = []
+    for claims, field, kind in ((ids, "id", "id"), (names, "filename", "file name")):
+        if not claims.suspects:
+            continue
+        repeats, fine = claims.resolve(_keys_again(records, field))
+        for suspect, first_line, spelling in repeats:
+            where = f"{problems.where_kind} {first_line}"
+            problems.add(suspect.line, field, repeat_message(kind, suspect.key, spelling, where))
+            repeated.add(id(suspect.payload))
+        cleared += fine
+    released: set[int] = set()
+    for suspect in cleared:
+        payload = suspect.payload
+        if payload is None or id(payload) in repeated or id(payload) in released:
+            continue
+        released.add(id(payload))
+        if isinstance(payload, tuple):
+            yield builder.build(*payload) if build else 1
+        else:
+            yield 1 if payload is True else payload
+
+
+def _keys_again(records: RecordSource, field: str) -> Iterator[tuple[int, str]]:
+    """Every valid id (or file name) of the manifest with its line, read again with problems ignored."""
+    check: Callable[[Any], str] = check_id if field == "id" else check_filename
+    try:
+        for item in records(Problems("", "line", limit=0)):
+            if isinstance(item, Batch):
+                if field == "id" and item.ids is not None:
+                    yield from zip(item.lines, item.ids, strict=True)
+                continue
+            value = item.values.get(field)
+            if value is not None:
+                try:
+                    yield item.line, check(value)
+                except Invalid:
+                    pass
+    except OSError:
+        return  # the main pass reported it

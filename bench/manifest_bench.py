@@ -1,0 +1,119 @@
+"""How long `batchgen validate` takes on a large CSV manifest, and how much memory it holds.
+
+    python bench/manifest_bench.py                  # 1,000,000 and 5,000,000 rows, 3 runs each
+    python bench/manifest_bench.py --rows 200000 --repeat 1   # a quick look while developing
+
+Each size gets a CSV written like bench/run.py's scenario 6 (explicit ids, prompts,
+aspect ratio, quality and two metadata columns), cached in --work. Each command
+runs in its own process, reaped with os.wait4 for its CPU time and peak RSS:
+
+- ``validate``: ``python -m batchgen validate FILE`` (what the targets of issue 10 are about);
+- ``stream``:   ``batchgen.manifest.iter_jobs`` consumed job by job (what ``run`` reads).
+
+The raw figures, the commit measured and the load average around each run go to
+``bench/results/manifest_<commit>.json``. Figures taken while the load average
+is above the core count are marked ``busy``: they need a quiet machine to mean much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+from run import write_manifest  # noqa: E402  (the same rows as scenario 6)
+
+STREAM = (
+    "import sys\n"
+    "from batchgen.manifest import iter_jobs\n"
+    "count = 0\n"
+    "for job in iter_jobs(sys.argv[1]):\n"
+    "    count += 1\n"
+    "print(count)\n"
+)
+
+
+def measure(command: list[str]) -> dict[str, float | int | bool]:
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    assert process.stdout is not None and process.stderr is not None
+    output, errors = process.stdout.read().decode(), process.stderr.read().decode()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{command} exited {code}:\n{errors[-2000:]}")
+    load = max(load_before, os.getloadavg()[0])
+    return {
+        "wall_s": round(wall, 3),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "load_avg": round(load, 2),
+        "busy": load > (os.cpu_count() or 1),
+        "stdout": output.strip()[-200:],
+    }
+
+
+def commit() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "batchgen"], capture_output=True, text=True, cwd=REPO)
+    return head.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/batchgen-manifest-bench"))
+    parser.add_argument("--no-stream", action="store_true", help="measure validate only")
+    parser.add_argument("--out", type=Path, default=None, help="default bench/results/manifest_<commit>.json")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    measured = commit()
+    results = []
+    for rows in args.rows:
+        manifest = write_manifest(args.work / f"big-{rows}.csv", rows, metadata=True)
+        commands = {"validate": [sys.executable, "-m", "batchgen", "validate", str(manifest)]}
+        if not args.no_stream:
+            commands["stream"] = [sys.executable, "-c", STREAM, str(manifest)]
+        for name, command in commands.items():
+            runs = [measure(command) for _ in range(args.repeat)]
+            summary = {
+                "rows": rows,
+                "command": name,
+                "file_mb": round(manifest.stat().st_size / 2**20, 1),
+                "median_wall_s": statistics.median(run["wall_s"] for run in runs),
+                "median_cpu_s": statistics.median(run["cpu_s"] for run in runs),
+                "max_peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
+                "any_busy": any(run["busy"] for run in runs),
+                "runs": runs,
+            }
+            results.append(summary)
+            print(
+                f"{rows:>9,} rows {name:<8} wall {summary['median_wall_s']:6.2f} s  cpu {summary['median_cpu_s']:6.2f} s"
+                f"  peak RSS {summary['max_peak_rss_mb']:6.1f} MB{'  (busy machine)' if summary['any_busy'] else ''}",
+                flush=True,
+            )
+    out = args.out or REPO / "bench" / "results" / f"manifest_{measured}.json"
+    record = {
+        "commit": measured,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "command": " ".join(["python", "bench/manifest_bench.py", *sys.argv[1:]]),
+        "results": results,
+    }
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"raw results: {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+
+
+if __name__ == "__main__":
+    main()
