@@ -28,7 +28,7 @@ from .errors import ApiError, BatchgenError, LedgerError, ManifestError, OutputE
 from .folder import STATE_DIR, OutputFolder
 from .ledger import Ledger
 from .ledger.reuse import ReuseIndex, default_index_path
-from .manifest import iter_jobs
+from .manifest import iter_jobs, read_manifest
 from .models import BatchStats, JobSpec, Outcome, SavedOutput
 from .pricing import Budget, Prices
 from .progress import Progress
@@ -417,14 +417,16 @@ def _api_key(config: BatchConfig) -> str:
 
 
 def _fingerprint(manifest: Path) -> str | None:
-    """This batchgen's version and the manifest's bytes: equal fingerprints, equal jobs."""
+    """This batchgen's version and the bytes of the manifest and its rows file: equal fingerprints, equal jobs."""
     digest = hashlib.sha256(f"batchgen {__version__}\n".encode())
     if not manifest.is_file():  # a FIFO would block here; the manifest reader explains
         return None
     try:
-        with open(manifest, "rb") as file:
-            while chunk := file.read(1 << 20):
-                digest.update(chunk)
+        for source in read_manifest(manifest).sources:
+            digest.update(f"{source}\n".encode())
+            with open(source, "rb") as file:
+                while chunk := file.read(1 << 20):
+                    digest.update(chunk)
     except OSError:
         return None  # the manifest reader will report why
     return digest.hexdigest()

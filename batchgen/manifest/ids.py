@@ -83,29 +83,34 @@ class FingerprintSet:
 
 
 class Suspect(NamedTuple):
-    line: int
+    position: int  # the job's place in the manifest's stream of jobs
     key: str  # as written
-    payload: Any  # what the caller held back (the job, or None when only counting)
+    payload: Any  # what the caller held back (the job, or what builds it; None when it is invalid anyway)
+    line: int  # where a problem about it is reported
+    prefix: str  # put before that problem's message
 
 
 class Claims:
     """Keys (ids, file names) that must be unique ignoring case; see the module docstring."""
 
-    def __init__(self, expected: int = 0):
+    def __init__(self, expected: int = 0, fingerprint: Callable[[str], int] = hash):
         self._fingerprints = FingerprintSet(expected)
+        self._fingerprint = fingerprint
         self.suspects: list[Suspect] = []
 
-    def claim(self, key: str, line: int, payload: Any = None) -> bool:
+    def claim(self, key: str, position: int, payload: Any = None, line: int = 0, prefix: str = "") -> bool:
         """Record ``key``; False (and the key becomes a suspect) when it may be taken."""
-        if self._fingerprints.add_many((fingerprint(key.lower()),)):
-            self.suspects.append(Suspect(line, key, payload))
+        if self._fingerprints.add_many((self._fingerprint(key.lower()) or 1,)):
+            self.suspects.append(Suspect(position, key, payload, line or position, prefix))
             return False
         return True
 
-    def claim_many(self, keys: list[str], lines: range, payloads: Callable[[int], Any]) -> set[int]:
-        """Record ``keys`` (on ``lines``); return the positions that became suspects."""
+    def claim_many(
+        self, keys: list[str], lines: range, first_position: int, payloads: Callable[[int], Any]
+    ) -> set[int]:
+        """Record ``keys`` (on ``lines``, at positions from ``first_position``); return the indexes held back."""
         lowered = "\n".join(keys).lower().split("\n") if all(map(str.isascii, keys)) else [k.lower() for k in keys]
-        fingerprints = list(map(hash, lowered))
+        fingerprints = list(map(self._fingerprint, lowered))
         if 0 in fingerprints:  # 0 marks an empty slot
             fingerprints = [value or 1 for value in fingerprints]
         present = self._fingerprints.add_many(fingerprints)
@@ -116,27 +121,31 @@ class Claims:
         before = {value for value in set(present) if present.count(value) == fingerprints.count(value)}
         held: set[int] = set()
         seen: set[int] = set()
-        for position, value in enumerate(fingerprints):
+        for index, value in enumerate(fingerprints):
             if value in before or value in seen:
-                held.add(position)
-                self.suspects.append(Suspect(lines[position], keys[position], payloads(position)))
+                held.add(index)
+                suspect = Suspect(first_position + index, keys[index], payloads(index), lines[index], "")
+                self.suspects.append(suspect)
             elif value in present:
                 seen.add(value)
         return held
 
-    def resolve(self, keys_again: Iterator[tuple[int, str]]) -> tuple[list[tuple[Suspect, int, str]], list[Suspect]]:
-        """Read every (line, key) again: (repeats with their first line and spelling, suspects cleared)."""
+    def resolve(
+        self, keys_again: Iterator[tuple[int, str, str]]
+    ) -> tuple[list[tuple[Suspect, str, str]], list[Suspect]]:
+        """Read every (position, key, where) again: repeats with where and how the key was first written,
+        and the suspects cleared (a fingerprint collision, not a repeat)."""
         wanted = {suspect.key.lower() for suspect in self.suspects}
-        first: dict[str, tuple[int, str]] = {}
-        for line, key in keys_again:
+        first: dict[str, tuple[int, str, str]] = {}
+        for position, key, where in keys_again:
             lowered = key.lower()
             if lowered in wanted and lowered not in first:
-                first[lowered] = (line, key)
+                first[lowered] = (position, key, where)
         repeats, cleared = [], []
         for suspect in self.suspects:
-            first_line, spelling = first.get(suspect.key.lower(), (suspect.line, suspect.key))
-            if first_line < suspect.line:
-                repeats.append((suspect, first_line, spelling))
+            position, spelling, where = first.get(suspect.key.lower(), (suspect.position, suspect.key, ""))
+            if position < suspect.position:
+                repeats.append((suspect, where, spelling))
             else:
                 cleared.append(suspect)
         return repeats, cleared

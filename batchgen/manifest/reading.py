@@ -15,7 +15,7 @@ from ..models import JobSpec
 from .fields import check_filename, check_id
 from .ids import Claims, GeneratedIds, Suspect, repeat_message
 from .problems import Invalid, Problems
-from .records import Batch, JobBuilder, Record
+from .records import Batch, JobBuilder, Record, describe_place
 
 # Yields a manifest's records (or checked batches) and reports into the Problems it is given.
 RecordSource = Callable[[Problems], Iterator[Record | Batch]]
@@ -31,23 +31,23 @@ def read_jobs(
 ) -> Iterator[JobSpec | int]:
     """Yield each valid job (when not building, counts of valid jobs instead), then raise if anything was wrong."""
     ids, names = Claims(expected_jobs), Claims()
-    generated = GeneratedIds(lambda: (job_id for _line, job_id in _keys_again(records, "id")))
+    generated = GeneratedIds(lambda: (job_id for _position, job_id, _where in _keys_again(records, "id", "")))
     builder = JobBuilder(problems, model, ids, names, generated)
-    jobs = 0
+    jobs = 0  # also each job's position in the stream
     try:
         for item in records(problems):
             if isinstance(item, Record):
                 jobs += 1
-                outcome = builder.check(item, build)
+                outcome = builder.check(item, jobs, build)
                 if outcome is not None:
                     yield 1 if outcome is True else outcome
                 continue
-            jobs += len(item.lines)
             specs = item.specs() if build else None
             held: set[int] = set()
             if item.ids is not None:
                 payloads: list[JobSpec] | list[bool] = specs if specs is not None else [True] * len(item.lines)
-                held = ids.claim_many(item.ids, item.lines, payloads.__getitem__)
+                held = ids.claim_many(item.ids, item.lines, jobs + 1, payloads.__getitem__)
+            jobs += len(item.lines)
             if specs is None:
                 yield len(item.lines) - len(held)
                 continue
@@ -76,10 +76,9 @@ def _resolve(
     for claims, field, kind in ((ids, "id", "id"), (names, "filename", "file name")):
         if not claims.suspects:
             continue
-        repeats, fine = claims.resolve(_keys_again(records, field))
-        for suspect, first_line, spelling in repeats:
-            where = f"{problems.where_kind} {first_line}"
-            problems.add(suspect.line, field, repeat_message(kind, suspect.key, spelling, where))
+        repeats, fine = claims.resolve(_keys_again(records, field, problems.where_kind))
+        for suspect, where, spelling in repeats:
+            problems.add(suspect.line, field, suspect.prefix + repeat_message(kind, suspect.key, spelling, where))
             repeated.add(id(suspect.payload))
         cleared += fine
     released: set[int] = set()
@@ -94,19 +93,23 @@ def _resolve(
             yield 1 if payload is True else payload
 
 
-def _keys_again(records: RecordSource, field: str) -> Iterator[tuple[int, str]]:
-    """Every valid id (or file name) of the manifest with its line, read again with problems ignored."""
+def _keys_again(records: RecordSource, field: str, where_kind: str) -> Iterator[tuple[int, str, str]]:
+    """Every valid id (or file name) of the manifest with its position and place, read again, problems ignored."""
     check: Callable[[Any], str] = check_id if field == "id" else check_filename
+    position = 0
     try:
         for item in records(Problems("", "line", limit=0)):
             if isinstance(item, Batch):
                 if field == "id" and item.ids is not None:
-                    yield from zip(item.lines, item.ids, strict=True)
+                    for offset, (line, key) in enumerate(zip(item.lines, item.ids, strict=True)):
+                        yield position + offset + 1, key, f"{where_kind} {line}"
+                position += len(item.lines)
                 continue
+            position += 1
             value = item.values.get(field)
             if value is not None:
                 try:
-                    yield item.line, check(value)
+                    yield position, check(value), describe_place(item, where_kind)
                 except Invalid:
                     pass
     except OSError:

@@ -31,6 +31,11 @@ class Record(NamedTuple):
     prefix: str = ""  # put before every message about this job (the catalogue row it came from)
 
 
+def describe_place(record: Record, where_kind: str) -> str:
+    """Where a record is, in words: 'row 7', 'line 3' or, for a catalogue, 'products.csv row 7'."""
+    return record.prefix.removesuffix(": ") if record.prefix else f"{where_kind} {record.line}"
+
+
 class Batch(NamedTuple):
     """Consecutive CSV rows whose fields are all valid: only their ids remain to be claimed."""
 
@@ -47,7 +52,7 @@ class JobBuilder:
         self.passthrough = model != DEFAULT_MODEL
         self.required = "input" if self.passthrough else "prompt"
 
-    def check(self, record: Record, build: bool) -> JobSpec | bool | None:
+    def check(self, record: Record, position: int, build: bool) -> JobSpec | bool | None:
         """The record's spec (True when not building); None when it is invalid or held back as a suspect."""
         line, values, field_lines, note, metadata, prefix = record
         errors: list[tuple[str, str]] = []
@@ -66,8 +71,10 @@ class JobBuilder:
         filename: str | None = checked.get("filename")
         payload = None if errors else (checked, metadata)
         # Claimed even when the job has other problems, so that a later repeat names this line.
-        held = job_id is not None and not self.ids.claim(job_id, line, payload)
-        held = (filename is not None and not self.names.claim(filename, line, payload)) or held
+        id_line = field_lines.get("id", line) if field_lines else line
+        name_line = field_lines.get("filename", line) if field_lines else line
+        held = job_id is not None and not self.ids.claim(job_id, position, payload, id_line, prefix)
+        held = (filename is not None and not self.names.claim(filename, position, payload, name_line, prefix)) or held
         for field, message in errors:
             if message:
                 where = field_lines.get(field, line) if field_lines else line
