@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from batchgen import ExitCode, ManifestError, run_batch
 from batchgen.ledger import Ledger
@@ -32,12 +32,28 @@ FIELD_VALUES = {
     "aspect-ratio": st.just("1:1"),
     "metadata": st.dictionaries(st.text(min_size=1, max_size=5), st.text(max_size=5), max_size=2),
 }
-job_dicts = st.lists(
-    st.dictionaries(st.sampled_from(sorted(FIELD_VALUES)), st.nothing()).flatmap(
-        lambda keys: st.fixed_dictionaries({k: FIELD_VALUES[k] for k in keys} | {"prompt": FIELD_VALUES["prompt"]})
+VALID_VALUES = {
+    "id": st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,15}", fullmatch=True),
+    "prompt": st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1, max_size=40).filter(
+        str.strip
     ),
-    max_size=8,
-)
+    "aspect_ratio": st.sampled_from(["1:1", "3:2", "2:3"]),
+    "quality": st.sampled_from(["medium", "high"]),
+    "image_urls": st.lists(st.sampled_from(["https://e.com/a.png", "http://x.org/b"]), min_size=1, max_size=3),
+    "metadata": st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True), st.text(max_size=5), max_size=2),
+}
+
+
+def jobs_from(values: dict) -> st.SearchStrategy:
+    """Jobs with a set of the optional fields (each drawn from ``values``) and always a prompt."""
+    optional = sorted(key for key in values if key != "prompt")
+    return st.sets(st.sampled_from(optional)).flatmap(
+        lambda keys: st.fixed_dictionaries({k: values[k] for k in keys} | {"prompt": values["prompt"]})
+    )
+
+
+# Half the manifests are made of well-formed jobs (they may still repeat an id), half of anything.
+job_dicts = st.one_of(st.lists(jobs_from(VALID_VALUES), max_size=8), st.lists(jobs_from(FIELD_VALUES), max_size=8))
 
 
 def write_as(fmt: str, jobs: list[dict], folder: Path) -> Path:
@@ -64,14 +80,18 @@ def test_any_manifest_gives_safe_stable_jobs_or_located_problems(jobs, fmt):
     """Parsing never crashes: valid manifests give unique safe ids, the same each time; invalid ones say where."""
     with tempfile.TemporaryDirectory() as folder:
         path = write_as(fmt, jobs, Path(folder))
+        for field in sorted({key for job in jobs for key in job}):
+            event(f"a job has {field!r}")  # the statistics show every field strategy being used
         try:
             first = load_jobs(path)
         except ManifestError as exc:
+            event(f"{fmt}: refused")
             assert exc.problems
             for problem in exc.problems:
                 assert problem.path == str(path) and problem.message
                 assert str(path) in str(problem)
             return
+        event(f"{fmt}: accepted, {min(len(first), 3)}{'+' if len(first) >= 3 else ''} job(s)")
         second = load_jobs(path)
         assert [j.job_id for j in first] == [j.job_id for j in second]
         assert len({j.job_id.lower() for j in first}) == len(first)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from ..models import SPEC_HASH_PREFIX, JobSpec
@@ -44,8 +44,10 @@ class FingerprintSet:
         self._mask = slots - 1
         self._limit = int(slots * _MAX_LOAD)
 
-    def add_many(self, fingerprints: Iterable[int]) -> list[int]:
+    def add_many(self, fingerprints: Sequence[int]) -> list[int]:
         """Add each (0 is not a fingerprint); return those that were already present."""
+        while self.count + len(fingerprints) > self._limit:  # grow first: a full table would probe forever
+            self._grow()
         table, mask = self._table, self._mask
         present: list[int] = []
         added = 0
@@ -62,8 +64,6 @@ class FingerprintSet:
                     break
                 slot = (slot + 1) & mask
         self.count += added
-        if self.count > self._limit:
-            self._grow()
         return present
 
     def __contains__(self, fingerprint: int) -> bool:
@@ -78,8 +78,13 @@ class FingerprintSet:
     def _grow(self) -> None:
         old = self._table
         self._allocate(2 * len(old))
-        self.count = 0
-        self.add_many(value for value in old if value)
+        table, mask = self._table, self._mask
+        for value in old:
+            if value:
+                slot = value & mask
+                while table[slot]:
+                    slot = (slot + 1) & mask
+                table[slot] = value
 
 
 class Suspect(NamedTuple):
