@@ -311,27 +311,26 @@ def catalogue_records(catalogue: Catalogue, problems: Problems) -> Iterator[Reco
 
 
 class _MissingColumns:
-    """A template naming a missing column fails on every row: say it once, then count."""
+    """A template that fails the same way on every row (a missing column, a sandbox refusal): say it
+    once, with the first row, then count the others."""
 
     def __init__(self, problems: Problems, shown: str):
         self.problems, self.shown = problems, shown
-        self.first: dict[tuple[int, str], int] = {}
-        self.more: dict[tuple[int, str], int] = {}
+        self.seen: set[tuple[int, str, str]] = set()
+        self.more: dict[tuple[int, str, str], int] = {}
 
     def add(self, line: int, field: str, message: str, column: str | None, prefix: str, columns: list[str]) -> None:
-        if column is None:
-            self.problems.add(line, field, prefix + message)
-            return
-        key = (line, column)
-        if key in self.first:
+        key = (line, field, message)
+        if key in self.seen:
             self.more[key] = self.more.get(key, 0) + 1
             return
-        self.first[key] = line
-        self.problems.add(line, field, prefix + message + close_names(column, columns))
+        self.seen.add(key)
+        hint = close_names(column, columns) if column is not None else ""
+        self.problems.add(line, field, prefix + message + hint)
 
     def report_rest(self) -> None:
-        for (line, column), more in self.more.items():
-            self.problems.add(line, None, f"... and the same missing column {column!r} on {more} more row(s)")
+        for (line, key, _message), more in self.more.items():
+            self.problems.add(line, key, f"... and the same on {more} more row(s)")
 
 
 def _render(tree: Tree, context: dict[str, Any], field: str, prefix: str, number: int, missing: _MissingColumns) -> Any:

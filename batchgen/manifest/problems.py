@@ -96,10 +96,10 @@ def not_utf8(byte: int) -> str:
     )
 
 
-def close_names(name: str, names: list[str] | tuple[str, ...]) -> str:
+def close_names(name: str, names: list[str] | tuple[str, ...], cutoff: float = 0.7) -> str:
     """'; did you mean X?' when one of ``names`` is close to ``name`` (case-insensitively), else ''."""
     lowered = {n.lower(): n for n in names}
     if name.lower() in lowered:
         return f"; did you mean {lowered[name.lower()]!r}?"
-    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.7)
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=cutoff)
     return f"; did you mean {lowered[close[0]]!r}?" if close else ""

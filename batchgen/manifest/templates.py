@@ -27,9 +27,12 @@ import jinja2
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
+from .problems import close_names
+
 MAX_REPEAT = 100_000  # characters or items a '*' may make
 MAX_EXPONENT = 1000
 
+_UNKNOWN_FILTER_RE = re.compile(r"No filter named '([^']*)'")
 _TAG_RE = re.compile(r"<[^>]*>")
 _BLANKS_RE = re.compile(r"\s+")
 _NOT_SLUG_RE = re.compile(r"[^a-z0-9]+")
@@ -141,16 +144,24 @@ def compile_template(text: str) -> Callable[[dict[str, Any]], str]:
         _ENV = environment()
     try:
         template = _ENV.from_string(text)
-    except jinja2.TemplateSyntaxError as error:
-        raise TemplateProblem(f"template syntax error: {error.message}") from None
-    except jinja2.TemplateAssertionError as error:  # an unknown filter or test is found at compile time
-        raise TemplateProblem(f"template error: {error.message}") from None
+    except jinja2.TemplateSyntaxError as error:  # an unknown filter or test is found at compile time too
+        message = error.message or "cannot parse"
+        if unknown := _UNKNOWN_FILTER_RE.match(message):
+            name = unknown.group(1)
+            filters = sorted(_ENV.filters)
+            raise TemplateProblem(
+                f"unknown filter {name!r}{close_names(name, filters, cutoff=0.6)} (catalogue filters: slug, "
+                "strip_html, first, truncate; and Jinja2's own, such as upper, lower, replace, trim, default)"
+            ) from None
+        raise TemplateProblem(f"template syntax error: {message}") from None
 
     def render(context: dict[str, Any]) -> str:
         try:
             return template.render(context)
         except _MissingValue as error:
             raise TemplateProblem(str(error), error.name) from None
+        except SecurityError as error:
+            raise TemplateProblem(f"templates reach only the row's values: {error}") from None
         except jinja2.TemplateError as error:
             raise TemplateProblem(f"template error: {error.message or error}") from None
         except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError, RecursionError) as error:
