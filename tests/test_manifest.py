@@ -449,9 +449,13 @@ def test_image_urls_must_be_absolute_http_urls(tmp_path):
     + ["x" * (MAX_JOB_ID_LENGTH + 1)],
 )
 def test_unsafe_ids_are_rejected(tmp_path, bad_id):
-    """Ids that could escape the output folder or misbehave as file names are problems."""
+    """Ids that could escape the output folder or misbehave as file names are problems, in JSONL and CSV."""
     problem = only_problem(write(tmp_path, "m.jsonl", json.dumps({"id": bad_id, "prompt": "p"})))
     assert (problem.line, problem.field) == (1, "id")
+    if "\x00" not in bad_id:  # a CSV cell cannot hold NUL as written by csv.writer; the JSONL case covers it
+        rows = "".join(f"ok-{n},p\n" for n in range(10)) + f'"{bad_id}",p\n'
+        problem = only_problem(write(tmp_path, "m.csv", "id,prompt\n" + rows))
+        assert (problem.line, problem.field) == (12, "id")
 
 
 def test_safe_ids_are_accepted(tmp_path):
