@@ -207,6 +207,8 @@ def test_missing_column_names_manifest_line_row_and_column_once(tmp_path):
         ("{{ Name | random }}", "random"),
         ("{{ 'x' * 1000000000 }}", f"{MAX_REPEAT:,}"),
         ("{{ 10 ** 100000 }}", "exponents"),
+        ("{{ Name | center(1000000000) }}", f"above {MAX_REPEAT:,}"),
+        ("{{ Name.ljust(1000000000) }}", f"above {MAX_REPEAT:,}"),
         ("{{ Name | int(base=99) }}", ""),
     ],
 )

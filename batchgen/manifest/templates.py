@@ -16,6 +16,7 @@ catalogue data:
 
 from __future__ import annotations
 
+import functools
 import html
 import operator
 import re
@@ -109,8 +110,28 @@ def truncate(value: Any, length: int = 255, end: str = "...") -> str:
     return cut.rstrip() + end
 
 
+def _check_sizes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse a whole-number argument that would make a huge value (a width, a count)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_REPEAT:
+            raise SecurityError(f"arguments above {MAX_REPEAT:,} are not allowed")
+
+
+def _capped(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)  # keeps Jinja2's pass_context/pass_environment marks
+    def filter_with_cap(*args: Any, **kwargs: Any) -> Any:
+        _check_sizes(args, kwargs)
+        return function(*args, **kwargs)
+
+    return filter_with_cap
+
+
 class _Environment(SandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        _check_sizes(args, kwargs)  # "x".ljust(10**9), "x".center(...)
+        return super().call(__context, __obj, *args, **kwargs)
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
         if operator_name == "**":
@@ -129,6 +150,7 @@ def environment() -> SandboxedEnvironment:
     env.globals.clear()
     del env.filters["random"]
     env.filters.update(slug=slug, strip_html=strip_html, first=first, truncate=truncate)
+    env.filters.update({name: _capped(function) for name, function in env.filters.items()})  # center(10**9)...
     return env
 
 
