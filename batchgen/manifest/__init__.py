@@ -30,8 +30,8 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
-from ..errors import ManifestError
 from ..models import DEFAULT_MODEL, JobSpec
 from .catalogue import Catalogue, catalogue_records, parse_catalogue
 from .csv_reader import read_csv
@@ -39,6 +39,7 @@ from .jsonl_reader import read_jsonl
 from .pricing import Pricing
 from .problems import Invalid, Problems
 from .reading import RecordSource, read_jobs
+from .records import Record
 from .yaml_reader import YamlDocument, load_yaml, yaml_jobs, yaml_value
 
 __all__ = ["Manifest", "Pricing", "iter_jobs", "load_jobs", "read_manifest", "validate"]
@@ -68,23 +69,25 @@ class Manifest:
 
     def jobs(self) -> Iterator[JobSpec]:
         """Yield the valid jobs in order; then raise ``ManifestError`` if anything was wrong."""
-        for job in self._read(build=True):
-            assert isinstance(job, JobSpec)
-            yield job
+        return cast(Iterator[JobSpec], self._read(build=True))
 
     def count(self) -> int:
         """The number of jobs, or ``ManifestError``; streams and builds no specs."""
-        return sum(self._read(build=False))  # type: ignore[arg-type]
+        return sum(cast(Iterator[int], self._read(build=False)))
 
     def _read(self, build: bool) -> Iterator[JobSpec | int]:
         opened = self._problems_at_open
         assert opened is not None
         problems = Problems(opened.path, opened.where_kind)
         problems.listed, problems.unlisted = list(opened.listed), opened.unlisted
-        if self._records is None:
-            problems.raise_if_any()
-            raise ManifestError([])  # not reached: a manifest without records has a problem
-        yield from read_jobs(self._records, problems, self.model, build=build, expected_jobs=self._expected_jobs)
+        records = self._records
+        if records is None:  # the file could not be opened as a manifest: that is in the problems
+            records = _no_records
+        return read_jobs(records, problems, self.model, build=build, expected_jobs=self._expected_jobs)
+
+
+def _no_records(problems: Problems) -> Iterator[Record]:
+    return iter(())
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:

@@ -277,23 +277,33 @@ def _specs(
     urls: list[tuple[str, ...]] | None,
     layout: _Layout,
 ) -> list[JobSpec]:
-    aspect_index = layout.fields.get("aspect_ratio")
-    quality_index = layout.fields.get("quality")
-    metadata = layout.metadata
+    """The chunk's jobs, built column by column where it can be (this is what ``run`` reads per row)."""
+    count = len(rows)
+    stripped = list(map(str.strip, prompts))
+    aspects = list(map(itemgetter(layout.fields["aspect_ratio"]), rows)) if "aspect_ratio" in layout.fields else None
+    qualities = list(map(itemgetter(layout.fields["quality"]), rows)) if "quality" in layout.fields else None
+    names = [name for name, _index in layout.metadata]
+    if len(names) > 1:
+        pick = itemgetter(*(index for _name, index in layout.metadata))
+        metadata = [dict(zip(names, values, strict=True)) for values in map(pick, rows)]
+    elif names:
+        metadata = [{names[0]: row[layout.metadata[0][1]]} for row in rows]
+    else:
+        metadata = [{} for _ in range(count)]
+    job_ids = ids if ids is not None else [""] * count
     specs = []
-    for position, row in enumerate(rows):
-        prompt = prompts[position].strip()
+    for position in range(count):
+        prompt = stripped[position]
         if "\r" in prompt:  # as check_prompt does: a CRLF file gives the same spec as an LF one
             prompt = prompt.replace("\r\n", "\n").replace("\r", "\n")
         api_input: dict[str, Any] = {"prompt": prompt}
-        if aspect_index is not None and row[aspect_index]:
-            api_input["aspect_ratio"] = row[aspect_index]
-        if quality_index is not None and row[quality_index]:
-            api_input["quality"] = row[quality_index]
+        if aspects is not None and aspects[position]:
+            api_input["aspect_ratio"] = aspects[position]
+        if qualities is not None and qualities[position]:
+            api_input["quality"] = qualities[position]
         if urls is not None and urls[position]:
             api_input["image_urls"] = list(urls[position])
-        job_metadata = {name: row[index] for name, index in metadata}
-        specs.append(JobSpec(ids[position] if ids else "", api_input, DEFAULT_MODEL, job_metadata))
+        specs.append(JobSpec(job_ids[position], api_input, DEFAULT_MODEL, metadata[position]))
     return specs
 
 
