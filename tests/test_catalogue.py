@@ -447,3 +447,60 @@ def test_changed_rows_file_is_picked_up_and_only_new_jobs_run(tmp_path, run, sim
     write(tmp_path, "catalogue.yaml", "rows: products.csv\n" + body % '"1:1", "3:2"')
     assert run(path).exit_code == 0
     assert created() == [("Lamp", "1:1"), ("Lamp", "3:2"), ("Mug", "1:1"), ("Mug", "3:2")]
+
+
+@pytest.mark.parametrize(
+    ("pricing", "job", "credits"),
+    [
+        ("2", {"quality": "high"}, 2.0),
+        ("{medium: 1, high: 2.5}", {"quality": "high"}, 2.5),
+        ("{medium: 1, high: 2.5}", {}, None),
+        ("{medium: 1, default: 1.5}", {}, 1.5),
+        ("{openai/gpt-image-1.5: {high: 3}, acme/flux-9: 4}", {"quality": "high"}, 3.0),
+    ],
+)
+def test_pricing_forms(tmp_path, pricing, job, credits):
+    """A flat price, prices by quality (with a default) and by model give each run's credits, or None."""
+    path = write(tmp_path, "m.yaml", f"pricing: {pricing}\njobs:\n  - {json.dumps({'prompt': 'a', **job})}\n")
+    manifest = read_manifest(path)
+    (spec,) = manifest.jobs()
+    assert manifest.pricing is not None and manifest.pricing.credits(spec) == credits
+
+
+@pytest.mark.parametrize(
+    ("pricing", "expected"),
+    [("-1", "0 or more"), ("{}", "empty"), ("{ultra: 2}", "'ultra' is not a quality"), ("{high: x}", "number")],
+)
+def test_bad_pricing_is_a_problem_on_its_line(tmp_path, pricing, expected):
+    """A negative, empty, unknown-quality or non-numeric price is a problem at the 'pricing:' line."""
+    path = write(tmp_path, "m.yaml", f"jobs: [{{prompt: a}}]\npricing: {pricing}\n")
+    (problem,) = problems_of(path)
+    assert (problem.line, problem.field) == (2, "pricing") and expected in problem.message
+
+
+def test_price_option_reads_pairs_or_one_number():
+    """--price high=2,medium=1 and --price 2 give the same tables as the manifest forms; junk is refused."""
+    from batchgen.manifest import Pricing
+    from batchgen.manifest.problems import Invalid
+    from batchgen.models import JobSpec, image_input
+
+    job = JobSpec("a", image_input("a", quality="medium"))
+    assert Pricing.from_option("high=2, medium=1", DEFAULT_MODEL).credits(job) == 1.0
+    assert Pricing.from_option("2", DEFAULT_MODEL).credits(job) == 2.0
+    for junk in ("high", "high=", "=2", "high=two"):
+        with pytest.raises(Invalid):
+            Pricing.from_option(junk, DEFAULT_MODEL)
+
+
+def test_catalogue_jobs_stream_before_a_later_problem(tmp_path):
+    """iter_jobs yields the jobs of good rows as they are read, then raises for the bad row at the end."""
+    from batchgen.manifest import iter_jobs
+
+    rows = "Name,Ratio\n" + "".join(f"Item {n},1:1\n" for n in range(5)) + "Bad,4:3\n"
+    path = catalogue(tmp_path, 'job: {prompt: "{{ Name }}", aspect_ratio: "{{ Ratio }}"}\n', rows=rows)
+    seen = []
+    with pytest.raises(ManifestError) as info:
+        for job in iter_jobs(path):
+            seen.append(job.prompt)
+    assert seen == [f"Item {n}" for n in range(5)]
+    assert [p.field for p in info.value.problems] == ["aspect_ratio"] and "row 7" in info.value.problems[0].message

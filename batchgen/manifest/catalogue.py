@@ -36,10 +36,10 @@ import yaml
 
 from ..models import DEFAULT_MODEL, JOB_FIELDS
 from .fields import check_aspect_ratio, check_quality, split_urls
-from .problems import Invalid, Problems, close_names, describe
+from .problems import Invalid, Problems, close_names
 from .records import REPORTED, Record
 from .rows import RowsFile, read_rows, resolve_rows_path, rows_problem
-from .templates import Row, TemplateProblem, compile_template, row_context, slug
+from .templates import Row, TemplateProblem, compile_template, row_context
 from .yaml_reader import YAML_NULL, YamlDocument, mapping_items
 
 MAX_COUNT = 100
@@ -352,9 +352,3 @@ def _columns_exist(catalogue: Catalogue, columns: list[str], shown: str, problem
             problems.add(line, key, f"{shown} has no column {column!r}{close_names(column, columns)} (it has {listed})")
     return ok
 
-
-def describe_value(value: Any) -> str:
-    return describe(value)
-
-
-__all__ = ["Catalogue", "catalogue_records", "parse_catalogue", "slug"]

@@ -24,7 +24,6 @@ import codecs
 import csv
 import io
 import itertools
-import os
 import re
 from collections.abc import Iterator
 from operator import itemgetter
@@ -50,7 +49,6 @@ _QUALITY_CELLS = frozenset(("", *QUALITIES))
 class CsvFile(NamedTuple):
     file: IO[str]
     delimiter: str
-    expected_rows: int  # from the file size and the sample's lines: sizes the id table
 
 
 def open_csv(path: str, problems: Problems, strict: bool = False) -> CsvFile | None:
@@ -73,9 +71,7 @@ def open_csv(path: str, problems: Problems, strict: bool = False) -> CsvFile | N
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as lenient:
             sample = lenient.read(SAMPLE_CHARS)
     file.seek(0)
-    lines = sample.count("\n") or 1
-    expected = int(os.path.getsize(path) / max(1, len(sample)) * lines * 1.1) + 16
-    return CsvFile(file, sniff_delimiter(sample, complete=len(sample) < SAMPLE_CHARS), expected)
+    return CsvFile(file, sniff_delimiter(sample, complete=len(sample) < SAMPLE_CHARS))
 
 
 def sniff_delimiter(sample: str, complete: bool = False) -> str:

@@ -113,6 +113,7 @@ class _Prefixed(Problems):
     """Problems about the rows file itself, reported at the manifest's 'rows:' line."""
 
     def __init__(self, problems: Problems, rows: RowsFile):
+        super().__init__(problems.path, problems.where_kind, limit=0)
         self._problems, self._rows = problems, rows
 
     def add(self, line: int | None, field: str | None, message: str, where_kind: str | None = None) -> None:
