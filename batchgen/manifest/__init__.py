@@ -30,10 +30,9 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from ..models import DEFAULT_MODEL, JobSpec
-from .catalogue import Catalogue, catalogue_records, parse_catalogue
 from .csv_reader import read_csv
 from .jsonl_reader import read_jsonl
 from .pricing import Pricing
@@ -41,6 +40,9 @@ from .problems import Invalid, Problems
 from .reading import RecordSource, read_jobs
 from .records import Record
 from .yaml_reader import YamlDocument, load_yaml, yaml_jobs, yaml_value
+
+if TYPE_CHECKING:
+    from .catalogue import Catalogue
 
 __all__ = ["Manifest", "Pricing", "iter_jobs", "load_jobs", "read_manifest", "validate"]
 
@@ -129,6 +131,8 @@ def _open_yaml(manifest: Manifest, name: str, problems: Problems) -> None:
         except Invalid as error:
             problems.add(line, "pricing", str(error))
     if any(key in doc.top for key in ("rows", "job")):
+        from .catalogue import parse_catalogue  # Jinja2 and the row readers load only for catalogues
+
         catalogue = parse_catalogue(doc, name, problems)
         if catalogue is not None:
             manifest.sources += (catalogue.rows.path,)
@@ -142,6 +146,8 @@ def _yaml_source(doc: YamlDocument) -> RecordSource:
 
 
 def _catalogue_source(catalogue: Catalogue) -> RecordSource:
+    from .catalogue import catalogue_records
+
     return lambda found: catalogue_records(catalogue, found)
 
 

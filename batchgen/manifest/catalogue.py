@@ -351,4 +351,3 @@ def _columns_exist(catalogue: Catalogue, columns: list[str], shown: str, problem
             listed = ", ".join(repr(name) for name in columns[:20])
             problems.add(line, key, f"{shown} has no column {column!r}{close_names(column, columns)} (it has {listed})")
     return ok
-

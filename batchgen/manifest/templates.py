@@ -11,7 +11,7 @@ catalogue data:
 - ``slug``: ASCII letters and digits, lower case, '-' between words: ``THR/1005`` → ``thr-1005``
 - ``strip_html``: text without tags, entities decoded, blanks collapsed
 - ``first``: the first item of a ``, ``-separated cell (``Images``, ``Categories``); of a list, its first item
-- ``truncate(n, end="...")``: at most ``n`` characters, cut at a word boundary
+- ``truncate(n, end="...")``: at most ``n`` characters, cut at a word boundary (``killwords=True``: anywhere)
 """
 
 from __future__ import annotations
@@ -99,13 +99,14 @@ def first(value: Any) -> Any:
     return value
 
 
-def truncate(value: Any, length: int = 255, end: str = "...") -> str:
+def truncate(value: Any, length: int = 255, killwords: bool = False, end: str = "...", leeway: int = 0) -> str:
+    """Jinja2's truncate, called the same way, but never longer than ``length`` (Jinja2's allows a leeway)."""
     text = str(value)
     if len(text) <= length:
         return text
     room = max(0, length - len(end))
     cut = text[:room]
-    if " " in cut and text[room : room + 1] not in ("", " "):
+    if not killwords and " " in cut and text[room : room + 1] not in ("", " "):
         cut = cut.rsplit(" ", 1)[0]
     return cut.rstrip() + end
 
