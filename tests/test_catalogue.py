@@ -465,6 +465,9 @@ def test_pricing_forms(tmp_path, pricing, job, credits):
     manifest = read_manifest(path)
     (spec,) = manifest.jobs()
     assert manifest.pricing is not None and manifest.pricing.credits(spec) == credits
+    table = manifest.pricing.as_table()  # flat keys: model:quality, or the model for its default
+    flat = table.get(f"{spec.model}:{spec.input.get('quality')}", table.get(spec.model))
+    assert flat == credits
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,15 @@ class Pricing:
             return table[quality]
         return table.get(DEFAULT)
 
+    def as_table(self) -> dict[str, float]:
+        """The same prices as flat ``model:quality`` keys, a model's default under the model's name
+        (the keys ``--price`` takes, so the two can be merged)."""
+        table: dict[str, float] = {}
+        for model, by_quality in self.by_model.items():
+            for quality, credits in by_quality.items():
+                table[model if quality == DEFAULT else f"{model}:{quality}"] = credits
+        return table
+
     @classmethod
     def parse(cls, value: Any, model: str) -> Pricing:
         """From the manifest's ``pricing:`` value; ``Invalid`` says what is wrong."""
