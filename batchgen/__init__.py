@@ -22,6 +22,8 @@ _EXPORTS = {
     "Problem": "errors",
     "UsageError": "errors",
     "JobSpec": "models",
+    "Manifest": "manifest",
+    "read_manifest": "manifest",
     "RunInfo": "models",
     "BatchConfig": "runner",
     "BatchResult": "runner",
@@ -42,6 +44,10 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_package.py k
         OutputError as OutputError,
         Problem as Problem,
         UsageError as UsageError,
+    )
+    from .manifest import (
+        Manifest as Manifest,
+        read_manifest as read_manifest,
     )
     from .models import (
         JobSpec as JobSpec,

@@ -288,6 +288,37 @@ class RunbaseClient:
             raise OutputUnusable(f"more than {MAX_REDIRECTS} redirects for {self._url(url)}")
         raise TransientError(f"download too slow: gave up after {anyio.current_time() - started:.0f} s")
 
+    async def check_link(self, url: str) -> str | None:
+        """Whether a reference image URL answers, asked like a download (no key, every hop checked):
+        None when it does, else why it is dead (a definite answer: 4xx, a refused redirect).
+        ``TransientError`` when it cannot be told (network, 5xx, 429): the API may still reach it."""
+        try:
+            with anyio.fail_after(self._request_deadline):
+                return await self._check_link(url)
+        except TimeoutError as exc:
+            raise TransientError(f"no answer in time from {self._url(url)}") from exc
+
+    async def _check_link(self, url: str) -> str | None:
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                self._check_download_url(url)
+            except OutputUnusable as exc:
+                return exc.message
+            with self._translate(lambda: False):
+                async with self._file_slots:
+                    response = await self._files.head(url)
+                    if response.status_code in (405, 501):  # no HEAD here: ask for one byte
+                        response = await self._files.get(url, headers={"Range": "bytes=0-0"})
+            if response.is_redirect and response.headers.get("location"):
+                url = urljoin(url, response.headers["location"])
+                continue
+            if response.status_code < 400:
+                return None
+            if response.status_code in (408, 429) or response.status_code >= 500:
+                raise TransientError(f"HTTP {response.status_code} from {self._url(url)}")
+            return f"HTTP {response.status_code} from {self._url(url)}"
+        return f"more than {MAX_REDIRECTS} redirects from {self._url(url)}"
+
     @contextmanager
     def _deadline(self, may_have_left: Callable[[], bool]) -> Iterator[None]:
         """An overall limit per API request: httpx's timeouts are per read, and a server

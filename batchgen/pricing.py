@@ -29,9 +29,10 @@ from .models import JobSpec
 @dataclass(frozen=True)
 class Prices:
     table: Mapping[str, float] = field(default_factory=dict)
+    fallback: Prices | None = None  # asked when this table has no price for a job
 
     def __bool__(self) -> bool:
-        return bool(self.table)
+        return bool(self.table) or bool(self.fallback)
 
     def of(self, job: JobSpec) -> float | None:
         quality = job.input.get("quality")
@@ -39,11 +40,11 @@ class Prices:
         for key in keys:
             if key in self.table:
                 return self.table[key]
-        return None
+        return self.fallback.of(job) if self.fallback is not None else None
 
     def merged(self, other: Prices) -> Prices:
-        """These prices, with ``other``'s taking precedence."""
-        return Prices({**self.table, **other.table})
+        """``other``'s prices first, these where it has none (the command line over the manifest)."""
+        return Prices(other.table, fallback=self) if other else self
 
 
 def parse_prices(text: str) -> Prices:

@@ -33,6 +33,7 @@ from .models import BatchStats, JobSpec, Outcome, SavedOutput
 from .pricing import Budget, Prices
 from .progress import Progress
 from .recovery import check_files, needs_repair, repair, unknown_images
+from .references import ReferenceCheck
 from .reusing import Reuser
 from .scheduler import INTERRUPT_GRACE, NOT_FOUND_GRACE, Scheduler
 from .syncing import ManifestSync
@@ -84,6 +85,7 @@ class BatchConfig:
     max_credits: float | None = None  # credits this invocation may spend at most (needs prices)
     prices: Mapping[str, float] = field(default_factory=dict)  # credits per run: {"high": 2, "medium": 1, ...}
     sidecar: bool = False  # a JSON file next to each image: job id, prompt, options, run id, metadata
+    check_references: bool = True  # ask each reference image URL once before paying for its job
     not_found_grace: float = NOT_FOUND_GRACE  # seconds a known run may answer 404 before it is given up
 
     def __post_init__(self) -> None:
@@ -151,6 +153,13 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
             return _result(Outcome.DONE, ledger, BatchStats(), started, config, notes=notes)
         session = ledger.session_started(str(config.manifest))
         scheduler, outcome = await _run_scheduler(config, ledger, folder, api_key, sync)
+        if scheduler.references is not None and scheduler.references.dead:
+            dead = scheduler.references.dead
+            url, why = next(iter(dead.items()))
+            notes.append(
+                f"{len(dead)} reference image URL(s) did not answer, so their jobs failed unpaid "
+                f"(e.g. {url}: {why}); fix them and run `batchgen retry --failed --error-kind reference`"
+            )
         result = _result(outcome, ledger, scheduler.stats, started, config, scheduler.error, notes=notes)
         try:
             ledger.session_finished(session, result.outcome.value, result.exit_code, json.dumps(asdict(result.stats)))
@@ -277,6 +286,7 @@ async def _run_scheduler(
             reuser=reuser,
             budgets=_budgets(config),
             sidecars=config.sidecar,
+            references=ReferenceCheck(client) if config.check_references else None,
         )
         counts = ledger.counts()
         progress = Progress.create(config.progress, total=counts["pending"] + counts["running"])
@@ -302,7 +312,7 @@ def _budgets(config: BatchConfig) -> list[tuple[Budget, Callable[[JobSpec], floa
     if config.max_runs is not None:
         budgets.append((Budget(config.max_runs, "runs"), lambda job: 1.0))
     if config.max_credits is not None:
-        prices = Prices(config.prices)
+        prices = job_prices(config.manifest, config.prices)
 
         def credits(job: JobSpec) -> float:
             price = prices.of(job)
@@ -391,9 +401,11 @@ def _resolve(config: BatchConfig) -> BatchConfig:
 
 def _check_priced(config: BatchConfig) -> None:
     """--max-credits needs every job's price: say which is missing before anything is sent."""
-    prices = Prices(config.prices)
+    prices = job_prices(config.manifest, config.prices)
     if not prices:
-        raise UsageError("--max-credits needs the credits per run: give --price (e.g. high=2,medium=1)")
+        raise UsageError(
+            "--max-credits needs the credits per run: give --price (e.g. high=2,medium=1) or 'pricing:' in the manifest"
+        )
     unpriced = Counter(
         f"{job.model} quality {job.input.get('quality', '(not set)')}"
         for job in iter_jobs(config.manifest)
@@ -402,6 +414,12 @@ def _check_priced(config: BatchConfig) -> None:
     if unpriced:
         kinds = ", ".join(f"{kind} ({n} job(s))" for kind, n in unpriced.most_common(3))
         raise UsageError(f"--max-credits: no price for {kinds}; add them to --price (or a 'default=' price)")
+
+
+def job_prices(manifest: Path, given: Mapping[str, float]) -> Prices:
+    """The manifest's ``pricing:``, with prices given on the command line taking precedence."""
+    pricing = read_manifest(manifest).pricing
+    return Prices(pricing.as_table() if pricing is not None else {}).merged(Prices(dict(given)))
 
 
 def _api_key(config: BatchConfig) -> str:

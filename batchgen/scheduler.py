@@ -53,6 +53,7 @@ from .ledger import Ledger
 from .models import AttemptStatus, BatchStats, JobSpec, OpenRun, Outcome, PendingJob, RunInfo, SavedOutput
 from .outputs import write_sidecar
 from .pricing import Budget
+from .references import ReferenceCheck
 from .reusing import Reuser
 from .saving import OutputSaver, SaveFailed
 from .throttle import PollPlanner, Throttle, backoff
@@ -143,6 +144,7 @@ class Scheduler:
         reuser: Reuser | None = None,
         budgets: Sequence[tuple[Budget, Callable[[JobSpec], float]]] = (),
         sidecars: bool = False,
+        references: ReferenceCheck | None = None,
     ):
         self.ledger = ledger
         self.client = client
@@ -154,6 +156,7 @@ class Scheduler:
         self.backoff_base = backoff_base
         self.not_found_grace = not_found_grace
         self.sidecars = sidecars
+        self.references = references  # reference images asked before their job is paid for
         self.stats = BatchStats()
         self.reuser = reuser
         self.committer = Committer(ledger, also=reuser.flush if reuser is not None else None)
@@ -358,6 +361,13 @@ class Scheduler:
             async for job in receive:
                 if self.stop is Stop.RUNNING and await self._reused(job):
                     continue
+                if self.stop is Stop.RUNNING and self.references is not None:
+                    reason = await self.references.dead_reference(job.spec)
+                    if reason is not None:  # the API would fail it too: fail it here, unpaid
+                        self.ledger.job_failed(job.spec.job_id, reason, "reference")
+                        self.stats.failed += 1
+                        self._job_finished(job)
+                        continue
                 if self.stop is Stop.RUNNING:
                     await self._slots.acquire()
                     if self.stop is Stop.RUNNING:

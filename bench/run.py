@@ -906,7 +906,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="where manifests and outputs go (default: a temp dir, removed)")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     parser.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
-    parser.add_argument("--grid", action="store_true", help="run issue 9's grid of limit shapes instead (bench/grid.py)")
+    parser.add_argument(
+        "--grid", action="store_true", help="run issue 9's grid of limit shapes instead (bench/grid.py)"
+    )
     parser.add_argument("--points", default="", help="with --grid: only the points whose name contains this")
     parser.add_argument("--figures", type=Path, help="with --grid: where the PNG pictures go (default: the work dir)")
     args = parser.parse_args(argv)

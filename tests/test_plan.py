@@ -92,3 +92,13 @@ def test_validate_prints_the_plan_too(write_manifest, tmp_path):
     assert "3 jobs, valid" in result.stdout and "runs that would be created now: 3" in result.stdout
     assert "credits: 3" in result.stdout
     assert not (tmp_path / "none").exists()
+
+
+def test_the_manifests_pricing_prices_the_plan_and_the_option_overrides_it(write_manifest, tmp_path):
+    """'pricing:' in the manifest prices the plan; --price wins where both give a price."""
+    jobs = [{"id": "h", "prompt": "high", "quality": "high"}, {"id": "m", "prompt": "medium", "quality": "medium"}]
+    manifest = write_manifest(jobs=jobs, pricing={"high": 5, "medium": 1})
+    own = batchgen_cli("run", str(manifest), "--output", str(tmp_path / "o"), "--dry-run")
+    assert "credits: 6" in own.stdout, own.stdout + own.stderr
+    both = batchgen_cli("run", str(manifest), "--output", str(tmp_path / "o"), "--dry-run", "--price", "high=2")
+    assert "credits: 3" in both.stdout, both.stdout + both.stderr

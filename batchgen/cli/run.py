@@ -41,6 +41,12 @@ def add_parsers(commands: Any) -> None:
         "run id and metadata",
     )
     run.add_argument(
+        "--skip-url-check",
+        action="store_true",
+        help="do not ask reference image URLs before paying for their jobs (by default each is asked once, "
+        "and a job with a dead one fails unpaid)",
+    )
+    run.add_argument(
         "--dry-run",
         action="store_true",
         help="print what would be created now and what it would cost; send nothing, write nothing",
@@ -81,6 +87,11 @@ def add_parsers(commands: Any) -> None:
         "validate", help="check a manifest and print what a run would create and cost, without sending anything"
     )
     check.add_argument("manifest", type=Path)
+    check.add_argument(
+        "--check-urls",
+        action="store_true",
+        help="also ask every distinct reference image URL once and list the dead ones with the jobs using them",
+    )
     add_location(check)
     _add_plan_options(check)
     check.set_defaults(handler=_validate)
@@ -133,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         max_credits=args.max_credits,
         prices=args.price or {},
         sidecar=args.sidecar,
+        check_references=not args.skip_url_check,
     )
     _print_summary(result)
     return result.exit_code
@@ -181,7 +193,33 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"batchgen: {len(exc.problems)} problem(s) in {args.manifest}; nothing was sent", file=sys.stderr)
         return EXIT_USAGE
     print(f"{args.manifest}: {count} job{'s' if count != 1 else ''}, valid")
+    if args.check_urls and _print_dead_links(args):
+        return EXIT_USAGE
     return _print_plan(args, header=False)
+
+
+def _print_dead_links(args: argparse.Namespace) -> int:
+    """validate --check-urls: the dead reference URLs, with the jobs that use them; returns how many."""
+    import anyio
+
+    from ..api import DEFAULT_BASE_URL, RunbaseClient
+    from ..manifest import iter_jobs
+    from ..references import check_all
+
+    async def check() -> dict[str, Any]:
+        async with RunbaseClient(DEFAULT_BASE_URL, "not-used") as client:  # only its key-less file client
+            return await check_all(client, iter_jobs(args.manifest))
+
+    dead = anyio.run(check)
+    for url, link in dead.items():
+        more = f" and {link.uses - len(link.jobs)} more" if link.uses > len(link.jobs) else ""
+        print(f"dead reference image: {url} ({link.reason}); used by {', '.join(link.jobs)}{more}", file=sys.stderr)
+    if dead:
+        print(
+            f"batchgen: {len(dead)} reference image URL(s) do not answer: their jobs would be paid for and fail",
+            file=sys.stderr,
+        )
+    return len(dead)
 
 
 def _print_plan(args: argparse.Namespace, *, header: bool = True) -> int:
@@ -191,8 +229,7 @@ def _print_plan(args: argparse.Namespace, *, header: bool = True) -> int:
     from ..ledger.reuse import ReuseIndex, default_index_path
     from ..manifest import iter_jobs
     from ..planning import describe, plan
-    from ..pricing import Prices
-    from ..runner import LEDGER_NAME
+    from ..runner import LEDGER_NAME, job_prices
 
     ledger = args.ledger or args.output / LEDGER_NAME
     index_path = getattr(args, "reuse_index", None) or default_index_path()
@@ -206,7 +243,7 @@ def _print_plan(args: argparse.Namespace, *, header: bool = True) -> int:
             iter_jobs(args.manifest),
             ledger_path=ledger,
             reuse_index=index,
-            prices=Prices(args.price or {}),
+            prices=job_prices(args.manifest, args.price or {}),
             retry_failed=getattr(args, "retry_failed", False),
         )
     except ManifestError as exc:

@@ -41,7 +41,7 @@ from .faults import (
     spoil_error,
 )
 from .limits import Limiter, LimitHistory, RetryAfterWatch
-from .runs import RUN_ID_PREFIX, RunFacts, RunIds, SimRun, draw_facts, iso, public_id
+from .runs import RUN_ID_PREFIX, RunFacts, RunIds, SimRun, draw_facts, iso, png, public_id
 from .validation import validate_create
 from .wire import JSON, TEXT, Receive, Request, Response, Scope, Send, read_request
 
@@ -50,7 +50,9 @@ API_PREFIX = "/api/v1"
 COUNTERS = (
     "create_requests", "gets", "downloads", "rate_limited_creates", "rate_limited_gets", "unauthorized",
     "payment_required", "forbidden", "bad_requests", "lost_create_answers", "auth_on_files", "adopted",
+    "reference_checks",
 )  # fmt: skip
+REFERENCE_PNG = png(4, 4, b"reference image", b"reference")
 NO_EXPIRY = 32503680000.0  # the `expires` of links when output_ttl is None: the year 3000
 _PLAIN_ID = re.compile(RUN_ID_PREFIX + "[a-z2-7]{50}")
 _FILE_NAME = re.compile(r"(\d+)\.png")
@@ -158,8 +160,19 @@ class Simulator:
             await self._get(req, send, path[-1])
         elif path[:1] == ("_sim",):
             await control(self, req).send(send)
+        elif method in ("GET", "HEAD") and path[: len(API)] != API and path[:1] != ("files",):
+            await self._reference(req, send)
         else:
             await Response.json(404, {"error": "not found"}).send(send)
+
+    async def _reference(self, req: Request, send: Send) -> None:
+        """A reference image on some web host: there, unless the config lists its URL as a dead link."""
+        self._counts["reference_checks"] += 1
+        url = f"{req.headers.get('host', '')}{req.path}"
+        if any(dead in url for dead in self.config.dead_links):
+            return await Response(404, b"not found", "text/plain").send(send)
+        body = b"" if req.method == "HEAD" else REFERENCE_PNG
+        await Response(200, body, "image/png", [(b"x-reference", b"1")]).send(send)
 
     def _admit(self, req: Request, kind: str) -> tuple[str, Response | None, str]:
         """Auth, then the rate limits: (the key, None, "") to go on, or (key, the 401 or 429,
