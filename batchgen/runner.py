@@ -77,7 +77,7 @@ class BatchConfig:
     handle_signals: bool = False  # SIGINT/SIGTERM stop the batch cleanly (the CLI sets this)
     transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False, compare=False)
     simulator_options: dict[str, Any] = field(default_factory=dict, compare=False)
-    sync_head_start: float = 1.0  # seconds of manifest reading before the first create may go out
+    sync_head_start: float = 0.5  # seconds of manifest reading before the first create may go out
     allow_unknown_files: bool = False  # write into a folder holding images batchgen has no record of
     reuse: bool = True  # give a job an identical request's image instead of paying for a new run
     reuse_index: Path | None = None  # default: $BATCHGEN_CACHE_DIR or the user's cache folder, reuse.sqlite
