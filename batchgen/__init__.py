@@ -27,7 +27,7 @@ _EXPORTS = {
     "RunInfo": "models",
     "BatchConfig": "runner",
     "BatchResult": "runner",
-    "ExitCode": "runner",
+    "ExitCode": "exitcodes",
     "run_batch": "runner",
     "run_batch_async": "runner",
 }
@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_package.py k
         Problem as Problem,
         UsageError as UsageError,
     )
+    from .exitcodes import ExitCode as ExitCode
     from .manifest import (
         Manifest as Manifest,
         read_manifest as read_manifest,
@@ -56,7 +57,6 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_package.py k
     from .runner import (
         BatchConfig as BatchConfig,
         BatchResult as BatchResult,
-        ExitCode as ExitCode,
         run_batch as run_batch,
         run_batch_async as run_batch_async,
     )

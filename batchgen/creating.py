@@ -26,6 +26,7 @@ import anyio
 
 from .api import RunbaseClient
 from .errors import AccountError, ApiError, CapReached, JobError, RateLimited, TransientError, Unauthorized
+from .events import Events
 from .ledger import Ledger
 from .models import AttemptStatus, BatchStats, JobSpec, PendingJob
 from .pricing import Budget
@@ -71,8 +72,10 @@ class Creator:
         poke: Callable[[], None],
         backoff_base: float = 0.5,
         budgets: Sequence[tuple[Budget, Callable[[JobSpec], float]]] = (),
+        events: Events | None = None,
     ):
         self.client = client
+        self.events = events if events is not None else Events()
         self.ledger = ledger
         self.throttle = throttle
         self.stats = stats
@@ -106,7 +109,8 @@ class Creator:
                 except RateLimited as exc:
                     sent.forget()
                     self.stats.rate_limited += 1
-                    self.throttle.rate_limited(exc.retry_after, create=True, ticket=ticket)
+                    pause = self.throttle.rate_limited(exc.retry_after, create=True, ticket=ticket)
+                    self.events.emit("throttled", what="create", job_id=spec.job_id, run_id=None, pause=pause)
                     continue
                 except TransientError as exc:
                     failures += 1
@@ -118,6 +122,9 @@ class Creator:
                         error = f"the create was sent but its answer lost; the run may exist: {exc.message}"
                         sent.end(AttemptStatus.UNKNOWN, error, job_failed=give_up, kind="unknown")
                         if give_up:
+                            self.events.emit(
+                                "failed", job_id=spec.job_id, run_id=None, error=error, error_kind="unknown"
+                            )
                             return CreateOutcome(Result.FAILED, PendingJob(spec, attempts))
                     else:
                         sent.forget()
@@ -129,9 +136,14 @@ class Creator:
                                 # No create has worked yet: let another job try before blaming this one.
                                 return CreateOutcome(Result.REQUEUE, PendingJob(spec, attempts))
                             kind = "rate_limit" if exc.status == 429 else "server_error"
-                            self.ledger.job_failed(spec.job_id, f"create kept failing: {exc.message}", kind)
+                            error = f"create kept failing: {exc.message}"
+                            self.ledger.job_failed(spec.job_id, error, kind)
+                            self.events.emit("failed", job_id=spec.job_id, run_id=None, error=error, error_kind=kind)
                             return CreateOutcome(Result.FAILED, PendingJob(spec, attempts))
                     self.stats.retries += 1
+                    self.events.emit(
+                        "retried", what="create", job_id=spec.job_id, error=exc.message, tries=self._failure_streak
+                    )
                     await anyio.sleep(backoff(failures, base=self.backoff_base))
                     continue
                 except Unauthorized as exc:
@@ -143,6 +155,9 @@ class Creator:
                 except JobError as exc:  # 400: the API refuses this job's input
                     attempts += 1
                     sent.end(AttemptStatus.REJECTED, exc.message, job_failed=True, kind="rejected")
+                    self.events.emit(
+                        "failed", job_id=spec.job_id, run_id=None, error=exc.message, error_kind="rejected"
+                    )
                     return CreateOutcome(Result.FAILED, PendingJob(spec, attempts))
                 else:
                     self.throttle.accepted(create=True, ticket=ticket)

@@ -25,6 +25,8 @@ import httpx
 from . import __version__
 from .api import DEFAULT_BASE_URL, RunbaseClient, Timeouts, check_base_url
 from .errors import ApiError, BatchgenError, LedgerError, ManifestError, OutputError, Unauthorized, UsageError
+from .events import Events
+from .exitcodes import ExitCode
 from .folder import STATE_DIR, OutputFolder
 from .ledger import Ledger
 from .ledger.reuse import ReuseIndex, default_index_path
@@ -41,18 +43,6 @@ from .throttle import Throttle
 
 LEDGER_NAME = "batchgen.sqlite"
 SIMULATED_BASE_URL = "http://api.runbase.test/api/v1"
-
-
-class ExitCode:
-    OK = 0
-    JOBS_FAILED = 1
-    USAGE = 2  # usage or manifest error: nothing was submitted
-    ACCOUNT = 3  # 402 / 403: resumable
-    UNAUTHORIZED = 4  # the key is missing or refused
-    LOCAL = 5  # the ledger or output folder cannot be used (disk full, busy, permissions)
-    UNAVAILABLE = 6  # the API kept failing (5xx, network): resumable later
-    CAPPED = 7  # --max-runs / --max-credits reached: resumable, the next invocation continues
-    INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -87,6 +77,7 @@ class BatchConfig:
     sidecar: bool = False  # a JSON file next to each image: job id, prompt, options, run id, metadata
     check_references: bool = True  # ask each reference image URL once before paying for its job
     not_found_grace: float = NOT_FOUND_GRACE  # seconds a known run may answer 404 before it is given up
+    events: Events | None = field(default=None, repr=False, compare=False)  # events.py: logs, the why-waiting line
 
     def __post_init__(self) -> None:
         # Python callers pass strings as often as Paths.
@@ -270,6 +261,7 @@ async def _run_scheduler(
         max_download_bytes=config.max_download_bytes,
     )
     reuser = _reuser(config, ledger, folder)
+    events = config.events if config.events is not None else Events()
     async with client:
         scheduler = Scheduler(
             ledger=ledger,
@@ -287,9 +279,10 @@ async def _run_scheduler(
             budgets=_budgets(config),
             sidecars=config.sidecar,
             references=ReferenceCheck(client) if config.check_references else None,
+            events=events,
         )
         counts = ledger.counts()
-        progress = Progress.create(config.progress, total=counts["pending"] + counts["running"])
+        progress = Progress.create(config.progress, total=counts["pending"] + counts["running"], events=events)
         try:
             async with anyio.create_task_group() as tg:
                 if config.handle_signals:

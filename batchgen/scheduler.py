@@ -49,6 +49,7 @@ from .errors import (
     TransientError,
     Unauthorized,
 )
+from .events import Events
 from .ledger import Ledger
 from .models import AttemptStatus, BatchStats, JobSpec, OpenRun, Outcome, PendingJob, RunInfo, SavedOutput
 from .outputs import write_sidecar
@@ -145,6 +146,7 @@ class Scheduler:
         budgets: Sequence[tuple[Budget, Callable[[JobSpec], float]]] = (),
         sidecars: bool = False,
         references: ReferenceCheck | None = None,
+        events: Events | None = None,
     ):
         self.ledger = ledger
         self.client = client
@@ -158,6 +160,7 @@ class Scheduler:
         self.sidecars = sidecars
         self.references = references  # reference images asked before their job is paid for
         self.stats = BatchStats()
+        self.events = events if events is not None else Events()
         self.reuser = reuser
         self.committer = Committer(ledger, also=reuser.flush if reuser is not None else None)
         self.stop = Stop.RUNNING
@@ -174,6 +177,7 @@ class Scheduler:
             poke=self.committer.poke,
             backoff_base=backoff_base,
             budgets=budgets,
+            events=self.events,
         )
         self.saver = OutputSaver(
             client=client,
@@ -252,6 +256,8 @@ class Scheduler:
         elif self.error is None:
             self.error = error
         order = list(Stop)
+        if self.stop is Stop.RUNNING and stop is not Stop.RUNNING and outcome is not Outcome.DONE:
+            self.events.emit("stopped", reason=outcome.value, error=None if error is None else str(error))
         if order.index(stop) > order.index(self.stop):
             self.stop = stop
         self._changed()
@@ -347,6 +353,7 @@ class Scheduler:
         if leader is None and (reused := await self.reuser.try_reuse(job.spec)) is not None:
             if self.sidecars:
                 self._write_sidecars(job.spec, reused[0], reused[1], "reused")
+            self.events.emit("succeeded", job_id=job.spec.job_id, run_id=reused[0], reused=True)
             self.stats.reused += 1
             self.stats.succeeded += 1
             self._job_finished(job)
@@ -390,6 +397,7 @@ class Scheduler:
             assert outcome.attempt_id is not None and outcome.run_id is not None
             run = _Run(outcome.job, outcome.attempt_id, outcome.run_id, self._clock())
             run.first_delay = self.planner.next_poll(0.0)
+            self.events.emit("created", job_id=run.job.spec.job_id, run_id=run.run_id, attempt=run.job.attempts)
             self._track(run, run.first_delay)
             return
         self._slots.release()
@@ -458,10 +466,20 @@ class Scheduler:
             info = await self.client.get_run(run.run_id)
         except RateLimited as exc:
             self.stats.rate_limited += 1
-            self._schedule(run, self.throttle.rate_limited(exc.retry_after, create=False, ticket=ticket) + 0.01)
+            pause = self.throttle.rate_limited(exc.retry_after, create=False, ticket=ticket)
+            self.events.emit("throttled", what="poll", job_id=run.job.spec.job_id, run_id=run.run_id, pause=pause)
+            self._schedule(run, pause + 0.01)
             return
-        except TransientError:
+        except TransientError as exc:
             run.errors += 1
+            self.events.emit(
+                "retried",
+                what="poll",
+                job_id=run.job.spec.job_id,
+                run_id=run.run_id,
+                error=exc.message,
+                tries=run.errors,
+            )
             self.stats.retries += 1
             if self._clock() - run.created_at > self.run_timeout:
                 return self._run_failed(run, f"no answer about run {run.run_id} for {self.run_timeout:.0f} s")
@@ -534,6 +552,8 @@ class Scheduler:
         self.ledger.attempt_ended(
             run.attempt_id, run.job.spec.job_id, AttemptStatus.FAILED, error, job_failed=give_up, kind=kind
         )
+        event = "failed" if give_up else "retried"
+        self.events.emit(event, what="run", job_id=run.job.spec.job_id, run_id=run.run_id, error=error, error_kind=kind)
         if give_up:
             self.stats.failed += 1
             self._job_finished(run.job)
@@ -562,5 +582,8 @@ class Scheduler:
         self.ledger.job_succeeded(run.attempt_id, run.job.spec.job_id, saved)
         if self.reuser is not None:
             self.reuser.record(run.job.spec, run.run_id, saved)
+        if self.events.wants("succeeded"):
+            files = [output.path for output in saved]
+            self.events.emit("succeeded", job_id=run.job.spec.job_id, run_id=run.run_id, files=files, reused=False)
         self.stats.succeeded += 1
         self._job_finished(run.job)

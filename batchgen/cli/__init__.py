@@ -43,6 +43,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: last-run.json records it
     from ..errors import BatchgenError
 
     try:
@@ -75,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_location(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", type=Path, default=Path("output"), help="output folder (default output/)")
-    parser.add_argument("--ledger", type=Path, help=f"ledger file (default OUTPUT/{LEDGER_NAME})")
+    parser.add_argument(
+        "--output", type=Path, default=Path("output"), metavar="DIR", help="output folder (default: output)"
+    )
+    parser.add_argument("--ledger", type=Path, metavar="PATH", help=f"ledger file (default: DIR/{LEDGER_NAME})")
 
 
 def positive_int(text: str) -> int:

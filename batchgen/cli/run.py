@@ -1,97 +1,106 @@
-"""``batchgen run`` and ``batchgen validate``."""
+"""``batchgen run`` and ``batchgen validate``.
+
+``run`` writes to standard error: a progress bar on a terminal, a status line every
+10 s elsewhere (each line starting with an ISO timestamp when not on a terminal),
+a line per job that failed for good, and the final summary. ``--log-format json``
+makes that one JSON object per event; ``--log-file`` sends it to a file and leaves
+standard error only the final summary; ``--quiet`` keeps only the final summary.
+The summary also goes to ``DIR/last-run.json`` (lastrun.py).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
-from . import EXIT_USAGE, add_location, positive_float, positive_int
+from .. import __version__
+from ..exitcodes import ExitCode, exit_code_help
+from . import EXIT_LOCAL, EXIT_USAGE, add_location, positive_float, positive_int
 
 if TYPE_CHECKING:
+    from ..events import Events, Log
     from ..runner import BatchResult
+
+ENVIRONMENT = """environment:
+  RUNBASE_API_KEY     the API key (required unless --simulate); sent only to the API, never written anywhere
+  RUNBASE_BASE_URL    the API's base URL when --base-url is not given (default https://runbase.net/api/v1)
+  BATCHGEN_CACHE_DIR  where the shared reuse index lives (default ~/.cache/batchgen)"""
+
+RUN_EPILOG = f"""{ENVIRONMENT}
+
+output: a progress bar on a terminal; elsewhere (cron) a status line every 10 s, each line
+starting with an ISO timestamp. The final summary also goes to DIR/last-run.json.
+
+{exit_code_help()}"""
 
 
 def add_parsers(commands: Any) -> None:
-    run = commands.add_parser("run", help="generate every job of a manifest (run again to resume)")
-    run.add_argument("manifest", type=Path, help="YAML, CSV or JSONL manifest")
+    run = commands.add_parser(
+        "run",
+        help="generate every job of a manifest (run again to resume)",
+        description="Generate every job of the manifest not yet done; run the same command again to resume.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = run.add_argument
+    add("manifest", type=Path, help="YAML, CSV or JSONL manifest")
     add_location(run)
-    run.add_argument("--concurrency", type=positive_int, default=8, help="runs in flight at most (default 8)")
-    run.add_argument("--rate", type=positive_float, help="run creations per second at most, if you know your limit")
-    run.add_argument("--max-attempts", type=positive_int, default=3, help="runs tried per job (default 3)")
-    run.add_argument("--retry-failed", action="store_true", help="try jobs that failed for good again")
-    run.add_argument("--simulate", action="store_true", help="use the built-in simulator: no key, no network")
-    run.add_argument("--base-url", help="API base URL (default: $RUNBASE_BASE_URL or https://runbase.net/api/v1)")
-    run.add_argument("--timeout", type=positive_float, default=30.0, help="seconds to wait for an API answer")
-    run.add_argument(
-        "--run-timeout",
-        type=positive_float,
-        default=900.0,
-        help="seconds before an unfinished run is tried again",
-    )
-    run.add_argument("--max-download-mb", type=positive_float, default=100.0, help="size cap per output file")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar or status lines")
+    add("--concurrency", type=positive_int, default=8, metavar="N", help="runs in flight at most (default: 8)")
+    add("--rate", type=positive_float, metavar="R", help="run creations per second at most, if you know your "
+        "account's limit (default: found from the API's 429 answers)")  # fmt: skip
+    add("--max-attempts", type=positive_int, default=3, metavar="N", help="runs tried per job before it fails "
+        "for good (default: 3)")  # fmt: skip
+    add("--retry-failed", action="store_true", help="give jobs that failed for good a new set of attempts "
+        "(default: off; `batchgen retry` picks failures by kind)")  # fmt: skip
+    add("--simulate", action="store_true", help="use the built-in simulator: no key, no network (default: off)")
+    add("--base-url", metavar="URL", help="the API's base URL (default: $RUNBASE_BASE_URL, "
+        "else https://runbase.net/api/v1)")  # fmt: skip
+    add("--timeout", type=positive_float, default=30.0, metavar="S", help="seconds to wait for one API answer "
+        "(default: 30)")  # fmt: skip
+    add("--run-timeout", type=positive_float, default=900.0, metavar="S", help="seconds before an unfinished run "
+        "is given up and tried again (default: 900)")  # fmt: skip
+    add("--max-download-mb", type=positive_float, default=100.0, metavar="M", help="size cap per output file, "
+        "in MiB (default: 100)")  # fmt: skip
+    add("--no-progress", action="store_true", help="no progress bar or status lines (default: off: a bar on a "
+        "terminal, a status line every 10 s elsewhere)")  # fmt: skip
+    add("--quiet", "-q", action="store_true", help="write only the final summary (default: off)")
+    add("--log-format", choices=("text", "json"), default="text", help="text: lines for people, timestamped "
+        "when not on a terminal; json: one JSON object per event (default: text)")  # fmt: skip
+    add("--log-file", type=Path, metavar="PATH", help="append the log to PATH instead of standard error, which "
+        "then gets only the final summary (default: standard error)")  # fmt: skip
+    add("--no-reuse", action="store_true", help="pay for every job's own run, even when an identical request's "
+        "image is at hand (default: off: such images are copied)")  # fmt: skip
+    add("--reuse-index", type=Path, metavar="PATH", help="the index of images by request shared by your batches "
+        "(default: $BATCHGEN_CACHE_DIR/reuse.sqlite, else ~/.cache/batchgen/reuse.sqlite)")  # fmt: skip
+    add("--allow-unknown-files", action="store_true", help="write into an output folder that holds images "
+        "batchgen has no record of (default: off: refused)")  # fmt: skip
     _add_plan_options(run)
-    run.add_argument(
-        "--sidecar",
-        action="store_true",
-        help="write next to each image a JSON file (lamp.json for lamp.png) with its job id, prompt, options, "
-        "run id and metadata",
-    )
-    run.add_argument(
-        "--skip-url-check",
-        action="store_true",
-        help="do not ask reference image URLs before paying for their jobs (by default each is asked once, "
-        "and a job with a dead one fails unpaid)",
-    )
-    run.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print what would be created now and what it would cost; send nothing, write nothing",
-    )
-    run.add_argument(
-        "--max-runs",
-        type=positive_int,
-        metavar="N",
-        help="create at most N runs in this invocation, then collect them and exit 7 (default: no cap)",
-    )
-    run.add_argument(
-        "--max-credits",
-        type=positive_float,
-        metavar="C",
-        help="spend at most C credits in this invocation (needs --price), then exit 7 (default: no cap)",
-    )
-    run.add_argument(
-        "--no-reuse",
-        action="store_true",
-        help="pay for every job's own run, even when an identical request's image is at hand",
-    )
-    run.add_argument(
-        "--reuse-index",
-        type=Path,
-        metavar="PATH",
-        help="the index of images by request shared by your batches "
-        "(default: $BATCHGEN_CACHE_DIR/reuse.sqlite, else ~/.cache/batchgen/reuse.sqlite)",
-    )
-    run.add_argument(
-        "--allow-unknown-files",
-        action="store_true",
-        help="write into an output folder that holds images batchgen has no record of (refused by default)",
-    )
-    run.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto", help=argparse.SUPPRESS)
+    add("--sidecar", action="store_true", help="write next to each image a JSON file (lamp.json for lamp.png) "
+        "with its job id, prompt, options, run id and metadata (default: off)")  # fmt: skip
+    add("--skip-url-check", action="store_true", help="do not ask reference image URLs before paying for their "
+        "jobs (default: off: each is asked once, and a job with a dead one fails unpaid)")  # fmt: skip
+    add("--dry-run", action="store_true", help="print what would be created now and what it would cost; send "
+        "nothing, write nothing (default: off)")  # fmt: skip
+    add("--max-runs", type=positive_int, metavar="N", help="create at most N runs in this invocation, then "
+        "collect them and exit 7 (default: no cap)")  # fmt: skip
+    add("--max-credits", type=positive_float, metavar="C", help="spend at most C credits in this invocation "
+        "(needs --price), then exit 7 (default: no cap)")  # fmt: skip
+    add("--progress", choices=("auto", "bar", "lines", "none"), default="auto", help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
 
     check = commands.add_parser(
-        "validate", help="check a manifest and print what a run would create and cost, without sending anything"
+        "validate",
+        help="check a manifest and print what a run would create and cost, without sending anything",
+        description="Check a manifest and print its job count and what a run would create and cost, "
+        "or every problem with its place (exit 2). Sends nothing.",
     )
-    check.add_argument("manifest", type=Path)
-    check.add_argument(
-        "--check-urls",
-        action="store_true",
-        help="also ask every distinct reference image URL once and list the dead ones with the jobs using them",
-    )
+    check.add_argument("manifest", type=Path, help="YAML, CSV or JSONL manifest")
+    check.add_argument("--check-urls", action="store_true", help="also ask every distinct reference image URL "
+        "once and list the dead ones with the jobs using them (default: off)")  # fmt: skip
     add_location(check)
     _add_plan_options(check)
     check.set_defaults(handler=_validate)
@@ -103,7 +112,7 @@ def _add_plan_options(parser: argparse.ArgumentParser) -> None:
         type=_prices,
         metavar="KEY=CREDITS,...",
         help="credits per run, by quality or model:quality (e.g. high=2,medium=1,default=1); "
-        "adds to (and overrides) the manifest's pricing",
+        "adds to (and overrides) the manifest's pricing (default: the manifest's pricing, if any)",
     )
 
 
@@ -118,11 +127,59 @@ def _prices(text: str) -> dict[str, float]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..runner import run_batch
+    from ..events import Events, Log
 
     if args.dry_run:
         return _print_plan(args)
-    result = run_batch(
+
+    secrets = [os.environ.get("RUNBASE_API_KEY", "").strip()]
+    log_file: TextIO | None = None
+    if args.log_file is not None:
+        try:
+            log_file = open(args.log_file, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed below
+        except OSError as exc:
+            print(f"batchgen: error: cannot open --log-file {args.log_file}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE if isinstance(exc, (FileNotFoundError, IsADirectoryError)) else EXIT_LOCAL
+    json_lines = args.log_format == "json"
+    log = Log(log_file or sys.stderr, json_lines=json_lines, secrets=secrets)
+    # With --log-file, standard error still gets the final summary (cron mails it).
+    summary_log = Log(sys.stderr, json_lines=json_lines, secrets=secrets) if log_file is not None else None
+    events = Events()
+    events.output = log
+    refused = _Counter(events)
+    if not args.quiet:
+        kinds = None if json_lines else ("failed", "stopped")
+        events.listen(log.event, kinds)
+    progress = "none" if args.no_progress or args.quiet else ("lines" if log_file is not None else args.progress)
+    started = time.time()
+    if not args.quiet:
+        log.line(
+            f"running {args.manifest} into {args.output}/ (batchgen {__version__})",
+            kind="started",
+            manifest=str(args.manifest),
+            output_dir=str(args.output),
+            pid=os.getpid(),
+        )
+    try:
+        result = _run_batch(args, progress, events)
+        finished = time.time()
+        summary = _summary(args, result, started, finished, refused.count)
+        for target in (log, summary_log):
+            if target is not None:
+                _print_summary(target, result, summary, quiet=args.quiet)
+        from ..lastrun import write_last_run
+
+        write_last_run(args.output, _scrubbed(log, summary))
+    finally:
+        if log_file is not None:
+            log_file.close()
+    return result.exit_code
+
+
+def _run_batch(args: argparse.Namespace, progress: str, events: Events) -> BatchResult:
+    from ..runner import run_batch
+
+    return run_batch(
         args.manifest,
         output_dir=args.output,
         ledger_path=args.ledger,
@@ -135,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         run_timeout=args.run_timeout,
         max_download_bytes=int(args.max_download_mb * 1024 * 1024),
-        progress="none" if args.no_progress else args.progress,
+        progress=progress,
         handle_signals=True,
         allow_unknown_files=args.allow_unknown_files,
         reuse=not args.no_reuse,
@@ -145,37 +202,97 @@ def _run(args: argparse.Namespace) -> int:
         prices=args.price or {},
         sidecar=args.sidecar,
         check_references=not args.skip_url_check,
+        events=events,
     )
-    _print_summary(result)
-    return result.exit_code
 
 
-def _print_summary(result: BatchResult) -> None:
-    from ..runner import ExitCode
+class _Counter:
+    """Jobs whose create the API refused for their input (400) in this run."""
 
-    out = sys.stderr
-    for note in result.notes:
-        print(f"batchgen: {note}", file=out)
+    def __init__(self, events: Events):
+        self.count = 0
+        events.listen(self, ("failed",))
+
+    def __call__(self, event: Any) -> None:
+        if event.fields.get("error_kind") == "rejected":
+            self.count += 1
+
+
+def _summary(
+    args: argparse.Namespace, result: BatchResult, started: float, finished: float, refused: int
+) -> dict[str, Any]:
+    """What last-run.json holds, and the JSON log's ``finished`` event."""
+    from ..events import iso_time
+
+    s, counts = result.stats, result.counts
+    output_dir = args.output.absolute()
+    return {
+        "batchgen": __version__,
+        "manifest": str(args.manifest.absolute()),
+        "output_dir": str(output_dir),
+        "ledger": str((args.ledger or output_dir / "batchgen.sqlite").absolute()),
+        "cwd": os.getcwd(),
+        "argv": list(getattr(args, "argv", [])),
+        "started": iso_time(started),
+        "finished": iso_time(finished),
+        "elapsed_seconds": round(finished - started, 3),
+        "exit_code": int(result.exit_code),
+        "outcome": result.outcome.value,
+        "message": result.message,
+        "jobs": counts,
+        "this_run": {
+            "succeeded": s.succeeded,
+            "failed": s.failed,
+            "runs_created": s.created,
+            "reused": s.reused,
+            "refused": refused,
+            "rate_limited": s.rate_limited,
+            "retries": s.retries,
+            "failed_runs": s.failed_runs,
+            "files_saved": s.downloads,
+            "possible_double_charges": s.unknown_creates,
+        },
+        "possible_double_charges": result.unknown_creates_total,
+        "notes": list(result.notes),
+    }
+
+
+def _scrubbed(log: Log, summary: dict[str, Any]) -> dict[str, Any]:
+    scrubbed = log.scrub.value(summary)
+    assert isinstance(scrubbed, dict)
+    return scrubbed
+
+
+def _print_summary(log: Log, result: BatchResult, summary: dict[str, Any], *, quiet: bool) -> None:
+    if log.json_lines:
+        from ..events import Event
+
+        for note in result.notes if not quiet else ():
+            log.line(note)
+        fields = {k: v for k, v in summary.items() if k not in ("cwd", "argv", "batchgen")}
+        log.event(Event("finished", time.time(), fields))
+        return
+    if not quiet:
+        for note in result.notes:
+            log.line(note)
     if result.counts:
         c, s = result.counts, result.stats
-        print(
-            f"batchgen: {c.get('succeeded', 0)} succeeded, {c.get('failed', 0)} failed, "
+        log.line(
+            f"{c.get('succeeded', 0)} succeeded, {c.get('failed', 0)} failed, "
             f"{c.get('pending', 0) + c.get('running', 0)} pending — this run: {s.created} runs created, "
-            f"{s.downloads} files saved, {s.retries} retries, {s.rate_limited} rate-limited, "
-            f"{s.failed_runs} failed runs, in {result.elapsed:.1f} s",
-            file=out,
+            f"{s.downloads} files saved, {s.reused} reused, {s.retries} retries, {s.rate_limited} rate-limited, "
+            f"{s.failed_runs} failed runs, in {result.elapsed:.1f} s"
         )
         if result.unknown_creates_total:
-            print(
-                f"batchgen: {result.unknown_creates_total} create(s) never answered (may have been charged "
-                "without a result); see `batchgen status`",
-                file=out,
+            log.line(
+                f"{result.unknown_creates_total} create(s) never answered (may have been charged "
+                "without a result); see `batchgen status`"
             )
-        if result.output_dir is not None and c.get("succeeded"):
-            print(f"batchgen: images in {result.output_dir}/", file=out)
+        if result.output_dir is not None and c.get("succeeded") and not quiet:
+            log.line(f"images in {result.output_dir}/")
     # "error" for what the user must fix; a batch that stopped for a reason is not an error.
     is_error = result.exit_code in (ExitCode.USAGE, ExitCode.UNAUTHORIZED, ExitCode.LOCAL)
-    print(("batchgen: error: " if is_error else "batchgen: ") + result.message, file=out)
+    log.line(("error: " if is_error else "") + result.message + f" (exit {int(result.exit_code)})")
 
 
 # -- validate ------------------------------------------------------------------------
