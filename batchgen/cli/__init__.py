@@ -60,7 +60,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import inspect, report, run, simulate
+    from . import inspect, report, retry, run, simulate
 
     parser = argparse.ArgumentParser(
         prog="batchgen",
@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run.add_parsers(commands)
     inspect.add_parsers(commands)
-    simulate.add_parsers(commands)
+    retry.add_parsers(commands)
     report.add_parsers(commands)
+    simulate.add_parsers(commands)
     return parser
 
 

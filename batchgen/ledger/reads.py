@@ -185,6 +185,63 @@ class LedgerReads:
                 found[attempt_id] = (status, run_id)
         return found
 
+    def failed_by_kind(self) -> dict[str | None, int]:
+        """Jobs of the current manifest that failed for good, by the kind of their error."""
+        rows = self._query(
+            "SELECT error_kind, count(*) FROM jobs WHERE generation = ? AND state = 'failed' GROUP BY error_kind",
+            (self.generation,),
+        ).fetchall()
+        return {kind: int(n) for kind, n in rows}
+
+    def failed_jobs(self, kinds: Iterable[str] | None = None) -> list[str]:
+        """Ids of the current manifest's jobs that failed for good (of one of ``kinds``), in manifest order."""
+        if kinds is None:
+            rows = self._stream(
+                "SELECT job_id FROM jobs WHERE generation = ? AND state = 'failed' ORDER BY seq", (self.generation,)
+            )
+        else:
+            wanted = sorted(set(kinds))
+            marks = ",".join("?" * len(wanted))
+            rows = self._stream(
+                f"SELECT job_id FROM jobs WHERE generation = ? AND state = 'failed' AND error_kind IN ({marks}) "
+                "ORDER BY seq",
+                (self.generation, *wanted),
+            )
+        return [str(job_id) for (job_id,) in rows]
+
+    def outputs_of(self, job_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """The files the ledger lists for ``job_ids`` (any state), as the outputs table has them."""
+        keys = ("job_id", "attempt_id", "n", "path", "bytes", "sha256", "content_type", "saved_at")
+        found: list[dict[str, Any]] = []
+        ids = list(dict.fromkeys(job_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                f"SELECT {', '.join(keys)} FROM outputs WHERE job_id IN ({marks}) ORDER BY job_id, n", chunk
+            ).fetchall()
+            found.extend(dict(zip(keys, row, strict=True)) for row in rows)
+        return found
+
+    def status_figures(self) -> dict[str, Any]:
+        """What ``batchgen status`` shows, in a handful of aggregate queries (no per-job work in Python)."""
+        return {
+            "jobs": self.counts(),
+            "attempts": self.attempt_counts(),
+            "failed_by_kind": {str(kind or "unknown"): n for kind, n in self.failed_by_kind().items()},
+            "errors": self.error_summary(limit=5),
+            "jobs_with_errors": self.jobs_with_errors(),
+            "last_session": self.last_session(),
+        }
+
+    def jobs_with_errors(self) -> int:
+        """Jobs not succeeded that carry an error (what ``error_summary`` groups)."""
+        row = self._query(
+            "SELECT count(*) FROM jobs WHERE generation = ? AND state != 'succeeded' AND error IS NOT NULL",
+            (self.generation,),
+        ).fetchone()
+        return int(row[0])
+
     def journal_offset(self, folder_id: str) -> int:
         return int(self._meta(f"journal_offset:{folder_id}", "0"))
 

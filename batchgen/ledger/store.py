@@ -502,6 +502,30 @@ class Ledger(LedgerReads, LedgerExports):
         )
         self._queue("UPDATE jobs SET state = 'running', updated_at = ? WHERE job_id = ?", (time.time(), job_id))
 
+    def mark_for_retry(self, job_ids: list[str], versions: list[dict[str, Any]]) -> None:
+        """``batchgen retry``: the jobs go back to pending for a new run of their own (``fresh``: no reuse),
+        with a fresh set of attempts; the files listed for them are forgotten, and ``versions``
+        (earlier images already moved aside: job_id, attempt_id, n, path, bytes, sha256,
+        content_type, saved_at) recorded. Jobs with a run in flight are left alone. Commits at once."""
+        now = time.time()
+        self._queue_many(
+            "INSERT INTO versions (job_id, attempt_id, n, path, bytes, sha256, content_type, saved_at, replaced_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (v["job_id"], v["attempt_id"], v["n"], v["path"], v["bytes"], v["sha256"], v["content_type"],
+                 v["saved_at"], now)
+                for v in versions
+            ],
+        )  # fmt: skip
+        rows = [(job_id,) for job_id in job_ids]
+        self._queue_many("DELETE FROM outputs WHERE job_id = ?", rows)
+        self._queue_many(
+            "UPDATE jobs SET state = 'pending', attempts = 0, error = NULL, error_kind = NULL, fresh = 1, "
+            "updated_at = ? WHERE job_id = ? AND state != 'running'",
+            [(now, job_id) for job_id in job_ids],
+        )
+        self.flush()
+
     # -- repairs from the folder's journal (recovery.py) --------------------------
 
     def reserve_attempt_ids(self, highest_used: int) -> None:
