@@ -81,9 +81,9 @@ class Events:
                 listener(event)
 
 
-def iso_time(timestamp: float) -> str:
+def iso_time(timestamp: float, timespec: str = "milliseconds") -> str:
     """Local time with its UTC offset, to the millisecond: ``2025-03-01T01:30:00.125+01:00``."""
-    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec=timespec)
 
 
 class Scrubber:

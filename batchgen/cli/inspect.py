@@ -7,21 +7,35 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from . import LEDGER_NAME, add_location
+from . import LEDGER_NAME, add_location, positive_int
 
 if TYPE_CHECKING:
     from ..ledger import Ledger
 
 
 def add_parsers(commands: Any) -> None:
-    status = commands.add_parser("status", help="counts by state, attempts and last errors of a batch")
+    status = commands.add_parser(
+        "status",
+        help="jobs by state, the most common errors, the last run, and the command to continue",
+        description="Jobs by state, the most common errors with how many jobs each, possible double "
+        "charges, the last run, and the exact command that continues the batch. Reads the ledger only.",
+    )
     add_location(status)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--json", action="store_true", help="one JSON object, for programs (default: off: text)")
+    status.add_argument(
+        "--errors",
+        type=positive_int,
+        default=5,
+        metavar="N",
+        help="how many of the most common errors to list (default: 5)",
+    )
     status.set_defaults(handler=_status)
 
     export = commands.add_parser("export", help="one record per job, to standard output")
     add_location(export)
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument(
+        "--format", choices=("jsonl", "csv"), default="jsonl", help="jsonl: one JSON object a line (default: jsonl)"
+    )
     export.set_defaults(handler=_export)
 
 
@@ -36,18 +50,58 @@ def _open_existing(args: argparse.Namespace) -> Ledger:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from ..lastrun import continue_command, read_last_run, shell_line
+
     with _open_existing(args) as ledger:
-        report: dict[str, Any] = {
-            "ledger": str(ledger.path),
-            "manifest": ledger.manifest,
-            "jobs": ledger.counts(),
-            "attempts": ledger.attempt_counts(),
-            "last_session": ledger.last_session(),
-            "recent_errors": [{"job_id": j, "error": e} for j, e in ledger.recent_errors()],
-        }
+        figures = ledger.status_figures(errors_shown=args.errors)
+        recent = ledger.recent_errors()
+        manifest, recorded_output = ledger.manifest, ledger.output_dir
+        path = ledger.path
+    output_dir = _folder_of(args, recorded_output)
+    command = continue_command(
+        manifest=manifest, output_dir=output_dir, ledger_path=path, last_run=read_last_run(output_dir)
+    )
+    jobs, attempts = figures["jobs"], figures["attempts"]
+    session = figures["last_session"]
+    if session is not None:
+        session["started"] = _when(session["started_at"])
+        session["finished"] = _when(session["finished_at"])
+    report: dict[str, Any] = {
+        "ledger": str(path),
+        "output_dir": str(output_dir),
+        "manifest": manifest,
+        "jobs": jobs,
+        "attempts": attempts,
+        "runs_created": sum(attempts.get(k, 0) for k in RUN_STATUSES),
+        "possible_double_charges": attempts.get("unknown", 0),
+        "failed_by_kind": figures["failed_by_kind"],
+        "errors": {
+            "shown": len(figures["errors"]),
+            "distinct": figures["errors_distinct"],
+            "jobs": figures["jobs_with_errors"],
+            "top": figures["errors"],
+        },
+        "last_session": session,
+        "recent_errors": [{"job_id": j, "error": e} for j, e in recent],
+        "next_command": shell_line(command),
+        "next_command_argv": command,
+        "retry_command": _retry_command(figures["failed_by_kind"], args),
+    }
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
+    _print_status(report)
+    return 0
+
+
+RUN_STATUSES = ("running", "succeeded", "failed")  # attempts whose create answered with a run id
+# Kinds of failure that may well go through when tried again; 'rejected' would only be refused again.
+RETRYABLE = ("rate_limit", "server_error", "download", "run_failed", "unknown", "missing")
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    from ..regenerate import ERROR_KINDS
+
     jobs, attempts = report["jobs"], report["attempts"]
     total = sum(jobs.values())
     print(f"ledger:   {report['ledger']}")
@@ -56,19 +110,97 @@ def _status(args: argparse.Namespace) -> int:
         f"jobs:     {total} — {jobs['succeeded']} succeeded, {jobs['failed']} failed, "
         f"{jobs['pending'] + jobs['running']} pending ({jobs['running']} with a run in flight)"
     )
-    runs = sum(n for status, n in attempts.items() if status != "creating")
     detail = ", ".join(f"{n} {status}" for status, n in sorted(attempts.items()))
-    print(f"attempts: {runs}" + (f" ({detail})" if detail else ""))
-    unknown = attempts.get("unknown", 0)
-    print(f"possible double charges: {unknown} create(s) sent whose answer never came")
+    print(
+        f"attempts: {sum(attempts.values())}"
+        + (f" ({detail}); {report['runs_created']} runs created" if detail else "")
+    )
+    if report["failed_by_kind"]:
+        kinds = sorted(report["failed_by_kind"].items(), key=lambda item: -item[1])
+        print("failed:   " + ", ".join(f"{n} {_kind_words(kind, ERROR_KINDS)}" for kind, n in kinds))
+    errors = report["errors"]
+    if errors["top"]:
+        print(
+            f"errors:   the most common ({errors['shown']} of {errors['distinct']} shown), "
+            f"with how many jobs each, of {errors['jobs']} job(s) with an error:"
+        )
+        width = len(str(errors["top"][0]["jobs"]))
+        for item in errors["top"]:
+            kind = _kind_words(item["kind"], ERROR_KINDS)
+            print(f"  {item['jobs']:>{width}}  [{kind}] {_shorten(item['error'])} (e.g. {item['example']})")
+    print(f"possible double charges: {report['possible_double_charges']} create(s) sent whose answer never came")
     session = report["last_session"]
     if session:
-        print(f"last run: {session['outcome'] or 'did not finish (crashed or still running)'}")
-    if report["recent_errors"]:
-        print("last errors:")
-        for item in report["recent_errors"]:
-            print(f"  {item['job_id']}: {item['error']}")
-    return 0
+        print("last run: " + _session_line(session))
+    print("next:     " + _next_line(report))
+
+
+def _session_line(session: dict[str, Any]) -> str:
+    if session["finished_at"] is None:
+        return f"started {session['started']}; did not finish (killed, crashed, or still running)"
+    took = session["finished_at"] - session["started_at"]
+    line = f"{session['finished']} ({took:.1f} s): {session['outcome']}, exit {session['exit_code']}"
+    stats = session.get("stats") or {}
+    if stats:
+        line += (
+            f" — {stats.get('created', 0)} runs created, {stats.get('reused', 0)} reused, "
+            f"{stats.get('succeeded', 0)} succeeded, {stats.get('failed', 0)} failed, "
+            f"{stats.get('rate_limited', 0)} rate-limited, {stats.get('retries', 0)} retries"
+        )
+    return line
+
+
+def _next_line(report: dict[str, Any]) -> str:
+    jobs, command = report["jobs"], report["next_command"]
+    lines = []
+    if jobs["pending"] + jobs["running"]:
+        lines.append(f"{command}   # finishes the {jobs['pending'] + jobs['running']} job(s) left")
+    if report["retry_command"]:
+        lines.append(f"{report['retry_command']} && {command}   # tries the failures that may go through now")
+    rejected = report["failed_by_kind"].get("rejected", 0)
+    if rejected:
+        lines.append(f"# {rejected} job(s) were refused by the API for their input: change them in the manifest")
+    if not lines:
+        lines.append(f"nothing to do: every job succeeded ({command} again after changing the manifest)")
+    return "\n          ".join(lines)
+
+
+def _retry_command(failed_by_kind: dict[str, int], args: argparse.Namespace) -> str | None:
+    from ..lastrun import shell_line
+
+    kinds = [kind for kind in RETRYABLE if failed_by_kind.get(kind)]
+    if not kinds:
+        return None
+    command = ["batchgen", "retry", "--failed"]
+    for kind in kinds:
+        command += ["--error-kind", kind.replace("_", "-")]
+    if args.ledger is not None:
+        command += ["--ledger", str(args.ledger)]
+    elif args.output != Path("output"):
+        command += ["--output", str(args.output)]
+    return shell_line(command)
+
+
+def _kind_words(kind: str | None, kinds: dict[str, str]) -> str:
+    return kinds.get(str(kind), str(kind)).split(":")[0] if kind else "other"
+
+
+def _shorten(text: str, limit: int = 100) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _when(timestamp: float | None) -> str | None:
+    from ..events import iso_time
+
+    return None if timestamp is None else iso_time(timestamp, "seconds")
+
+
+def _folder_of(args: argparse.Namespace, recorded: str | None) -> Path:
+    """The output folder: --output, or with only --ledger the folder the ledger recorded."""
+    if args.ledger is not None and recorded:
+        return Path(recorded)
+    return Path(args.output)
 
 
 def _export(args: argparse.Namespace) -> int:

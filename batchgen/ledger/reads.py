@@ -223,24 +223,28 @@ class LedgerReads:
             found.extend(dict(zip(keys, row, strict=True)) for row in rows)
         return found
 
-    def status_figures(self) -> dict[str, Any]:
+    def status_figures(self, errors_shown: int = 5) -> dict[str, Any]:
         """What ``batchgen status`` shows, in a handful of aggregate queries (no per-job work in Python)."""
+        distinct, with_errors = self.error_totals()
         return {
             "jobs": self.counts(),
             "attempts": self.attempt_counts(),
             "failed_by_kind": {str(kind or "unknown"): n for kind, n in self.failed_by_kind().items()},
-            "errors": self.error_summary(limit=5),
-            "jobs_with_errors": self.jobs_with_errors(),
+            "errors": self.error_summary(limit=errors_shown),
+            "errors_distinct": distinct,
+            "jobs_with_errors": with_errors,
             "last_session": self.last_session(),
         }
 
-    def jobs_with_errors(self) -> int:
-        """Jobs not succeeded that carry an error (what ``error_summary`` groups)."""
+    def error_totals(self) -> tuple[int, int]:
+        """(distinct errors, jobs carrying one) among jobs not succeeded: what ``error_summary`` picks from."""
         row = self._query(
-            "SELECT count(*) FROM jobs WHERE generation = ? AND state != 'succeeded' AND error IS NOT NULL",
+            """SELECT count(*), coalesce(sum(jobs), 0) FROM
+                 (SELECT count(*) AS jobs FROM jobs WHERE generation = ? AND state != 'succeeded'
+                  AND error IS NOT NULL GROUP BY error, error_kind)""",
             (self.generation,),
         ).fetchone()
-        return int(row[0])
+        return int(row[0]), int(row[1])
 
     def journal_offset(self, folder_id: str) -> int:
         return int(self._meta(f"journal_offset:{folder_id}", "0"))
