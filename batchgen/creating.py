@@ -142,7 +142,7 @@ class Creator:
                             return CreateOutcome(Result.FAILED, PendingJob(spec, attempts))
                     self.stats.retries += 1
                     self.events.emit(
-                        "retried", what="create", job_id=spec.job_id, error=exc.message, tries=self._failure_streak
+                        "retried", what="create", job_id=spec.job_id, error=exc, tries=self._failure_streak
                     )
                     await anyio.sleep(backoff(failures, base=self.backoff_base))
                     continue

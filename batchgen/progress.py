@@ -50,7 +50,7 @@ class Waiting:
         if event.kind == "throttled":
             self.paused_until = max(self.paused_until, self._clock() + float(fields.get("pause") or 0.0))
         elif event.kind == "retried" and fields.get("what") in ("create", "poll"):
-            self.error = str(fields.get("error") or "")
+            self.error = api_problem(fields.get("error") or "")
             self.tries = int(fields.get("tries") or 1)
         elif event.kind in ("created", "succeeded"):
             self.error = None
@@ -60,15 +60,17 @@ class Waiting:
         if remaining > 0:
             return f"paused by 429 for {math.ceil(remaining)} s"
         if self.error is not None:
-            return f"{api_problem(self.error)}, retrying ({ordinal(self.tries)} time)"
+            return f"{self.error}, retrying ({ordinal(self.tries)} time)"
         return None
 
 
-def api_problem(message: str) -> str:
+def api_problem(error: BaseException | str) -> str:
     """A failure of the API in a few words: ``API unreachable: connection refused``, ``API failing: HTTP 503``."""
+    message = getattr(error, "message", None) or str(error)
     errno = _ERRNO.search(message)
-    detail = errno[1].strip().rstrip(".").lower() if errno else ""
-    if message.startswith("could not connect"):
+    detail = _os_reason(error) if isinstance(error, BaseException) else ""
+    detail = detail or (errno[1].strip().rstrip(".").lower() if errno else "")
+    if message.startswith("could not connect"):  # "could not connect (to the API): ConnectError: ..."
         return f"API unreachable: {detail or 'cannot connect'}"
     if message.startswith(("no answer in time", "no complete answer")):
         return "API not answering in time"
@@ -78,6 +80,22 @@ def api_problem(message: str) -> str:
     if status:
         return f"API failing: HTTP {status[1]}"
     return f"API error: {message[:80]}"
+
+
+def _os_reason(error: BaseException, depth: int = 0) -> str:
+    """The operating system's word for what failed (``connection refused``), found along the causes."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen and depth < 20:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno:
+            return os.strerror(current.errno).lower()
+        if isinstance(current, BaseExceptionGroup):
+            for inner in current.exceptions:
+                if reason := _os_reason(inner, depth + 1):
+                    return reason
+        current = current.__cause__ or current.__context__
+    return ""
 
 
 def ordinal(n: int) -> str:

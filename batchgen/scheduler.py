@@ -477,7 +477,7 @@ class Scheduler:
                 what="poll",
                 job_id=run.job.spec.job_id,
                 run_id=run.run_id,
-                error=exc.message,
+                error=exc,
                 tries=run.errors,
             )
             self.stats.retries += 1

@@ -54,7 +54,6 @@ def _status(args: argparse.Namespace) -> int:
 
     with _open_existing(args) as ledger:
         figures = ledger.status_figures(errors_shown=args.errors)
-        recent = ledger.recent_errors()
         manifest, recorded_output = ledger.manifest, ledger.output_dir
         path = ledger.path
     output_dir = _folder_of(args, recorded_output)
@@ -82,7 +81,6 @@ def _status(args: argparse.Namespace) -> int:
             "top": figures["errors"],
         },
         "last_session": session,
-        "recent_errors": [{"job_id": j, "error": e} for j, e in recent],
         "next_command": shell_line(command),
         "next_command_argv": command,
         "retry_command": _retry_command(figures["failed_by_kind"], args),

@@ -50,7 +50,12 @@ def add_parsers(commands: Any) -> None:
     )
     add_location(retry)
     which = retry.add_mutually_exclusive_group(required=True)
-    which.add_argument("--failed", action="store_true", help="jobs that failed for good (all kinds by default)")
+    which.add_argument(
+        "--failed",
+        action="store_true",
+        help="jobs that failed for good, of every kind unless --error-kind says (one of these four "
+        "selections is required; default: none)",
+    )
     which.add_argument(
         "--ids", action="append", metavar="ID[,ID...]", help="these jobs, by id; repeatable (default: none)"
     )
@@ -61,7 +66,7 @@ def add_parsers(commands: Any) -> None:
     which.add_argument(
         "--missing",
         action="store_true",
-        help="jobs whose image is gone from the folder (deleted, or lost with no run to fetch it from)",
+        help="jobs whose image is gone from the folder: deleted, or lost with no run to fetch it from (default: none)",
     )
     retry.add_argument(
         "--error-kind",

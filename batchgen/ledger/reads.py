@@ -234,27 +234,31 @@ class LedgerReads:
         return found
 
     def status_figures(self, errors_shown: int = 5) -> dict[str, Any]:
-        """What ``batchgen status`` shows, in a handful of aggregate queries (no per-job work in Python)."""
-        distinct, with_errors = self.error_totals()
+        """What ``batchgen status`` shows, in a handful of aggregate queries (no per-job work in Python):
+        about 0.35 s on a million jobs (bench/status_bench.py)."""
+        errors, distinct, with_errors = self.error_overview(errors_shown)
         return {
             "jobs": self.counts(),
             "attempts": self.attempt_counts(),
             "failed_by_kind": {str(kind or "unknown"): n for kind, n in self.failed_by_kind().items()},
-            "errors": self.error_summary(limit=errors_shown),
+            "errors": errors,
             "errors_distinct": distinct,
             "jobs_with_errors": with_errors,
             "last_session": self.last_session(),
         }
 
-    def error_totals(self) -> tuple[int, int]:
-        """(distinct errors, jobs carrying one) among jobs not succeeded: what ``error_summary`` picks from."""
-        row = self._query(
-            """SELECT count(*), coalesce(sum(jobs), 0) FROM
-                 (SELECT count(*) AS jobs FROM jobs WHERE generation = ? AND state IN ('failed', 'pending', 'running')
-                  AND error IS NOT NULL GROUP BY error, error_kind)""",
-            (self.generation,),
-        ).fetchone()
-        return int(row[0]), int(row[1])
+    def error_overview(self, limit: int = 5) -> tuple[list[dict[str, Any]], int, int]:
+        """``error_summary(limit)``, how many distinct errors there are and how many jobs carry one: one scan."""
+        rows = self._query(
+            """SELECT error, error_kind, jobs, example, count(*) OVER (), sum(jobs) OVER () FROM
+                 (SELECT error, error_kind, count(*) AS jobs, min(job_id) AS example FROM jobs
+                  WHERE generation = ? AND state IN ('failed', 'pending', 'running') AND error IS NOT NULL
+                  GROUP BY error, error_kind)
+               ORDER BY jobs DESC, error LIMIT ?""",
+            (self.generation, limit),
+        ).fetchall()
+        top = [{"error": r[0], "kind": r[1], "jobs": r[2], "example": r[3]} for r in rows]
+        return top, int(rows[0][4]) if rows else 0, int(rows[0][5]) if rows else 0
 
     def journal_offset(self, folder_id: str) -> int:
         return int(self._meta(f"journal_offset:{folder_id}", "0"))
