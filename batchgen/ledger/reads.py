@@ -89,12 +89,25 @@ class LedgerReads:
     # -- counts ------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        """Jobs of the current manifest by state."""
+        """Jobs of the current manifest by state.
+
+        One statement (one snapshot): all the generation's jobs counted on its smallest
+        index, and those not succeeded (a few percent, usually) on the state index; the
+        succeeded are the difference. Half the time of grouping every job by state."""
         counts = dict.fromkeys(("pending", "running", "succeeded", "failed"), 0)
+        total = 0
         for state, n in self._query(
-            "SELECT state, count(*) FROM jobs WHERE generation = ? GROUP BY state", (self.generation,)
+            """SELECT NULL, count(*) FROM jobs INDEXED BY jobs_by_seq WHERE generation = ?
+               UNION ALL
+               SELECT state, count(*) FROM jobs WHERE generation = ? AND state IN ('failed', 'pending', 'running')
+               GROUP BY state""",
+            (self.generation, self.generation),
         ):
-            counts[state] = n
+            if state is None:
+                total = int(n)
+            else:
+                counts[state] = int(n)
+        counts["succeeded"] = total - counts["pending"] - counts["running"] - counts["failed"]
         return counts
 
     def attempt_counts(self) -> dict[str, int]:
@@ -234,31 +247,39 @@ class LedgerReads:
         return found
 
     def status_figures(self, errors_shown: int = 5) -> dict[str, Any]:
-        """What ``batchgen status`` shows, in a handful of aggregate queries (no per-job work in Python):
-        about 0.35 s on a million jobs (bench/status_bench.py)."""
-        errors, distinct, with_errors = self.error_overview(errors_shown)
+        """What ``batchgen status`` shows, in four statements and no per-job work in Python
+        (bench/status_bench.py: a few tenths of a second on a million jobs)."""
+        errors, distinct, with_errors, failed_by_kind = self.error_overview(errors_shown)
         return {
             "jobs": self.counts(),
             "attempts": self.attempt_counts(),
-            "failed_by_kind": {str(kind or "unknown"): n for kind, n in self.failed_by_kind().items()},
+            "failed_by_kind": {str(kind or "unknown"): n for kind, n in failed_by_kind.items()},
             "errors": errors,
             "errors_distinct": distinct,
             "jobs_with_errors": with_errors,
             "last_session": self.last_session(),
         }
 
-    def error_overview(self, limit: int = 5) -> tuple[list[dict[str, Any]], int, int]:
-        """``error_summary(limit)``, how many distinct errors there are and how many jobs carry one: one scan."""
+    def error_overview(self, limit: int = 5) -> tuple[list[dict[str, Any]], int, int, dict[str | None, int]]:
+        """``(error_summary(limit), distinct errors, jobs carrying one, failed_by_kind())``: the jobs not
+        succeeded that carry an error (every failed one does) are read once from their partial index,
+        grouped, and the groups summed three ways."""
         rows = self._query(
-            """SELECT error, error_kind, jobs, example, count(*) OVER (), sum(jobs) OVER () FROM
-                 (SELECT error, error_kind, count(*) AS jobs, min(job_id) AS example FROM jobs
-                  WHERE generation = ? AND state IN ('failed', 'pending', 'running') AND error IS NOT NULL
-                  GROUP BY error, error_kind)
-               ORDER BY jobs DESC, error LIMIT ?""",
+            """WITH g AS MATERIALIZED (
+                 SELECT state = 'failed' AS failed, error, error_kind, count(*) AS jobs, min(job_id) AS example
+                 FROM jobs WHERE generation = ? AND state IN ('failed', 'pending', 'running') AND error IS NOT NULL
+                 GROUP BY 1, 2, 3),
+               e AS MATERIALIZED (
+                 SELECT error, error_kind, sum(jobs) AS jobs, min(example) AS example FROM g GROUP BY error, error_kind)
+               SELECT * FROM (SELECT 'top', error, error_kind, jobs, example FROM e ORDER BY jobs DESC, error LIMIT ?)
+               UNION ALL SELECT 'totals', NULL, NULL, count(*), coalesce(sum(jobs), 0) FROM e
+               UNION ALL SELECT 'kind', NULL, error_kind, sum(jobs), NULL FROM g WHERE failed GROUP BY error_kind""",
             (self.generation, limit),
         ).fetchall()
-        top = [{"error": r[0], "kind": r[1], "jobs": r[2], "example": r[3]} for r in rows]
-        return top, int(rows[0][4]) if rows else 0, int(rows[0][5]) if rows else 0
+        top = [{"error": r[1], "kind": r[2], "jobs": r[3], "example": r[4]} for r in rows if r[0] == "top"]
+        (totals,) = [(int(r[3]), int(r[4])) for r in rows if r[0] == "totals"]
+        kinds = {r[2]: int(r[3]) for r in rows if r[0] == "kind"}
+        return top, totals[0], totals[1], kinds
 
     def journal_offset(self, folder_id: str) -> int:
         return int(self._meta(f"journal_offset:{folder_id}", "0"))

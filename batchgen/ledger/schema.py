@@ -122,10 +122,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sessions ADD COLUMN exit_code INTEGER;
     ALTER TABLE sessions ADD COLUMN stats_json TEXT;
     """,
-    # 3: attempts counted by status from an index of their own, so `status` on a million jobs
-    # reads a small index instead of every attempt row (bench/status_bench.py: 0.65 s -> 0.1 s).
+    # 3: what `status` reads, from small indexes instead of every row (bench/status_bench.py, a
+    # million jobs): attempts by status (0.65 s -> 0.1 s), and the errors of jobs not succeeded
+    # from a partial index holding only those jobs (0.3 s -> 0.1 s).
     """
     CREATE INDEX attempts_by_status ON attempts (status);
+    CREATE INDEX jobs_errors ON jobs (generation, state, error_kind, error, job_id) WHERE error IS NOT NULL;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
