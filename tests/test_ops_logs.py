@@ -295,3 +295,10 @@ def test_every_option_says_its_default_and_unit(command):
             assert "seconds" in action.help, action.option_strings
         if action.metavar == "M":
             assert "MiB" in action.help, action.option_strings
+
+
+def test_the_readme_exit_code_table_is_the_code_table():
+    """The README's exit-code table says, code for code, what batchgen/exitcodes.py says (and --help prints)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for code, (meaning, action) in EXIT_CODES.items():
+        assert f"| {int(code)} | {meaning} | {action} |" in readme, code
