@@ -90,7 +90,7 @@ class Marked:
 def missing_jobs(ledger: Ledger, output_dir: Path) -> list[str]:
     """Jobs whose image is not in the folder: failed as 'missing', or succeeded with a listed file absent."""
     found = dict.fromkeys(ledger.failed_jobs(["missing"]))
-    for job_id, _attempt, _n, path, _bytes, _sha in ledger.recorded_outputs():
+    for job_id, _attempt, path, _bytes in ledger.recorded_outputs():
         if job_id not in found and not _is_file(output_dir, path):
             found[job_id] = None
     return list(found)

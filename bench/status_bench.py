@@ -123,7 +123,7 @@ def build(path: Path, jobs: int, seed: int = 1) -> float:
     flush()
     for session in range(1, 31):
         stats = {"succeeded": 30000, "failed": 1200, "created": 31000, "reused": 400, "rate_limited": 350,
-                 "retries": 900, "unknown_creates": 3, "failed_runs": 800, "downloads": 30000, "polls": 40000}  # fmt: skip
+                 "retries": 900, "unknown_creates": 3, "failed_runs": 800, "downloads": 30000}  # fmt: skip
         db.execute(
             "INSERT INTO sessions (session_id, manifest, started_at, finished_at, outcome, exit_code, stats_json) "
             "VALUES (?, 'catalogue.csv', ?, ?, 'done', 1, ?)",
