@@ -113,3 +113,30 @@ def _shell(command: str, cwd: Path, env: dict[str, str]):
     full["PATH"] = f"{bin_dir}{os.pathsep}{full.get('PATH', '')}"
     assert shlex.split(command)  # it parses as a shell line
     return subprocess.run(["bash", "-c", command], cwd=cwd, env=full, capture_output=True, text=True, timeout=60)
+
+
+def test_status_reads_a_ledger_no_run_has_upgraded_yet(tmp_path, serve):
+    """A schema-2 ledger (before status's indexes) is read by status as it is, with the same figures; the next
+    run upgrades it."""
+    import sqlite3
+
+    from batchgen.ledger import SCHEMA_VERSION
+
+    server = serve()
+    out = tmp_path / "out"
+    manifest = write_jobs(tmp_path / "m.yaml", ["one", "two"])
+    command = ("run", str(manifest), "--output", str(out), "--no-progress")
+    assert batchgen_cli(*command, env=env_for(server)).returncode == 0
+    current = json.loads(batchgen_cli("status", "--output", str(out), "--json").stdout)
+    db = sqlite3.connect(out / "batchgen.sqlite")
+    db.executescript("DROP INDEX attempts_by_status; DROP INDEX jobs_errors; PRAGMA user_version = 2;")
+    db.close()
+    older = batchgen_cli("status", "--output", str(out), "--json")
+    assert older.returncode == 0, older.stderr
+    assert json.loads(older.stdout)["jobs"] == current["jobs"] and json.loads(older.stdout)["attempts"] == {
+        "succeeded": 2
+    }
+    assert batchgen_cli(*command, env=env_for(server)).returncode == 0
+    db = sqlite3.connect(out / "batchgen.sqlite")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()

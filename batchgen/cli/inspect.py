@@ -161,7 +161,15 @@ def _next_line(report: dict[str, Any]) -> str:
         lines.append(f"# {rejected} job(s) were refused by the API for their input: change them in the manifest")
     if not lines:
         lines.append(f"nothing to do: every job succeeded ({command} again after changing the manifest)")
+    lines.append("batchgen report" + _location_options(report) + "   # a gallery to review the images")
     return "\n          ".join(lines)
+
+
+def _location_options(report: dict[str, Any]) -> str:
+    from ..lastrun import shell_line
+
+    output = report["output_dir"]
+    return "" if Path(output) == Path("output") else " " + shell_line(["--output", output])
 
 
 def _retry_command(failed_by_kind: dict[str, int], args: argparse.Namespace) -> str | None:

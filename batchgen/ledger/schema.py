@@ -131,6 +131,9 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# The oldest schema a read-only open (status, export, report) can query as it is: migration 3
+# only added indexes, so a ledger no run has upgraded yet is read without them, just slower.
+READABLE_FROM = 2
 
 
 def sql_statements(script: str) -> Iterator[str]:

@@ -35,7 +35,7 @@ from typing import Any
 from ..errors import LedgerBusy, LedgerError
 from ..models import AttemptStatus, JobSpec, JobState, SavedOutput, SyncSummary
 from .reads import LedgerExports, LedgerReads
-from .schema import SCHEMA_VERSION, check_version, migrate
+from .schema import READABLE_FROM, SCHEMA_VERSION, check_version, migrate
 
 try:
     import fcntl
@@ -131,7 +131,7 @@ class Ledger(LedgerReads, LedgerExports):
             except sqlite3.Error as exc:
                 error = exc
                 continue
-            if version != SCHEMA_VERSION:
+            if not READABLE_FROM <= version <= SCHEMA_VERSION:
                 db.close()
                 newer = version > SCHEMA_VERSION
                 raise LedgerError(
