@@ -7,6 +7,7 @@ httpx or anyio. ``runner._OUTCOMES`` maps why a batch ended to one of these code
 from __future__ import annotations
 
 import enum
+import textwrap
 
 
 class ExitCode(enum.IntEnum):
@@ -62,10 +63,10 @@ EXIT_CODES: dict[ExitCode, tuple[str, str]] = {
 }
 
 
-def exit_code_help() -> str:
+def exit_code_help(width: int = 88) -> str:
     """The table as ``--help`` shows it: one code a line, its meaning and what to do."""
     lines = ["exit codes:"]
     for code, (meaning, action) in EXIT_CODES.items():
-        lines.append(f"  {int(code):>3}  {meaning}")
-        lines.append(f"       → {action}")
+        lines += textwrap.wrap(meaning, width, initial_indent=f"  {int(code):>3}  ", subsequent_indent=" " * 7)
+        lines += textwrap.wrap(action, width, initial_indent="       → ", subsequent_indent=" " * 9)
     return "\n".join(lines)
