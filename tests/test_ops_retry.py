@@ -223,3 +223,27 @@ def test_a_retried_job_is_paid_for_even_when_an_identical_image_is_at_hand(tmp_p
     assert prompts_created(server) == sorted([*PROMPTS.values(), PROMPTS["a"]])
     assert sha256(second / "a.png") == server_files(server)[PROMPTS["a"]][-1] != old
     assert sha256(tmp_path / "first" / "a.png") == old  # the other folder's image is untouched
+
+
+def test_retry_never_overwrites_what_is_already_kept(tmp_path, serve):
+    """A version place already holding the same bytes (a retry stopped before its commit) is taken as kept;
+    one holding other bytes is left alone and the image goes to name.v2.ext."""
+    server = serve()
+    manifest, out = write_jobs(tmp_path / "m.yaml", PROMPTS), tmp_path / "out"
+    assert run_cli(manifest, out, server).returncode == 0
+    outputs = ledger_rows(out)["outputs"]
+    images = {job: (out / f"{job}.png").read_bytes() for job in ("a", "b")}
+    same = out / ".batchgen" / "versions" / "a" / str(outputs["a"]["attempt_id"]) / "a.png"
+    same.parent.mkdir(parents=True)
+    same.write_bytes(images["a"])
+    other = out / ".batchgen" / "versions" / "b" / str(outputs["b"]["attempt_id"]) / "b.png"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"not the image")
+
+    assert batchgen_cli("retry", "--output", str(out), "--ids", "a,b").returncode == 0
+    versions = ledger_rows(out)["versions"]
+    assert [v["path"] for v in versions["a"]] == [same.relative_to(out).as_posix()]
+    assert same.read_bytes() == images["a"] and not (out / "a.png").exists()
+    (kept,) = versions["b"]
+    assert kept["path"].endswith("/b.v2.png") and (out / kept["path"]).read_bytes() == images["b"]
+    assert other.read_bytes() == b"not the image"
