@@ -99,7 +99,8 @@ def main() -> None:
             }
             results.append(summary)
             print(
-                f"{rows:>9,} rows {name:<8} wall {summary['median_wall_s']:6.2f} s  cpu {summary['median_cpu_s']:6.2f} s"
+                f"{rows:>9,} rows {name:<8} wall {summary['median_wall_s']:6.2f} s"
+                f"  cpu {summary['median_cpu_s']:6.2f} s"
                 f"  peak RSS {summary['max_peak_rss_mb']:6.1f} MB{'  (busy machine)' if summary['any_busy'] else ''}",
                 flush=True,
             )
