@@ -46,6 +46,7 @@ ERROR_KINDS: dict[str, str] = {
     "rejected": "bad request / content policy: the API refused the job's input (400)",
     "missing": "missing file: the image is gone from the folder and its run no longer serves it",
     "unknown": "no answer: the create's answer never came (a possible double charge)",
+    "reference": "reference image: one of the job's image_urls did not answer; it was not paid for",
 }
 _ALIASES = {
     "rate_limit": ("ratelimit", "rate_limited", "429", "throttled"),
@@ -55,6 +56,7 @@ _ALIASES = {
     "rejected": ("bad_request", "content_policy", "policy", "400", "refused", "invalid"),
     "missing": ("missing_file", "missing_files", "file_missing", "lost"),
     "unknown": ("no_answer", "lost_answer", "possible_double_charge", "double_charge"),
+    "reference": ("references", "reference_image", "image_url", "image_urls", "dead_link", "url"),
 }
 _KIND_NAMES = {alias: kind for kind, aliases in _ALIASES.items() for alias in (kind, *aliases)}
 

@@ -497,7 +497,8 @@ _OUTCOMES: dict[Outcome, tuple[int, str]] = {
 def _done_message(failed: int, stats: BatchStats) -> tuple[int, str]:
     if failed:
         return ExitCode.JOBS_FAILED, (
-            f"{failed} job(s) failed for good; see `batchgen status`; `batchgen run --retry-failed` tries them again"
+            f"{failed} job(s) failed for good; `batchgen status` says why, and `batchgen retry --failed` "
+            "marks them to be made again by the next run"
         )
     if stats.created == 0 and stats.downloads == 0:
         return ExitCode.OK, "nothing to do: every job in the manifest has already succeeded"

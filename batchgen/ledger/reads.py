@@ -289,6 +289,36 @@ class LedgerReads:
         """No job was ever recorded here."""
         return bool(self._query("SELECT NOT EXISTS (SELECT 1 FROM jobs)").fetchone()[0])
 
+    def iter_attempts(self) -> Iterator[tuple[str, str, str | None, str | None, float | None, float | None]]:
+        """(job_id, status, run_id, error, started_at, finished_at) of every attempt of the current
+        manifest's jobs, a job's attempts together and in order."""
+        yield from self._stream(
+            """SELECT a.job_id, a.status, a.run_id, a.error, a.started_at, a.finished_at
+               FROM jobs j JOIN attempts a ON a.job_id = j.job_id
+               WHERE j.generation = ? ORDER BY j.seq, a.attempt_id""",
+            (self.generation,),
+        )
+
+    def iter_versions(self) -> Iterator[dict[str, Any]]:
+        """Every earlier image of the current manifest's jobs (see ``versions``), by job, newest first."""
+        keys = ("job_id", "n", "path", "bytes", "sha256", "saved_at", "replaced_at")
+        for row in self._stream(
+            """SELECT v.job_id, v.n, v.path, v.bytes, v.sha256, v.saved_at, v.replaced_at
+               FROM jobs j JOIN versions v ON v.job_id = j.job_id
+               WHERE j.generation = ? ORDER BY j.seq, v.replaced_at DESC, v.n""",
+            (self.generation,),
+        ):
+            yield dict(zip(keys, row, strict=True))
+
+    def runs_created(self) -> int:
+        """Runs the API made for the current manifest's jobs (every attempt that got a run id)."""
+        row = self._query(
+            """SELECT count(*) FROM jobs j JOIN attempts a ON a.job_id = j.job_id
+               WHERE j.generation = ? AND a.run_id IS NOT NULL AND a.status NOT IN ('reused', 'adopted')""",
+            (self.generation,),
+        ).fetchone()
+        return int(row[0])
+
     # -- export -----------------------------------------------------------------
 
     def iter_export(self) -> Iterator[dict[str, Any]]:

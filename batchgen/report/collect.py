@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .data import EarlierVersion, FileStatus, JobRecord, LastRun, OutputFile, ReportData, Summary
+from .data import AttemptRecord, EarlierVersion, FileStatus, JobRecord, LastRun, OutputFile, ReportData, Summary
 from .images import image_size
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 ALL_SESSIONS = 1_000_000
 # Attempt statuses that mean a run id came back: a run was made (and paid for).
-RUN_STATUSES = ("running", "succeeded", "failed")
 # A file saved this long after the session's recorded finish still counts as the session's.
 _MTIME_SLACK = 2.0
 
@@ -46,7 +45,16 @@ def build_report_data(
     have been moved, zipped and unpacked elsewhere). ``verify`` hashes every file.
     """
     root = output_dir.resolve()
-    jobs = [_job(record, root, verify, ledger.versions(str(record["job_id"]))) for record in ledger.iter_export()]
+    versions: dict[str, list[dict[str, Any]]] = {}
+    for version in ledger.iter_versions():
+        versions.setdefault(str(version["job_id"]), []).append(version)
+    attempt_log: dict[str, list[AttemptRecord]] = {}
+    for job_id, status, run_id, error, started_at, finished_at in ledger.iter_attempts():
+        attempt_log.setdefault(job_id, []).append(AttemptRecord(status, run_id, error, started_at, finished_at))
+    jobs = [
+        _job(record, root, verify, versions.get(str(record["job_id"]), []), attempt_log.get(str(record["job_id"])))
+        for record in ledger.iter_export()
+    ]
     counts = ledger.counts()
     attempts = ledger.attempt_counts()
     sessions = ledger.sessions(limit=ALL_SESSIONS)
@@ -58,7 +66,7 @@ def build_report_data(
         generated_at=time.time() if now is None else now,
         jobs=counts,
         attempts=attempts,
-        runs_created=sum(attempts.get(status, 0) for status in RUN_STATUSES),
+        runs_created=ledger.runs_created(),
         possible_double_charges=attempts.get("unknown", 0),
         missing_files=sum(1 for job in jobs if job.state == "succeeded" and job.card_state == "missing"),
         last_run=last_run,
@@ -71,7 +79,13 @@ def build_report_data(
     return ReportData(summary=summary, jobs=jobs)
 
 
-def _job(record: Mapping[str, Any], root: Path, verify: bool, versions: list[dict[str, Any]]) -> JobRecord:
+def _job(
+    record: Mapping[str, Any],
+    root: Path,
+    verify: bool,
+    versions: list[dict[str, Any]],
+    attempts: list[AttemptRecord] | None,
+) -> JobRecord:
     return JobRecord(
         job_id=str(record["job_id"]),
         state=str(record["state"]),
@@ -85,6 +99,7 @@ def _job(record: Mapping[str, Any], root: Path, verify: bool, versions: list[dic
         source=record.get("source"),
         outputs=tuple(check_file(root, o, verify) for o in record.get("outputs") or ()),
         earlier=tuple(_earlier(root, v) for v in versions),
+        attempt_log=tuple(attempts) if attempts is not None else None,
     )
 
 
