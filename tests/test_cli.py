@@ -351,14 +351,14 @@ def test_out_of_credits_mid_batch_then_resume(tmp_path, serve):
 
 
 def test_failed_jobs_exit_1_then_retry_failed_finishes(tmp_path, serve):
-    """Runs that keep failing: exit 1 pointing at --retry-failed, export shows why; --retry-failed then exits 0."""
+    """Runs that keep failing: exit 1 pointing at `batchgen retry --failed`, export shows why; --retry-failed then exits 0."""
     server = serve(failure_rate=1.0)
     manifest = write_jobs(tmp_path / "m.yaml", [f"fragile item {i}" for i in range(3)])
     out = tmp_path / "out"
     first = run_cli(manifest, out, "--max-attempts", "2", env=env_for(server))
     assert first.returncode == 1, first.stderr
     assert no_traceback(first)
-    assert "--retry-failed" in first.stderr
+    assert "batchgen retry --failed" in first.stderr
     records = export_records(out)
     assert [r["state"] for r in records] == ["failed"] * 3
     assert all(r["attempts"] == 2 and "generation failed" in r["error"] and not r["outputs"] for r in records)
