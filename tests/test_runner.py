@@ -2,38 +2,33 @@
 
 from __future__ import annotations
 
-import hashlib
+import io
 import sqlite3
-from pathlib import Path
 
 import anyio
 import pytest
 
 from batchgen import ExitCode
 from batchgen.api import RunbaseClient
+from batchgen.creating import API_DOWN_STREAK
 from batchgen.ledger import Ledger
 from batchgen.manifest import load_jobs
+from batchgen.runner import SIMULATED_BASE_URL
 from batchgen.simulator import SimConfig, Simulator
 
 from .conftest import API_KEY, BASE_URL
-
-
-def saved_files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".png"}
-
-
-def served_sha256(sim: Simulator) -> set[str]:
-    return {f["sha256"] for run in sim.stats()["runs"] for f in run["files"]}
+from .served import assert_saved_as_served, image_files
 
 
 def test_batch_generates_every_image_and_records_it(write_manifest, run, sim, tmp_path):
     """Every job ends with a complete file whose sha256 is what the server sent, recorded in the ledger."""
     result = run(write_manifest(12), concurrency=4)
     assert result.exit_code == ExitCode.OK, result.message
-    files = saved_files(tmp_path / "out")
-    assert sorted(files) == [f"job-{i:03d}.png" for i in range(12)]
-    assert {hashlib.sha256(b).hexdigest() for b in files.values()} == served_sha256(sim)
-    assert all(b.startswith(b"\x89PNG\r\n\x1a\n") for b in files.values())
+    records = assert_saved_as_served(tmp_path / "out", sim.stats(), succeeded=12)
+    assert [r["outputs"][0]["path"] for r in records] == [f"job-{i:03d}.png" for i in range(12)]
+    assert all(
+        (tmp_path / "out" / n).read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for n in image_files(tmp_path / "out")
+    )
     stats = sim.stats()
     assert stats["creates"] == 12 and stats["creates_per_prompt_max"] == 1
     assert stats["auth_on_files"] == 0
@@ -98,13 +93,14 @@ def test_out_of_credits_mid_batch_collects_paid_runs_then_resumes(write_manifest
     assert first.exit_code == ExitCode.ACCOUNT
     assert "credits" in first.message.lower()
     assert first.counts["succeeded"] == 7 and first.counts["pending"] == 13
-    assert len(saved_files(tmp_path / "out")) == 7
+    assert_saved_as_served(tmp_path / "out", sim.stats(), succeeded=7)
     # Every sender stopped at once: at most one 402 per submitter that was already waiting.
     assert sim.stats()["payment_required"] <= 4
     sim.add_credits(100)
     second = run(manifest, sim, concurrency=4)
     assert second.exit_code == ExitCode.OK
     assert sim.stats()["creates"] == 20 and sim.stats()["creates_per_prompt_max"] == 1
+    assert_saved_as_served(tmp_path / "out", sim.stats(), succeeded=20)
 
 
 def test_forbidden_stops_creating_with_exit_3(write_manifest, run):
@@ -199,33 +195,36 @@ def test_lost_create_answers_are_counted_as_possible_double_charges(write_manife
     assert sim.stats()["creates"] == 12 + lost
 
 
-def test_malformed_and_truncated_answers_are_retried(write_manifest, run):
-    """200 with broken JSON, truncated bodies and resets on polls: retried, never a crash."""
+def test_malformed_and_truncated_answers_are_retried(write_manifest, run, tmp_path):
+    """Broken JSON, bodies cut short (polls and files) and resets: retried; every file is whole, as served."""
     faults = {"malformed_json": 0.1, "truncated": 0.1, "reset": 0.1}
     sim = Simulator(SimConfig(latency=0.02, faults=faults, seed=5))
     result = run(write_manifest(15), sim)
     assert result.exit_code == ExitCode.OK, result.message
-    for path in (result.output_dir).glob("*.png"):
-        assert path.stat().st_size > 60
+    assert sim.stats()["faults"]["truncated"] > 0
+    assert_saved_as_served(tmp_path / "out", sim.stats(), succeeded=15)
 
 
-def test_expired_output_urls_are_fetched_again(write_manifest, run):
+def test_expired_output_urls_are_fetched_again(write_manifest, run, tmp_path):
     """A download refused with 403 gets fresh URLs from the API before giving up."""
     sim = Simulator(SimConfig(latency=0.02, faults={"expire_first_fetch": 1.0}))
     result = run(write_manifest(4), sim)
     assert result.exit_code == ExitCode.OK
     assert result.stats.url_refreshes == 4
     assert sim.stats()["creates"] == 4
+    assert_saved_as_served(tmp_path / "out", sim.stats(), succeeded=4)
 
 
 def test_redirects_are_followed_but_not_to_other_schemes(write_manifest, run, tmp_path):
     """Redirects to http(s) are followed; one to another scheme fails that attempt."""
     sim = Simulator(SimConfig(latency=0.02, faults={"redirect": 1.0}))
     assert run(write_manifest(3), sim).exit_code == ExitCode.OK
+    assert_saved_as_served(tmp_path / "out", sim.stats(), succeeded=3)
     bad = Simulator(SimConfig(latency=0.02, faults={"redirect_bad_scheme": 1.0}))
     result = run(write_manifest(2), bad, output_dir=tmp_path / "other", max_attempts=1, reuse=False)
     assert result.exit_code == ExitCode.JOBS_FAILED
-    assert not list(result.output_dir.glob("*.png"))
+    assert bad.stats()["faults"]["redirect_bad_scheme"] >= 2  # every job met it
+    assert_saved_as_served(tmp_path / "other", bad.stats(), succeeded=0)
 
 
 def test_several_outputs_per_run_are_numbered_apart_from_other_jobs(write_manifest, run, tmp_path):
@@ -235,7 +234,9 @@ def test_several_outputs_per_run_are_numbered_apart_from_other_jobs(write_manife
     result = run(write_manifest(jobs=jobs), sim)
     assert result.exit_code == ExitCode.OK
     names = ["lamp.png", "lamp~2.png", "lamp~3.png", "lamp-2.png", "lamp-2~2.png", "lamp-2~3.png"]
-    assert sorted(saved_files(tmp_path / "out")) == sorted(names)
+    assert image_files(tmp_path / "out") == set(names)
+    records = assert_saved_as_served(tmp_path / "out", sim.stats(), succeeded=2)
+    assert [[o["path"] for o in r["outputs"]] for r in records] == [names[:3], names[3:]]
 
 
 def test_run_that_never_finishes_becomes_a_failed_attempt(write_manifest, run):
@@ -258,6 +259,7 @@ def test_vanished_run_is_created_again(write_manifest, run, sim, tmp_path):
     assert result.exit_code == ExitCode.OK
     with Ledger(ledger_path) as ledger:
         assert ledger.attempt_counts() == {"failed": 1, "succeeded": 1}
+    assert_saved_as_served(tmp_path / "out", sim.stats(), succeeded=1)
 
 
 def test_runs_created_before_a_crash_are_polled_not_created_again(write_manifest, run, sim, tmp_path):
@@ -277,9 +279,8 @@ def test_runs_created_before_a_crash_are_polled_not_created_again(write_manifest
     assert result.exit_code == ExitCode.OK
     stats = sim.stats()
     assert stats["creates"] == 3 and stats["creates_per_prompt_max"] == 1
-    (reused,) = [r for r in stats["runs"] if r["id"] == run_id]
-    saved = (tmp_path / "out" / "job-001.png").read_bytes()
-    assert hashlib.sha256(saved).hexdigest() == reused["files"][0]["sha256"]
+    records = assert_saved_as_served(tmp_path / "out", stats, succeeded=3)
+    assert records[1]["run_id"] == run_id and records[1]["outputs"][0]["path"] == "job-001.png"
 
 
 def test_two_runners_on_one_ledger_the_second_exits_at_once(write_manifest, tmp_path, run):
@@ -331,7 +332,9 @@ def test_an_api_that_keeps_failing_stops_the_batch_with_every_job_pending(write_
     result = run(write_manifest(10), sim)
     assert result.exit_code == ExitCode.UNAVAILABLE, result.message
     assert result.counts["pending"] == 10 and result.counts["failed"] == 0
-    assert sim.stats()["create_requests"] <= 2 * 6  # two jobs' worth of tries, one at a time
+    # Creates fail one at a time (no create has got through, so the gate stays shut) until the
+    # streak that means "the API is down": not one request more.
+    assert sim.stats()["create_requests"] == API_DOWN_STREAK
     sim.config.faults = {}
     assert run(write_manifest(10), sim).exit_code == ExitCode.OK
 
@@ -350,10 +353,24 @@ def test_when_no_create_gets_through_the_first_job_is_not_blamed(write_manifest,
 
 
 def test_python_api_takes_plain_strings(write_manifest, tmp_path, monkeypatch):
-    """The README's Python example: run_batch with string paths and simulate=True."""
+    """The README's Python example: run_batch with string paths and simulate=True saves each job's image."""
     from batchgen import run_batch
 
     monkeypatch.chdir(tmp_path)
     result = run_batch(str(write_manifest(3)), output_dir="images", simulate=True, progress="none")
     assert result.exit_code == ExitCode.OK, result.message
-    assert len(list((tmp_path / "images").glob("*.png"))) == 3
+    # The in-process simulator is gone with the call; any simulator with the same seed answers
+    # for its runs, so one here tells what each run's file was.
+    witness = Simulator(SimConfig())
+
+    async def fetch_each(run_ids: list[str]) -> None:
+        async with RunbaseClient(SIMULATED_BASE_URL, "any", transport=witness.transport()) as client:
+            for run_id in run_ids:
+                info = await client.get_run(run_id)
+                assert info.status == "succeeded" and len(info.urls) == 1
+                await client.download(info.urls[0], io.BytesIO())
+
+    with Ledger(tmp_path / "images" / "batchgen.sqlite") as ledger:
+        run_ids = [r["run_id"] for r in ledger.iter_export()]
+    anyio.run(fetch_each, run_ids)
+    assert_saved_as_served(tmp_path / "images", witness.stats(), succeeded=3)
