@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
 
@@ -17,27 +18,38 @@ from batchgen.outputs import PartialFile, UnsafeName, output_path
 from batchgen.simulator import SimConfig, Simulator
 
 from .conftest import API_KEY, BASE_URL
+from .served import assert_saved_as_served, image_files
 
 
-def test_key_is_in_no_repr(tmp_path):
-    """repr() of the config, the client and the ledger never shows the key."""
+def test_key_is_in_no_repr_log_record_or_result(write_manifest, run, tmp_path, caplog):
+    """repr() of the config, the client, the ledger and the result, and every log record down to DEBUG
+    (httpx and httpcore log each request there), never show the key, through retries and failed runs."""
+    caplog.set_level(logging.DEBUG)
+    sim = Simulator(SimConfig(latency=0.02, failure_rate=0.3, faults={"http_500": 0.2, "reset": 0.1}, seed=7))
+    result = run(write_manifest(8), sim)
+    assert result.exit_code in (ExitCode.OK, ExitCode.JOBS_FAILED), result.message
+    assert sim.stats()["faults"] and result.stats.retries > 0
     config = BatchConfig(manifest=tmp_path / "m.yaml", api_key=API_KEY)
     client = RunbaseClient(BASE_URL, API_KEY)
     ledger = Ledger(tmp_path / "l.sqlite")
     try:
-        for thing in (config, client, ledger, client._api.headers):
-            assert API_KEY not in repr(thing)
+        texts = [repr(config), repr(client), repr(ledger), repr(result), result.message]
     finally:
         ledger.close()
         anyio.run(client.aclose)
+    logged = [record.getMessage() for record in caplog.records]
+    assert any("POST" in line for line in logged)  # the requests were logged: the search below saw them
+    for text in texts + logged:
+        assert API_KEY not in text
 
 
-def test_authorization_never_reaches_output_hosts_even_through_redirects(write_manifest, run):
+def test_authorization_never_reaches_output_hosts_even_through_redirects(write_manifest, run, tmp_path):
     """Output files, redirected or not, are fetched without the Authorization header."""
     sim = Simulator(SimConfig(latency=0.02, faults={"redirect": 0.5, "expire_first_fetch": 0.3}, seed=4))
     assert run(write_manifest(10), sim).exit_code == ExitCode.OK
-    assert sim.stats()["downloads"] >= 10
+    assert sim.stats()["faults"]["redirect"] > 0
     assert sim.stats()["auth_on_files"] == 0
+    assert_saved_as_served(tmp_path / "out", sim.stats(), succeeded=10)
 
 
 def test_download_size_cap_refuses_big_files(write_manifest, run, tmp_path):
@@ -45,8 +57,10 @@ def test_download_size_cap_refuses_big_files(write_manifest, run, tmp_path):
     sim = Simulator(SimConfig(latency=0.02))
     result = run(write_manifest(2), sim, max_download_bytes=50, max_attempts=1)
     assert result.exit_code == ExitCode.JOBS_FAILED
-    kept = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and ".batchgen" not in p.parts]
-    assert [p.name for p in kept if not p.name.startswith("batchgen.sqlite")] == []
+    with Ledger(tmp_path / "out" / "batchgen.sqlite") as ledger:
+        errors = dict(ledger.recent_errors())
+    assert len(errors) == 2 and all("cap" in error for error in errors.values()), errors
+    assert_saved_as_served(tmp_path / "out", sim.stats(), succeeded=0)  # and no file of any name kept
 
 
 def test_non_http_output_url_is_refused():
@@ -98,6 +112,7 @@ def test_files_follow_the_umask_and_the_ledger_is_not_world_writable(write_manif
     finally:
         os.umask(old)
     out = tmp_path / "out"
+    assert len(image_files(out)) == 2
     for path in out.iterdir():
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o077 == 0, (path.name, oct(mode))
