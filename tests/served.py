@@ -9,10 +9,16 @@ no image that the ledger does not list.
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 from typing import Any
 
+import anyio
+
+from batchgen.api import RunbaseClient
 from batchgen.ledger import Ledger
+from batchgen.runner import SIMULATED_BASE_URL
+from batchgen.simulator import SimConfig, Simulator
 
 STATE_NAMES = ("batchgen.sqlite", ".batchgen")  # the ledger, its side files and the folder's own state
 
@@ -59,3 +65,21 @@ def assert_saved_as_served(
             listed.add(path.relative_to(out).as_posix())
     assert image_files(out) == listed
     return records
+
+
+def simulated_stats(run_ids: list[str]) -> dict[str, Any]:
+    """What ``--simulate`` served for these runs. Its simulator is gone with its process, but any
+    simulator with the same (default) seed answers for its runs: this one fetches each run's files
+    and returns its stats, to compare saved files with."""
+    witness = Simulator(SimConfig())
+
+    async def fetch_each() -> None:
+        async with RunbaseClient(SIMULATED_BASE_URL, "any", transport=witness.transport()) as client:
+            for run_id in run_ids:
+                info = await client.get_run(run_id)
+                assert info.status == "succeeded" and info.urls, (run_id, info)
+                for url in info.urls:
+                    await client.download(url, io.BytesIO())
+
+    anyio.run(fetch_each)
+    return witness.stats()

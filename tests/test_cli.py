@@ -16,18 +16,20 @@ import select
 import signal
 import subprocess
 import sys
-import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 from batchgen.manifest import load_jobs
-from batchgen.simulator import SimulatorServer
+from batchgen.simulator import SimConfig, Simulator, SimulatorServer
 
-from .conftest import API_KEY, REPO, batchgen_cli, env_for, export_records
+from .conftest import API_KEY, REPO, batchgen_cli, env_for, export_records, wait_until
+from .served import assert_saved_as_served, simulated_stats
 
 EXAMPLE = REPO / "manifests" / "example.yaml"
 BAD_MANIFESTS = sorted(p for p in (REPO / "tests" / "bad_manifests").iterdir() if p.suffix != ".md")
@@ -80,7 +82,7 @@ def test_run_example_with_simulate(tmp_path):
     assert len(expected) == 8
     assert pngs(out) == expected
     assert all((out / name).read_bytes().startswith(PNG_SIGNATURE) for name in expected)
-    assert not list(out.glob(".batchgen-*.part"))
+    assert_saved_as_served(out, simulated_stats([r["run_id"] for r in export_records(out)]), succeeded=8)
     assert not list(elsewhere.iterdir())  # nothing written to the working directory
 
 
@@ -185,7 +187,7 @@ def test_bad_manifest_is_refused_by_validate_and_run(tmp_path, serve, manifest):
     assert manifest.name in result.stderr
     assert "nothing was sent" in result.stderr
     assert requests_seen(server) == 0
-    assert not pngs(out)
+    assert not out.exists()  # no folder, no ledger: nothing to clean up
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/api/v1", "not a url", "http://"])
@@ -282,45 +284,67 @@ def test_status_and_export_without_a_ledger(tmp_path, command):
 # -- two runners, and the account stopping a batch ------------------------------------------------
 
 
-def test_second_runner_on_the_same_folder_exits_at_once(tmp_path, serve):
+class HeldCreates:
+    """The simulator, with every create answer held back until the test lets them go."""
+
+    def __init__(self, simulator: Simulator) -> None:
+        self.simulator = simulator
+        self.held = 0
+        self.release = threading.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or (scope["method"], scope["path"]) != ("POST", "/api/v1/runs"):
+            return await self.simulator(scope, receive, send)
+
+        async def held_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                self.held += 1
+                await anyio.to_thread.run_sync(self.release.wait, 60)  # bounded: a failing test cannot hang it
+                self.held -= 1
+            await send(message)
+
+        await self.simulator(scope, receive, held_send)
+
+
+def test_second_runner_on_the_same_folder_exits_at_once(tmp_path):
     """While one run works on a folder, a second exits 5 at once naming it (status still reads); the first ends 0."""
-    server = serve(latency=3.0)  # the first run needs > 3 s: plenty of time for the second to start and leave
-    manifest = write_jobs(tmp_path / "m.yaml", [f"slow item {i}" for i in range(4)])
+    app = HeldCreates(Simulator(SimConfig(latency=0.05)))
+    manifest = write_jobs(tmp_path / "m.yaml", [f"held item {i}" for i in range(4)])
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBASE_")}
-    env.update(env_for(server))
-    first = subprocess.Popen(
-        [sys.executable, "-m", "batchgen", "run", str(manifest), "--output", str(out), "--no-progress"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while server.simulator.stats()["creates"] == 0:  # the first holds the ledger and is at work
-            assert first.poll() is None and time.monotonic() < deadline, "the first run did not start"
-            time.sleep(0.02)
-        started = time.monotonic()
-        second = run_cli(manifest, out, env=env_for(server), timeout=20)
-        took = time.monotonic() - started
-        watching = batchgen_cli("status", "--output", str(out), "--json")  # reading is fine meanwhile
-        assert first.poll() is None  # the second did not wait for the first to finish
-        _, first_err = first.communicate(timeout=30)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate(timeout=10)
+    with SimulatorServer(app, startup_timeout=10) as server:  # type: ignore[arg-type]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBASE_")}
+        env.update(env_for(server))
+        first = subprocess.Popen(
+            [sys.executable, "-m", "batchgen", "run", str(manifest), "--output", str(out), "--no-progress"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            # The first holds the folder and waits for its first create's answer, which the server
+            # holds until the second has come and gone: the second cannot have waited for the first.
+            wait_until(lambda: app.held > 0 or first.poll() is not None, 30, "the first run's first create")
+            assert first.poll() is None, first.communicate()
+            second = run_cli(manifest, out, env=env_for(server), timeout=30)
+            watching = batchgen_cli("status", "--output", str(out), "--json")  # reading is fine meanwhile
+            assert first.poll() is None and app.held > 0
+            app.release.set()
+            _, first_err = first.communicate(timeout=60)
+        finally:
+            app.release.set()
+            if first.poll() is None:
+                first.kill()
+                first.communicate(timeout=10)
+        stats = app.simulator.stats()
     assert second.returncode == 5, second.stderr
     assert "another batchgen run" in second.stderr
     assert no_traceback(second)
-    assert took < 10
     assert watching.returncode == 0, watching.stderr
-    assert json.loads(watching.stdout)["jobs"]["running"] >= 1
+    assert json.loads(watching.stdout)["jobs"]["pending"] + json.loads(watching.stdout)["jobs"]["running"] == 4
     assert first.returncode == 0, first_err
-    stats = server.simulator.stats()
     assert stats["creates"] == 4 and stats["creates_per_prompt_max"] == 1
-    assert len(pngs(out)) == 4
+    assert_saved_as_served(out, stats, succeeded=4)
 
 
 def test_out_of_credits_mid_batch_then_resume(tmp_path, serve):
@@ -337,7 +361,8 @@ def test_out_of_credits_mid_batch_then_resume(tmp_path, serve):
     status = json.loads(batchgen_cli("status", "--output", str(out), "--json").stdout)
     assert status["last_session"]["outcome"] == "stopped by the account"
     # Every run paid for was downloaded before the exit, the last one in flight included.
-    assert len(pngs(out)) == status["jobs"]["succeeded"] == server.simulator.stats()["creates"] == 5
+    assert server.simulator.stats()["creates"] == 5
+    assert_saved_as_served(out, server.simulator.stats(), succeeded=5)
     assert status["jobs"] == {"pending": 7, "running": 0, "succeeded": 5, "failed": 0}
 
     topped_up = httpx.post(origin(server) + "/_sim/credits", json={"add": 100}, timeout=10)
@@ -346,7 +371,7 @@ def test_out_of_credits_mid_batch_then_resume(tmp_path, serve):
     assert second.returncode == 0, second.stderr
     stats = server.simulator.stats()
     assert stats["creates"] == 12 and stats["creates_per_prompt_max"] == 1
-    assert len(pngs(out)) == 12
+    assert_saved_as_served(out, stats, succeeded=12)
     assert {r["run_id"] for r in export_records(out)} == {r["id"] for r in stats["runs"]}
 
 
@@ -373,7 +398,8 @@ def test_failed_jobs_exit_1_then_retry_failed_finishes(tmp_path, serve):
     retried = run_cli(manifest, out, "--retry-failed", env=env_for(server))
     assert retried.returncode == 0, retried.stderr
     assert [r["state"] for r in export_records(out)] == ["succeeded"] * 3
-    assert len(pngs(out)) == 3 and server.simulator.stats()["creates"] == 9
+    assert server.simulator.stats()["creates"] == 9
+    assert_saved_as_served(out, server.simulator.stats(), succeeded=3)
 
 
 # -- batchgen simulate ----------------------------------------------------------------------------
@@ -404,6 +430,7 @@ def test_simulate_command_serves_a_simulator_that_run_can_use(tmp_path):
         assert result.returncode == 0, result.stderr
         stats = httpx.get(base_url.removesuffix("/api/v1") + "/_sim/stats", timeout=10).json()
         assert stats["creates"] == 8 and stats["auth_on_files"] == 0
+        assert_saved_as_served(tmp_path / "out", stats, succeeded=8)
         sim.send_signal(signal.SIGINT)
         _, err = sim.communicate(timeout=10)
         assert sim.returncode == 0, err
