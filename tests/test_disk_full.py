@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import subprocess
 import uuid
@@ -12,6 +11,8 @@ import pytest
 
 from batchgen import ExitCode
 from batchgen.simulator import SimConfig, Simulator
+
+from .served import assert_saved_as_served
 
 
 @pytest.fixture
@@ -42,10 +43,7 @@ def test_full_disk_stops_cleanly_and_resume_finishes(write_manifest, run, small_
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     second = run(manifest, sim, output_dir=out, concurrency=8)
     assert second.exit_code == ExitCode.OK, second.message
-    served = {f["sha256"] for r in sim.stats()["runs"] for f in r["files"]}
-    files = list(out.glob("*.png"))
-    assert len(files) == 400
-    assert all(hashlib.sha256(p.read_bytes()).hexdigest() in served for p in files)
-    assert not list(out.glob("*.part"))
+    # Each job's file is what the server sent for its own run; no .part or other file is left.
+    assert_saved_as_served(out, sim.stats(), succeeded=400)
     # Runs created before the stop were polled again, not created again.
     assert 400 <= sim.stats()["creates"] <= 400 + second.unknown_creates_total
