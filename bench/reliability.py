@@ -1,27 +1,34 @@
-"""Prove batchgen's three promises and print the figures.
+"""Check batchgen's promises against the simulator and record the figures.
 
-    python bench/reliability.py [--kills 20] [--jobs 200] [--seed 1]
+    python bench/reliability.py [--kills 20] [--jobs 200] [--seed 1] [--json PATH]
 
-1. No work is lost: SIGKILL the real CLI at random moments while it runs against
-   the simulator over real sockets, then run it until it finishes; stop it with
-   SIGINT and SIGTERM; run a batch with every server fault switched on.
-2. Nothing is paid twice: the server's count of runs per job against the
-   ledger's attempts. The only extra runs allowed are creates whose answer never
-   came (the process was killed, or the connection dropped, in that window).
-3. Nobody gets in or out: every bad manifest in tests/bad_manifests exits 2 with
-   no traceback and no request; the API key is searched for in every file,
-   ledger and message produced.
+Every row is either a *check* (a figure with the value the promise requires; the script
+exits 1 if one fails) or *information* (a figure with no verdict). Sections:
 
-Exits 1 if any promise is broken.
+1. SIGKILL at random moments after the run's first request, then resume: jobs lost, files
+   not what the server sent, runs the ledger never recorded beyond its 'unknown' count.
+   Kills are counted as processes that ended by SIGKILL, not as signals sent.
+2. SIGINT / SIGTERM mid-batch: exit 130 (or 0 when the batch had already finished).
+3. A batch with every retryable server fault on (simulator FAULTS).
+4. Off the happy path (simulator OFF_PATH_FAULTS): hostile output bodies and URLs, odd
+   run ids, polls answering 404 just after the create, a key echoed in error bodies.
+5. A ledger deleted, emptied, or its -wal deleted after a kill: runs paid again.
+6. Two ledgers on one output folder.
+7. Every bad manifest in tests/bad_manifests: exit 2, no request of any kind.
+8. The API key searched for in everything written (one root folder holds every output
+   folder, ledger and the reuse index) and printed.
+
+With --json the rows go to a results file (bench/results_file.py) that bench/docs.py
+turns into bench/RELIABILITY.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -29,216 +36,479 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
-import httpx
 import yaml
 
-from batchgen import ExitCode, run_batch
-from batchgen.simulator import SimConfig, Simulator, SimulatorServer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results_file  # noqa: E402
+
+from batchgen import ExitCode, run_batch  # noqa: E402
+from batchgen.simulator import FAULTS, OFF_PATH_FAULTS, SimConfig, Simulator, SimulatorServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-reliability-7f3a9c0e5b1d"
-FAULTS = {
-    "http_500": 0.03,
-    "http_502_html": 0.03,
-    "http_503": 0.03,
-    "reset": 0.03,
-    "reset_after_create": 0.03,
-    "slow": 0.01,
-    "truncated": 0.03,
-    "malformed_json": 0.03,
-    "expire_first_fetch": 0.03,
-    "redirect": 0.03,
-    "redirect_bad_scheme": 0.01,
-}
+IN_PROCESS_URL = "http://api.runbase.test/api/v1"
+SOAK_FAULTS = {name: 0.01 if name == "slow" else 0.03 for name in FAULTS}
+BODY_FAULTS = [f for f in OFF_PATH_FAULTS if f.startswith("body_")]
+URL_FAULTS = ["output_data_url", "output_file_url", "no_output_urls"]
 
 
 class Report:
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str, bool]] = []
+    def __init__(self, root: Path) -> None:
+        self.rows: list[dict[str, Any]] = []
         self.texts: list[str] = []  # everything batchgen printed, searched for the key
-        self.folders: list[Path] = []
+        self.root = root  # every folder batchgen wrote to is under here
+        self.section = ""
 
-    def add(self, what: str, figure: object, ok: bool = True) -> None:
-        self.rows.append((what, str(figure), ok))
-        print(f"  {what}: {figure}{'' if ok else '  <-- BROKEN'}", file=sys.stderr, flush=True)
+    def check(self, what: str, figure: object, ok: bool) -> None:
+        """A promise: ``ok`` says whether it held."""
+        self._add(what, figure, ok)
+
+    def info(self, what: str, figure: object) -> None:
+        """A figure for information: no verdict."""
+        self._add(what, figure, None)
+
+    def _add(self, what: str, figure: object, ok: bool | None) -> None:
+        row = {"section": self.section, "what": what, "figure": str(figure), "check": ok is not None, "ok": ok}
+        self.rows.append(row)
+        mark = "" if ok is None else ("  ok" if ok else "  <-- BROKEN")
+        print(f"  {what}: {figure}{mark}", file=sys.stderr, flush=True)
+
+    def folder(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True)
+        return path
 
 
-def cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("RUNBASE_")} | env
+def env_for(base_url: str, report: Report) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBASE_")}
+    env.update(RUNBASE_BASE_URL=base_url, RUNBASE_API_KEY=KEY, BATCHGEN_CACHE_DIR=str(report.root / "cache"))
+    return env
+
+
+def cli(report: Report, base_url: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "batchgen", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=full,
+        env=env_for(base_url, report),
     )
 
 
-def write_manifest(folder: Path, jobs: int) -> Path:
+def cli_done(report: Report, base_url: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    process = cli(report, base_url, *args)
+    stdout, stderr = process.communicate(timeout=timeout)
+    report.texts += [stdout, stderr]
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_args(manifest: Path, out: Path, *extra: str) -> tuple[str, ...]:
+    return ("run", str(manifest), "--output", str(out), "--no-progress", *extra)
+
+
+def write_manifest(folder: Path, jobs: int, prefix: str = "item") -> Path:
     path = folder / "catalogue.yaml"
-    items = [{"id": f"item-{i:04d}", "prompt": f"catalogue photo of item {i}"} for i in range(jobs)]
+    items = [{"id": f"{prefix}-{i:04d}", "prompt": f"catalogue photo of {prefix} {i}"} for i in range(jobs)]
     path.write_text(yaml.safe_dump({"jobs": items}), encoding="utf-8")
     return path
 
 
-def check_folder(report: Report, label: str, out: Path, sim: Simulator, jobs: int) -> None:
-    """Files against the server's records; runs per job against the ledger's attempts."""
-    stats = sim.stats()
-    served: dict[str, set[str]] = {}
-    runs_per_prompt = Counter(run["prompt"] for run in stats["runs"])
-    for run in stats["runs"]:
-        served.setdefault(run["prompt"], set()).update(f["sha256"] for f in run["files"])
-    db = sqlite3.connect(out / "batchgen.sqlite")
-    rows = db.execute(
-        """SELECT j.job_id, j.state, j.error, json_extract(j.spec_json, '$.input.prompt'),
-                  (SELECT count(*) FROM attempts a WHERE a.job_id = j.job_id),
-                  (SELECT count(*) FROM attempts a WHERE a.job_id = j.job_id AND a.status = 'unknown')
-           FROM jobs j"""
-    ).fetchall()
-    outputs = db.execute("SELECT o.path, o.sha256, j.spec_json FROM outputs o JOIN jobs j USING (job_id)").fetchall()
-    db.close()
-    lost = sum(1 for _, state, error, *_ in rows if not (state == "succeeded" or (state == "failed" and error)))
-    lost += jobs - len(rows)
-    bad_files = 0
-    for path, sha, spec_json in outputs:
-        data = (out / path).read_bytes()
-        prompt = json.loads(spec_json)["input"]["prompt"]
-        if hashlib.sha256(data).hexdigest() != sha or sha not in served.get(prompt, set()):
-            bad_files += 1
-    twice = sum(max(0, runs_per_prompt[prompt] - attempts) for _, _, _, prompt, attempts, _ in rows)
-    window = sum(unknown for *_, unknown in rows)
-    extra = sum(runs_per_prompt.values()) - sum(1 for r in rows if r[1] == "succeeded")
-    leftovers = len(list(out.glob("*.part")))
-    report.add(f"{label}: jobs lost", lost, lost == 0)
-    report.add(f"{label}: files not matching what the server sent (truncated, wrong)", bad_files, bad_files == 0)
-    report.add(f"{label}: runs created twice outside the create window", twice, twice == 0)
-    report.add(f"{label}: creates in the create window (recorded as unknown)", window)
-    report.add(f"{label}: extra runs paid (failed runs retried + unknown)", extra)
-    report.add(f"{label}: temporary files left", leftovers, leftovers == 0)
+def ledger_rows(out: Path, sql: str, ledger: Path | None = None) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(f"file:{ledger or out / 'batchgen.sqlite'}?mode=ro", uri=True)) as db:
+        return db.execute(sql).fetchall()
+
+
+OUTPUTS_SQL = "SELECT o.path, o.n, o.sha256, a.run_id FROM outputs o JOIN attempts a USING (attempt_id)"
+
+
+def file_sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def requests_seen(sim: Simulator) -> int:
+    stats = sim.stats(logs=False)
+    return stats["create_requests"] + stats["gets"] + stats["downloads"]
+
+
+def check_folder(report: Report, label: str, out: Path, sim: Simulator, jobs: int) -> dict[str, int]:
+    """Jobs, files and runs against the server's records (ledger read-only)."""
+    stats = sim.stats(logs=False)
+    served = {run["id"]: {f["n"]: f["sha256"] for f in run["files"]} for run in stats["runs"]}
+    states = dict(ledger_rows(out, "SELECT state, count(*) FROM jobs GROUP BY state"))
+    failed_without_reason = ledger_rows(out, "SELECT count(*) FROM jobs WHERE state = 'failed' AND error IS NULL")
+    lost = jobs - states.get("succeeded", 0) - states.get("failed", 0) + failed_without_reason[0][0]
+    outputs = ledger_rows(out, OUTPUTS_SQL)
+    bad_files = sum(
+        1 for path, n, sha, run_id in outputs if not file_sha256(out / path) == sha == served.get(run_id, {}).get(n)
+    )
+    recorded = {r[0] for r in ledger_rows(out, "SELECT run_id FROM attempts WHERE run_id IS NOT NULL")}
+    unknown = ledger_rows(out, "SELECT count(*) FROM attempts WHERE status = 'unknown'")[0][0]
+    never_recorded = len(set(served) - recorded)
+    leftovers = len(list(out.rglob(".batchgen-*.part")))
+    report.check(f"{label}: jobs lost (neither succeeded nor failed with a reason)", lost, lost == 0)
+    report.check(f"{label}: files not what the server sent for that job's run", bad_files, bad_files == 0)
+    beyond = max(0, never_recorded - unknown)
+    report.check(f"{label}: runs the ledger never recorded, beyond its 'unknown' count", beyond, beyond == 0)
+    report.info(f"{label}: runs never recorded / creates counted 'unknown'", f"{never_recorded} / {unknown}")
+    report.info(f"{label}: server runs / jobs", f"{len(served)} / {jobs}")
+    report.check(f"{label}: temporary files left", leftovers, leftovers == 0)
+    return {"never_recorded": never_recorded, "unknown": unknown, "runs": len(served)}
+
+
+# -- 1. SIGKILL ----------------------------------------------------------------------------------
 
 
 def kill_chaos(report: Report, kills_wanted: int, rng: random.Random) -> None:
-    """Rounds of: SIGKILL the CLI at random moments, then let it finish; check each round."""
-    kills = rounds = 0
-    while kills < kills_wanted:
+    report.section = "SIGKILL at random moments, then resume"
+    sent = exits_by_kill = rounds = 0
+    while exits_by_kill < kills_wanted and rounds < kills_wanted:
         rounds += 1
-        folder = Path(tempfile.mkdtemp(prefix="batchgen-chaos-"))
-        report.folders.append(folder)
+        folder = report.folder(f"kill-{rounds}")
         jobs, out = 60, folder / "out"
         manifest = write_manifest(folder, jobs)
         sim = Simulator(SimConfig(latency=0.3, latency_sigma=0.5, seed=rng.randrange(1000)))
         with SimulatorServer(sim) as server:
-            env = {"RUNBASE_BASE_URL": server.base_url, "RUNBASE_API_KEY": KEY}
             for _ in range(kills_wanted + 10):
-                process = cli(
-                    "run", str(manifest), "--output", str(out), "--concurrency", "6", "--no-progress", env=env
-                )
-                if kills < kills_wanted:
-                    time.sleep(rng.uniform(0.02, 1.0))  # from manifest loading to mid-download
+                before = requests_seen(sim)
+                process = cli(report, server.base_url, *run_args(manifest, out, "--concurrency", "6"))
+                if exits_by_kill < kills_wanted:
+                    deadline = time.monotonic() + 60  # the kill moment is drawn after the first request
+                    while requests_seen(sim) == before and process.poll() is None and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                    time.sleep(rng.uniform(0.0, 1.2))
                     if process.poll() is None:
-                        process.kill()
-                        kills += 1
-                stdout, stderr = process.communicate(timeout=120)
+                        process.send_signal(signal.SIGKILL)
+                        sent += 1
+                stdout, stderr = process.communicate(timeout=300)
                 report.texts += [stdout, stderr]
+                exits_by_kill += process.returncode == -signal.SIGKILL
                 if process.returncode == 0:
                     break
             finished = process.returncode == 0
-            report.add(f"SIGKILL round {rounds}: resumed to the end (exit 0)", "yes" if finished else "no", finished)
-            check_folder(report, f"SIGKILL round {rounds}", out, sim, jobs)
-    report.add("SIGKILLs survived", kills)
+            report.check(f"round {rounds}: resumed to the end (exit 0)", "yes" if finished else "no", finished)
+            check_folder(report, f"round {rounds}", out, sim, jobs)
+    report.info("SIGKILLs sent", sent)
+    report.check("runs ended by SIGKILL (exit status -9), then resumed", exits_by_kill, exits_by_kill >= kills_wanted)
+
+
+# -- 2. SIGINT / SIGTERM ------------------------------------------------------------------------------
 
 
 def signal_stops(report: Report, rng: random.Random) -> None:
-    folder = Path(tempfile.mkdtemp(prefix="batchgen-signals-"))
-    report.folders.append(folder)
-    jobs = 30
+    report.section = "SIGINT and SIGTERM"
+    folder = report.folder("signals")
+    jobs, out = 30, folder / "out"
     manifest = write_manifest(folder, jobs)
-    out = folder / "out"
     sim = Simulator(SimConfig(latency=0.5, latency_sigma=0.3, seed=rng.randrange(1000)))
-    stops, slowest = 0, 0.0
+    codes: Counter[int] = Counter()
+    slowest = 0.0
     with SimulatorServer(sim) as server:
-        env = {"RUNBASE_BASE_URL": server.base_url, "RUNBASE_API_KEY": KEY}
-        args = ("run", str(manifest), "--output", str(out), "--concurrency", "4", "--no-progress")
         for signum in (signal.SIGINT, signal.SIGTERM) * 3:
-            process = cli(*args, env=env)
-            time.sleep(rng.uniform(0.3, 1.0))
-            sent = time.monotonic()
+            before = requests_seen(sim)
+            process = cli(report, server.base_url, *run_args(manifest, out, "--concurrency", "4"))
+            while requests_seen(sim) == before and process.poll() is None:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.7))
+            signalled = time.monotonic()
             process.send_signal(signum)
-            stdout, stderr = process.communicate(timeout=30)
+            stdout, stderr = process.communicate(timeout=60)
             report.texts += [stdout, stderr]
-            slowest = max(slowest, time.monotonic() - sent)
-            stops += process.returncode in (ExitCode.INTERRUPTED, ExitCode.OK)
-        process = cli(*args, env=env)
-        stdout, stderr = process.communicate(timeout=120)
-        report.texts += [stdout, stderr]
-    report.add("SIGINT/SIGTERM stops with exit 130 (or 0 if already done)", f"{stops}/6", stops == 6)
-    report.add("slowest exit after a signal (s)", f"{slowest:.2f}", slowest < 5)
+            slowest = max(slowest, time.monotonic() - signalled)
+            codes[process.returncode] += 1
+        finished = cli_done(report, server.base_url, *run_args(manifest, out, "--concurrency", "4"))
+    stopped, done = codes[ExitCode.INTERRUPTED], codes[ExitCode.OK]
+    report.check(
+        "signals answered by exit 130 (or 0: the batch had already finished)",
+        f"{stopped} + {done} of 6",
+        stopped + done == 6,
+    )
+    report.info("slowest exit after a signal (s)", f"{slowest:.2f}")
+    report.check("the run after the signals exits 0", finished.returncode, finished.returncode == 0)
     check_folder(report, "after signals", out, sim, jobs)
 
 
-def fault_soak(report: Report, jobs: int, seed: int) -> None:
-    folder = Path(tempfile.mkdtemp(prefix="batchgen-faults-"))
-    report.folders.append(folder)
-    manifest = write_manifest(folder, jobs)
-    out = folder / "out"
-    config = SimConfig(latency=0.05, latency_sigma=0.5, failure_rate=0.03, stuck_rate=0.02, faults=FAULTS, seed=seed)
-    config.slow_seconds = 3.0
-    sim = Simulator(config)
+# -- 3. retryable faults ----------------------------------------------------------------------------
+
+
+def in_process(report: Report, folder: str, sim: Simulator, jobs: int, **options: Any) -> tuple[Any, Path]:
+    base = report.folder(folder)
+    manifest = write_manifest(base, jobs, prefix=folder)
+    options.setdefault("reuse_index", report.root / "cache" / "reuse.sqlite")
     result = run_batch(
         manifest,
-        output_dir=out,
+        output_dir=base / "out",
         transport=sim.transport(),
         api_key=KEY,
-        base_url="http://api.runbase.test/api/v1",
+        base_url=IN_PROCESS_URL,
         progress="none",
-        concurrency=16,
-        timeout=1.0,
-        run_timeout=3.0,
         backoff_base=0.05,
+        **options,
     )
-    report.texts.append(result.message)
-    injected = sim.stats()["faults"]
-    report.add("faults injected, by kind", ", ".join(f"{k} {v}" for k, v in sorted(injected.items())))
-    report.add("faulty batch: exit code", result.exit_code, result.exit_code in (0, 1))
-    report.add(
-        "faulty batch: retries counted in the summary",
-        f"{result.stats.retries} retries, {result.stats.failed_runs} failed runs, "
-        f"{result.stats.url_refreshes} URL refreshes",
+    report.texts += [result.message, repr(result)]
+    return result, base / "out"
+
+
+def fault_soak(report: Report, jobs: int, seed: int) -> None:
+    report.section = "Every retryable server fault"
+    config = SimConfig(
+        latency=0.05,
+        latency_sigma=0.5,
+        failure_rate=0.03,
+        stuck_rate=0.02,
+        faults=SOAK_FAULTS,
+        seed=seed,
+        slow_seconds=3.0,
+    )
+    sim = Simulator(config)
+    result, out = in_process(report, "faults", sim, jobs, concurrency=16, timeout=1.0, run_timeout=3.0)
+    injected = sim.stats(logs=False)["faults"]
+    report.info("faults injected, by kind", ", ".join(f"{k} {v}" for k, v in sorted(injected.items())))
+    report.check("exit code (0, or 1 when runs kept failing)", result.exit_code, result.exit_code in (0, 1))
+    report.info(
+        "retries / failed runs / URL refreshes in the summary",
+        f"{result.stats.retries} / {result.stats.failed_runs} / {result.stats.url_refreshes}",
     )
     check_folder(report, "faulty batch", out, sim, jobs)
 
 
+# -- 4. off the happy path --------------------------------------------------------------------------
+
+
+def hostile_outputs(report: Report) -> None:
+    report.section = "Hostile output bodies and URLs"
+    jobs = 3
+    for fault in [*BODY_FAULTS, *URL_FAULTS, "png_octet_stream"]:
+        sim = Simulator(SimConfig(latency=0.02, faults={fault: 1.0}, huge_body_bytes=4 << 20, seed=3))
+        result, out = in_process(report, f"hostile-{fault}", sim, jobs, max_download_bytes=2 << 20, reuse=False)
+        stats = sim.stats(logs=False)
+        figures = check_folder_quiet(out, stats)
+        if fault == "png_octet_stream":  # a real PNG under the wrong label: it is the image
+            ok = figures["bad_files"] == 0 and figures["succeeded"] == jobs and stats["creates"] == jobs
+            report.check(
+                f"{fault}: jobs saved with the real image / runs paid",
+                f"{figures['succeeded']} of {jobs} / {stats['creates']}",
+                ok,
+            )
+            continue
+        kept = figures["bad_files"] + figures["stray_files"]
+        report.check(f"{fault}: files kept that are not the image", kept, kept == 0)
+        reasons = figures["failed_with_reason"]
+        ok = reasons == jobs and stats["creates"] == jobs
+        report.check(
+            f"{fault}: jobs failed with the reason / runs paid (one per job)",
+            f"{reasons} of {jobs} / {stats['creates']}",
+            ok,
+        )
+
+
+def check_folder_quiet(out: Path, stats: dict[str, Any]) -> dict[str, int]:
+    served = {run["id"]: {f["n"]: f["sha256"] for f in run["files"]} for run in stats["runs"]}
+    outputs = ledger_rows(
+        out, "SELECT o.path, o.n, o.sha256, a.run_id FROM outputs o JOIN attempts a USING (attempt_id)"
+    )
+    bad = sum(
+        1
+        for path, n, sha, run_id in outputs
+        if not (out / path).is_file()
+        or hashlib.sha256((out / path).read_bytes()).hexdigest() != served.get(run_id, {}).get(n)
+    )
+    listed = {path for path, *_ in outputs}
+    stray = [
+        p
+        for p in out.rglob("*")
+        if p.is_file()
+        and not p.name.startswith("batchgen.sqlite")
+        and ".batchgen" not in p.relative_to(out).parts
+        and p.relative_to(out).as_posix() not in listed
+    ]
+    states = dict(ledger_rows(out, "SELECT state, count(*) FROM jobs GROUP BY state"))
+    reasons = ledger_rows(out, "SELECT count(*) FROM jobs WHERE state = 'failed' AND error IS NOT NULL")[0][0]
+    return {
+        "bad_files": bad,
+        "stray_files": len(stray),
+        "succeeded": states.get("succeeded", 0),
+        "failed_with_reason": reasons,
+    }
+
+
+def odd_ids_and_404s(report: Report) -> None:
+    report.section = "Odd run ids and 404s just after the create"
+    jobs = 12
+    sim = Simulator(SimConfig(latency=0.05, faults={"odd_run_id": 1.0}, seed=5))
+    result, out = in_process(report, "odd-ids", sim, jobs, reuse=False)
+    stats = sim.stats(logs=False)
+    figures = check_folder_quiet(out, stats)
+    report.check(
+        "odd run ids (., .., a/b, ?x, %2e...): jobs succeeded with their image / runs paid",
+        f"{figures['succeeded']} of {jobs} / {stats['creates']}",
+        figures["succeeded"] == jobs and figures["bad_files"] == 0 and stats["creates"] == jobs,
+    )
+    sim = Simulator(SimConfig(latency=0.05, faults={"not_found_after_create": 1.0}, not_found_seconds=1.5, seed=6))
+    result, out = in_process(report, "not-found", sim, jobs, reuse=False)
+    stats = sim.stats(logs=False)
+    figures = check_folder_quiet(out, stats)
+    report.info("404 answers to polls of just-created runs", stats["faults"].get("not_found_after_create", 0))
+    report.check(
+        "transient 404s survived: jobs succeeded / runs paid (one per job)",
+        f"{figures['succeeded']} of {jobs} / {stats['creates']}",
+        figures["succeeded"] == jobs and figures["bad_files"] == 0 and stats["creates"] == jobs,
+    )
+
+
+def echoed_key(report: Report) -> None:
+    report.section = "The key echoed back by the server"
+    folder = report.folder("echo")
+    out = folder / "out"
+    items = [{"id": f"echo-{i}", "prompt": f"photo {i}" + (" FORBIDDEN" if i % 3 == 0 else "")} for i in range(9)]
+    manifest = folder / "m.yaml"
+    manifest.write_text(yaml.safe_dump({"jobs": items}), encoding="utf-8")
+    config = SimConfig(
+        latency=0.05,
+        failure_rate=0.3,
+        faults={"echo_headers": 1.0, "control_chars": 0.5, "http_500": 0.2},
+        refuse_prompts_containing="FORBIDDEN",
+        seed=8,
+    )
+    sim = Simulator(config)
+    texts_before = len(report.texts)
+    with SimulatorServer(sim) as server:
+        done = cli_done(report, server.base_url, *run_args(manifest, out, "--max-attempts", "2"))
+        for args in (["status"], ["status", "--json"], ["export"], ["export", "--format", "csv"]):
+            cli_done(report, server.base_url, *args, "--output", str(out))
+        wrong = SimConfig(latency=0.05, api_key="another-key", faults={"echo_headers": 1.0})
+        with SimulatorServer(Simulator(wrong)) as refusing:
+            cli_done(report, refusing.base_url, *run_args(manifest, folder / "refused"))
+    echoed = sim.stats(logs=False)["faults"].get("echo_headers", 0)
+    report.info("error answers that echoed the request's headers (key included)", echoed)
+    report.info("exit code of the batch", done.returncode)
+    texts = report.texts[texts_before:]
+    leaks = sum(KEY in text for text in texts) + files_holding_key(folder)
+    report.check("leaks of the key (stderr, status, status --json, export, ledger, files)", leaks, leaks == 0)
+    escapes = sum("\x1b" in text for text in texts)
+    report.check("terminal escape codes from the server printed", escapes, escapes == 0)
+
+
+# -- 5. the ledger lost ---------------------------------------------------------------------------
+
+
+def ledger_lost(report: Report) -> None:
+    report.section = "A ledger lost, emptied or rolled back"
+    jobs = 20
+    for how in ("deleted", "emptied"):
+        sim = Simulator(SimConfig(latency=0.2, latency_sigma=0.3, seed=9))
+        folder = report.folder(f"ledger-{how}")
+        manifest, out = write_manifest(folder, jobs, prefix=how), folder / "out"
+        with SimulatorServer(sim) as server:
+            first = cli_done(report, server.base_url, *run_args(manifest, out))
+            ledger = out / "batchgen.sqlite"
+            creates = sim.stats(logs=False)["creates"]
+            for side in (Path(f"{ledger}-wal"), Path(f"{ledger}-shm")):
+                side.unlink(missing_ok=True)
+            if how == "deleted":
+                ledger.unlink()
+            else:
+                ledger.write_bytes(b"")
+            again = cli_done(report, server.base_url, *run_args(manifest, out))
+        paid = sim.stats(logs=False)["creates"] - creates
+        ok = first.returncode == 0 and again.returncode == 0 and paid == 0
+        codes = f"exit codes {first.returncode}, {again.returncode}"
+        report.check(f"ledger {how} after a finished batch: runs paid again ({codes})", paid, ok)
+        check_folder(report, f"ledger {how}", out, sim, jobs)
+
+    jobs = 60
+    sim = Simulator(SimConfig(latency=0.2, latency_sigma=0.3, seed=11))
+    folder = report.folder("ledger-wal")
+    manifest, out = write_manifest(folder, jobs, prefix="wal"), folder / "out"
+    with SimulatorServer(sim) as server:
+        process = cli(report, server.base_url, *run_args(manifest, out, "--concurrency", "8"))
+        while sim.stats(logs=False)["creates"] < jobs // 3 and process.poll() is None:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        report.texts += list(process.communicate(timeout=60))
+        killed = process.returncode == -signal.SIGKILL
+        for side in ("-wal", "-shm"):
+            Path(f"{out / 'batchgen.sqlite'}{side}").unlink(missing_ok=True)
+        again = cli_done(report, server.base_url, *run_args(manifest, out, "--concurrency", "8"))
+    report.check("-wal deleted after a SIGKILL: killed, then the resume exits 0", again.returncode,
+                 killed and again.returncode == 0)  # fmt: skip
+    figures = check_folder(report, "-wal deleted", out, sim, jobs)
+    paid_again = max(0, figures["runs"] - jobs - figures["unknown"])
+    report.check("-wal deleted: runs paid again beyond the creates counted 'unknown'", paid_again, paid_again == 0)
+
+
+# -- 6. two ledgers, one folder --------------------------------------------------------------------------
+
+
+def two_ledgers(report: Report) -> None:
+    report.section = "Two ledgers on one output folder"
+    folder = report.folder("two-ledgers")
+    jobs, out = 6, folder / "out"
+    manifest = write_manifest(folder, jobs, prefix="shared")
+    sim = Simulator(SimConfig(latency=2.0, seed=10))
+    with SimulatorServer(sim) as server:
+        first = cli(report, server.base_url, *run_args(manifest, out))
+        while sim.stats(logs=False)["creates"] == 0 and first.poll() is None:
+            time.sleep(0.01)
+        second = cli_done(report, server.base_url, *run_args(manifest, out, "--ledger", str(folder / "other.sqlite")))
+        running = first.poll() is None
+        report.texts += list(first.communicate(timeout=120))
+    report.check(
+        "the second run (another --ledger) exits 5 while the first works",
+        second.returncode,
+        second.returncode == ExitCode.LOCAL and running,
+    )
+    creates = sim.stats(logs=False)["creates"]
+    ok = first.returncode == 0 and creates == jobs
+    report.check("the first run finishes (exit 0), runs paid once each", f"exit {first.returncode}, {creates} runs", ok)
+    check_folder(report, "two ledgers", out, sim, jobs)
+
+
+# -- 7. bad manifests ---------------------------------------------------------------------------------
+
+
 def bad_inputs(report: Report) -> None:
-    corpus = sorted((REPO / "tests" / "bad_manifests").glob("*"))
-    corpus = [p for p in corpus if p.name != "README.md"]
+    report.section = "Bad manifests"
+    corpus = sorted(p for p in (REPO / "tests" / "bad_manifests").iterdir() if p.suffix != ".md")
     sim = Simulator(SimConfig())
-    failures = []
-    with SimulatorServer(sim) as server, tempfile.TemporaryDirectory() as folder:
-        env = {"RUNBASE_BASE_URL": server.base_url, "RUNBASE_API_KEY": KEY}
+    failures, folders_made = [], 0
+    with SimulatorServer(sim) as server:
         for path in corpus:
-            process = cli("run", str(path), "--output", folder, "--no-progress", env=env)
-            stdout, stderr = process.communicate(timeout=60)
-            report.texts += [stdout, stderr]
-            if process.returncode != 2 or "Traceback" in stdout + stderr or path.name not in stderr:
+            out = report.root / "bad" / path.name
+            done = cli_done(report, server.base_url, *run_args(path, out))
+            if done.returncode != 2 or "Traceback" in done.stdout + done.stderr or path.name not in done.stderr:
                 failures.append(path.name)
-        requests = httpx.get(server.base_url.replace("/api/v1", "/_sim/stats")).json()["create_requests"]
-    report.add(
-        "bad manifests tried (exit 2, names the file, no traceback)",
-        f"{len(corpus) - len(failures)}/{len(corpus)}",
+            folders_made += out.exists()
+        requests = requests_seen(sim)
+    report.check(
+        "bad manifests refused (exit 2, the file named, no traceback)",
+        f"{len(corpus) - len(failures)} of {len(corpus)}",
         not failures,
     )
-    report.add("requests sent for bad manifests", requests, requests == 0)
+    report.check("requests of any kind sent for bad manifests (creates, polls, downloads)", requests, requests == 0)
+    report.check("output folders created for bad manifests", folders_made, folders_made == 0)
+
+
+# -- 8. secrets ------------------------------------------------------------------------------------
+
+
+def files_holding_key(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes())
 
 
 def secrets(report: Report) -> None:
-    leaks = sum(KEY in text for text in report.texts)
-    for folder in report.folders:
-        for path in folder.rglob("*"):
-            if path.is_file() and KEY.encode() in path.read_bytes():
-                leaks += 1
-    report.add("secrets leaked (messages, files, ledgers)", leaks, leaks == 0)
+    report.section = "The key, everywhere"
+    files = sum(1 for p in report.root.rglob("*") if p.is_file())
+    report.info("files searched (every output folder, ledger, journal and the reuse index)", files)
+    report.info("messages searched (stdout and stderr of every command, every result)", len(report.texts))
+    leaks = sum(KEY in text for text in report.texts) + files_holding_key(report.root)
+    report.check("secrets leaked (messages, files, ledgers)", leaks, leaks == 0)
+
+
+SECTIONS = ("kills", "signals", "faults", "hostile", "odd", "echo", "ledger", "two", "bad")
 
 
 def main() -> int:
@@ -246,24 +516,57 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--only", help=f"comma-separated sections to run: {','.join(SECTIONS)}")
+    parser.add_argument("--json", type=Path, help="write the results file here")
+    parser.add_argument("--save", action="store_true", help="write it to bench/results/reliability_<commit>.json")
     args = parser.parse_args()
+    chosen = set(args.only.split(",")) if args.only else set(SECTIONS)
     rng = random.Random(args.seed)
-    report = Report()
+    load_before = os.getloadavg()
     started = time.monotonic()
-    print("kill -9 chaos...", file=sys.stderr)
-    kill_chaos(report, args.kills, rng)
-    print("SIGINT / SIGTERM...", file=sys.stderr)
-    signal_stops(report, rng)
-    print(f"{args.jobs}-job batch with every fault on...", file=sys.stderr)
-    fault_soak(report, args.jobs, args.seed)
-    print("bad manifests...", file=sys.stderr)
-    bad_inputs(report)
-    secrets(report)
-    broken = [row for row in report.rows if not row[2]]
-    print("\n| promise checked | figure |\n|---|---|")
-    for what, figure, ok in report.rows:
-        print(f"| {what} | {figure}{'' if ok else ' **BROKEN**'} |")
-    print(f"\n{len(report.rows) - len(broken)}/{len(report.rows)} checks held in {time.monotonic() - started:.0f} s")
+    root = Path(tempfile.mkdtemp(prefix="batchgen-reliability-"))
+    report = Report(root)
+    try:
+        steps = [
+            ("kills", lambda: kill_chaos(report, args.kills, rng)),
+            ("signals", lambda: signal_stops(report, rng)),
+            ("faults", lambda: fault_soak(report, args.jobs, args.seed)),
+            ("hostile", lambda: hostile_outputs(report)),
+            ("odd", lambda: odd_ids_and_404s(report)),
+            ("echo", lambda: echoed_key(report)),
+            ("ledger", lambda: ledger_lost(report)),
+            ("two", lambda: two_ledgers(report)),
+            ("bad", lambda: bad_inputs(report)),
+        ]
+        for name, step in steps:
+            if name in chosen:
+                print(f"{name}...", file=sys.stderr, flush=True)
+                step()
+        secrets(report)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    checks = [row for row in report.rows if row["check"]]
+    broken = [row for row in checks if not row["ok"]]
+    seconds = round(time.monotonic() - started)
+    print("\n| section | what | figure | verdict |\n|---|---|---|---|")
+    for row in report.rows:
+        verdict = "" if not row["check"] else ("held" if row["ok"] else "**BROKEN**")
+        print(f"| {row['section']} | {row['what']} | {row['figure']} | {verdict} |")
+    print(
+        f"\n{len(checks) - len(broken)} of {len(checks)} checks held ({len(report.rows) - len(checks)} rows "
+        f"of information) in {seconds} s"
+    )
+    if args.json or args.save:
+        summary = {
+            "checks": len(checks),
+            "held": len(checks) - len(broken),
+            "seconds": seconds,
+            "kills": args.kills,
+            "jobs": args.jobs,
+            "seed": args.seed,
+        }
+        result = results_file.envelope("reliability", report.rows, load_before, summary=summary)
+        print(f"written: {results_file.write(result, args.json)}", file=sys.stderr)
     return 1 if broken else 0
 
 
