@@ -9,8 +9,8 @@ polls = k and added latency = t_k - d. This model (no network, no event loop) gi
 
     python bench/poll_model.py [--sigma 0.5] [--samples 20000]
 
-With sigma 0.5 no schedule reaches both <= 3 polls per run and < 10 % added latency
-(of the mean duration): see bench/RESULTS.md.
+Coordinate descent finds good schedules; it cannot show that no better one exists, so what
+it prints is an example of what polling can do, not a bound. Its output is not stored.
 """
 
 from __future__ import annotations

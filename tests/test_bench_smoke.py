@@ -7,6 +7,7 @@ bench/RESULTS.md, not for CI.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -66,3 +67,33 @@ def test_bench_quick_completes_and_computes_ratios(tmp_path: Path) -> None:
 
     assert report["targets"], "targets were evaluated"
     assert "T/T*" in md.read_text()
+
+
+def load_docs():
+    spec = importlib.util.spec_from_file_location("bench_docs", REPO / "bench" / "docs.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_documents_are_exactly_what_docs_py_makes_from_the_results() -> None:
+    """RESULTS.md, RELIABILITY.md and the README's figures are what bench/docs.py computes from bench/results/:
+    a figure typed in by hand, or a results file added without regenerating, fails here."""
+    docs = load_docs()
+    rendered = docs.render_all()
+    assert set(rendered) == {REPO / "README.md", REPO / "bench" / "RESULTS.md", REPO / "bench" / "RELIABILITY.md"}
+    for path, text in rendered.items():
+        assert path.read_text(encoding="utf-8") == text, f"{path.name} differs: run `python bench/docs.py`"
+
+
+def test_every_results_file_names_its_command_and_commit() -> None:
+    """Each file in bench/results/ says which command made it and which commit it measured."""
+    docs = load_docs()
+    results = docs.load()
+    assert results
+    for result in results:
+        assert result.command != "(not recorded)" and result.commit != "(not recorded)", result.file
+        assert result.date != "(date not recorded)", result.file
+
