@@ -160,7 +160,7 @@ def assemble(parts: Iterable[str]) -> str:
     """Paragraphs joined by blank lines; one-line prose wrapped at 100 columns (tables and headings kept)."""
     out = []
     for part in parts:
-        if part and "\n" not in part and not part.startswith(("#", "|", "<!--")):
+        if part and "\n" not in part and not part.startswith(("#", "|", "<!--", "From [")):
             part = textwrap.fill(part, width=100, break_long_words=False, break_on_hyphens=False)
         if part:
             out.append(part)
