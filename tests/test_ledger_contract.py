@@ -1,0 +1,213 @@
+"""The ledger's state machine, called as the scheduler calls it: what each write leaves for the next read.
+
+These are the transitions money depends on (an attempt is 'creating' exactly until its run id
+is recorded; a crash turns only those into 'unknown'; a changed spec supersedes its open run),
+checked through the ledger's own reads, against a real sqlite file. They are fast on purpose:
+bench/mutation.py runs them once per mutant of batchgen/ledger/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batchgen.ledger import Ledger
+from batchgen.models import AttemptStatus, JobSpec, SavedOutput, image_input
+
+OUT = "/tmp/out"
+
+
+def jobs(*prompts: str) -> list[JobSpec]:
+    return [JobSpec(f"j{i}", image_input(prompt)) for i, prompt in enumerate(prompts)]
+
+
+def png(n: int, name: str) -> SavedOutput:
+    return SavedOutput(n=n, path=name, bytes=100 + n, sha256=f"{n:064x}", content_type="image/png")
+
+
+@pytest.fixture
+def ledger(tmp_path: Path):
+    with Ledger(tmp_path / "l.sqlite") as opened:
+        yield opened
+
+
+def export(ledger: Ledger) -> dict[str, dict]:
+    return {record["job_id"]: record for record in ledger.iter_export()}
+
+
+def test_an_attempt_is_creating_until_its_run_id_is_recorded_then_running_then_succeeded(ledger):
+    """begin_attempt → 'creating' (job running); run_created → 'running' with its run polled; success → files."""
+    (job,) = jobs("a lamp")
+    ledger.sync_manifest("m.yaml", [job], output_dir=OUT)
+    attempt = ledger.begin_attempt(job)
+    ledger.flush()
+    assert ledger.attempt_counts() == {"creating": 1}
+    assert ledger.counts() == {"pending": 0, "running": 1, "succeeded": 0, "failed": 0}
+    assert ledger.open_runs() == []  # nothing to poll: no run id yet
+    assert ledger.pending_page(-1) == []  # and not handed out again
+
+    ledger.run_created(attempt, "run-1", job)
+    ledger.flush()
+    assert ledger.attempt_counts() == {"running": 1}
+    (open_run,) = ledger.open_runs()
+    assert (open_run.attempt_id, open_run.run_id, open_run.job.spec.job_id) == (attempt, "run-1", "j0")
+    assert open_run.job.attempts == 1 and not open_run.refetch
+
+    ledger.job_succeeded(attempt, "j0", [png(0, "j0.png"), png(1, "j0~2.png")])
+    ledger.flush()
+    assert ledger.attempt_counts() == {"succeeded": 1}
+    assert ledger.open_runs() == []
+    record = export(ledger)["j0"]
+    assert record["state"] == "succeeded" and record["run_id"] == "run-1" and record["error"] is None
+    assert record["attempts"] == 1 and record["unknown_creates"] == 0 and record["source"] is None
+    assert record["outputs"] == [
+        {"n": 0, "path": "j0.png", "bytes": 100, "sha256": f"{0:064x}"},
+        {"n": 1, "path": "j0~2.png", "bytes": 101, "sha256": f"{1:064x}"},
+    ]
+    assert ledger.summary().succeeded == 1 and ledger.summary().to_do == 0
+
+
+def test_recover_turns_only_creates_on_the_wire_into_unknown(ledger):
+    """After a crash: the 'creating' attempt becomes 'unknown' (its job pending again); a running run stays."""
+    a, b, c = jobs("on the wire", "created", "never started")
+    ledger.sync_manifest("m.yaml", [a, b, c], output_dir=OUT)
+    ledger.begin_attempt(a)
+    created = ledger.begin_attempt(b)
+    ledger.run_created(created, "run-b", b)
+    ledger.flush()
+    assert ledger.recover() == 1
+    assert ledger.attempt_counts() == {"unknown": 1, "running": 1}
+    assert ledger.counts() == {"pending": 2, "running": 1, "succeeded": 0, "failed": 0}
+    assert [r.run_id for r in ledger.open_runs()] == ["run-b"]
+    records = export(ledger)
+    assert records["j0"]["unknown_creates"] == 1 and records["j0"]["attempts"] == 1
+    assert records["j1"]["unknown_creates"] == 0
+    assert [job.spec.job_id for _, job in ledger.pending_page(-1)] == ["j0", "j2"]
+    assert ledger.recover() == 0  # nothing left on the wire
+
+
+def test_a_create_refused_before_any_run_is_forgotten(ledger):
+    """not_created (a 429, a refused connection): no attempt left, the job pending with its count back."""
+    (job,) = jobs("refused")
+    ledger.sync_manifest("m.yaml", [job], output_dir=OUT)
+    attempt = ledger.begin_attempt(job)
+    ledger.not_created(attempt, "j0")
+    ledger.flush()
+    assert ledger.attempt_counts() == {}
+    assert ledger.recover() == 0
+    assert export(ledger)["j0"]["attempts"] == 0
+    assert [(seq, job.attempts) for seq, job in ledger.pending_page(-1)] == [(0, 0)]
+
+
+@pytest.mark.parametrize("job_failed", [False, True], ids=["tried-again", "failed-for-good"])
+def test_an_attempt_that_ended_without_outputs_records_why(ledger, job_failed):
+    """attempt_ended: the attempt keeps its status and error; the job waits for another try or fails for good."""
+    (job,) = jobs("unlucky")
+    ledger.sync_manifest("m.yaml", [job], output_dir=OUT)
+    attempt = ledger.begin_attempt(job)
+    ledger.run_created(attempt, "run-1", job)
+    ledger.attempt_ended(attempt, "j0", AttemptStatus.FAILED, "generation failed", job_failed=job_failed, kind="run")
+    ledger.flush()
+    assert ledger.attempt_counts() == {"failed": 1}
+    record = export(ledger)["j0"]
+    assert record["state"] == ("failed" if job_failed else "pending")
+    assert (record["error"], record["error_kind"]) == ("generation failed", "run")
+    assert ledger.recent_errors() == [("j0", "generation failed")]
+    assert ledger.error_summary() == [{"error": "generation failed", "kind": "run", "jobs": 1, "example": "j0"}]
+    assert [job.spec.job_id for _, job in ledger.pending_page(-1)] == ([] if job_failed else ["j0"])
+
+
+def test_a_changed_spec_supersedes_its_open_run_and_starts_over(ledger):
+    """A prompt changed while its run was open: the run is superseded, the job pending with 0 attempts;
+    an unchanged succeeded job stays succeeded; metadata alone changes nothing."""
+    old, done = jobs("old prompt", "finished")
+    ledger.sync_manifest("m.yaml", [old, done], output_dir=OUT)
+    open_attempt = ledger.begin_attempt(old)
+    ledger.run_created(open_attempt, "run-old", old)
+    finished = ledger.begin_attempt(done)
+    ledger.run_created(finished, "run-done", done)
+    ledger.job_succeeded(finished, "j1", [png(0, "j1.png")])
+    ledger.flush()
+    changed = JobSpec("j0", image_input("new prompt"))
+    relabelled = JobSpec("j1", image_input("finished"), metadata={"note": "not sent"})
+    ledger.sync_manifest("m.yaml", [changed, relabelled], output_dir=OUT)
+    assert ledger.attempt_counts() == {"superseded": 1, "succeeded": 1}
+    assert ledger.open_runs() == []
+    records = export(ledger)
+    assert (records["j0"]["state"], records["j0"]["attempts"]) == ("pending", 0)
+    assert records["j0"]["input"]["prompt"] == "new prompt"
+    assert records["j1"]["state"] == "succeeded" and records["j1"]["metadata"] == {"note": "not sent"}
+
+
+def test_a_new_manifest_leaves_out_the_jobs_it_no_longer_has(ledger):
+    """Counts, pages and export cover the current manifest only, in its order."""
+    a, b, c = jobs("a", "b", "c")
+    ledger.sync_manifest("m.yaml", [a, b, c], output_dir=OUT)
+    ledger.sync_manifest("m.yaml", [c, a], output_dir=OUT)
+    assert ledger.counts() == {"pending": 2, "running": 0, "succeeded": 0, "failed": 0}
+    assert [job.spec.job_id for _, job in ledger.pending_page(-1)] == ["j2", "j0"]
+    assert list(export(ledger)) == ["j2", "j0"]
+    assert [job.spec.job_id for _, job in ledger.pending_page(0, limit=1)] == ["j0"]
+
+
+def test_the_same_manifest_bytes_are_not_read_again_unless_asked(ledger):
+    """sync_needed: the same fingerprint into the same folder is skipped; another folder, --retry-failed or
+    an interrupted sync read it again."""
+    (job,) = jobs("a")
+    ledger.sync_manifest("m.yaml", [job], output_dir=OUT, fingerprint="f1")
+    assert not ledger.sync_needed("f1", OUT)
+    assert ledger.sync_needed("f2", OUT)
+    assert ledger.sync_needed("f1", "/elsewhere")
+    assert ledger.sync_needed("f1", OUT, retry_failed=True)
+    assert ledger.sync_needed(None, OUT)
+    ledger.sync_begin("m.yaml", OUT)  # a sync that never ends
+    ledger.flush()
+    assert ledger.sync_needed("f1", OUT)
+
+
+def test_retry_failed_gives_failed_jobs_new_attempts_and_no_one_else(ledger):
+    """--retry-failed: failed jobs back to pending with 0 attempts and no error; succeeded ones untouched."""
+    bad, good = jobs("bad", "good")
+    ledger.sync_manifest("m.yaml", [bad, good], output_dir=OUT)
+    for job, ok in ((bad, False), (good, True)):
+        attempt = ledger.begin_attempt(job)
+        ledger.run_created(attempt, f"run-{job.job_id}", job)
+        if ok:
+            ledger.job_succeeded(attempt, job.job_id, [png(0, f"{job.job_id}.png")])
+        else:
+            ledger.attempt_ended(attempt, job.job_id, AttemptStatus.FAILED, "boom", job_failed=True, kind="run")
+    ledger.flush()
+    ledger.sync_manifest("m.yaml", [bad, good], output_dir=OUT, retry_failed=True)
+    records = export(ledger)
+    assert (records["j0"]["state"], records["j0"]["attempts"], records["j0"]["error"]) == ("pending", 0, None)
+    assert (records["j1"]["state"], records["j1"]["attempts"]) == ("succeeded", 1)
+
+
+def test_an_image_reused_or_adopted_is_recorded_as_such(ledger):
+    """job_satisfied: the job succeeds with its files, its attempt says where the image came from."""
+    a, b = jobs("reused", "adopted")
+    ledger.sync_manifest("m.yaml", [a, b], output_dir=OUT)
+    ledger.job_satisfied("j0", a.spec_hash(), [png(0, "j0.png")], status=AttemptStatus.REUSED, run_id="r", note="x")
+    ledger.job_satisfied("j1", b.spec_hash(), [png(0, "j1.png")], status=AttemptStatus.ADOPTED, run_id=None, note="y")
+    ledger.flush()
+    assert ledger.attempt_counts() == {"reused": 1, "adopted": 1}
+    records = export(ledger)
+    assert [records[j]["source"] for j in ("j0", "j1")] == ["reused", "adopted"]
+    assert all(records[j]["state"] == "succeeded" and len(records[j]["outputs"]) == 1 for j in ("j0", "j1"))
+    attempt = ledger.begin_attempt(JobSpec("j0", image_input("reused")))
+    assert attempt not in {r["attempts"] for r in records.values()} and attempt > 2  # ids never reused
+
+
+def test_a_missing_file_reopens_its_run_to_fetch_not_to_pay(ledger):
+    """refetch: the succeeded job's run is open again (marked for a refetch), no new attempt."""
+    (job,) = jobs("a")
+    ledger.sync_manifest("m.yaml", [job], output_dir=OUT)
+    attempt = ledger.begin_attempt(job)
+    ledger.run_created(attempt, "run-1", job)
+    ledger.job_succeeded(attempt, "j0", [png(0, "j0.png")])
+    ledger.refetch("j0", attempt)
+    ledger.flush()
+    (open_run,) = ledger.open_runs()
+    assert (open_run.run_id, open_run.refetch, open_run.job.attempts) == ("run-1", True, 1)
+    assert ledger.counts()["running"] == 1 and ledger.attempt_counts() == {"running": 1}
