@@ -95,4 +95,3 @@ def test_every_results_file_names_its_command_and_commit() -> None:
     assert results
     for result in results:
         assert result.command != "(not recorded)" and result.commit != "(not recorded)", result.file
-
