@@ -339,10 +339,45 @@ def http_floor(results: list[Result]) -> str:
     return assemble(parts)
 
 
+def median_cell(value: Any, digits: int = 2) -> str:
+    """A {"median": m, "runs": [...]} figure as "m (r1, r2, ...)"."""
+    if not isinstance(value, dict):
+        return num(value, digits)
+    runs = ", ".join(num(x, digits) for x in value.get("runs", []))
+    return f"{num(value.get('median'), digits)} ({runs})" if runs else num(value.get("median"), digits)
+
+
+def report_gallery(results: list[Result]) -> str:
+    parts = [
+        "## The gallery: `bench/report_bench.py`",
+        "`batchgen report` on a batch of many jobs (some failed, pending, or with files deleted): the "
+        "command's wall time and memory, the page's size, and in Debian's chromium the first render, the "
+        "load event, a search and a filter. Medians, with every run in brackets.",
+    ]
+    for result in series(results, "report-10k"):
+        raw = result.raw
+        generation, browser = raw.get("generation") or {}, raw.get("browser") or {}
+        rows = [
+            ["jobs in the ledger", num(raw.get("jobs"))],
+            ["`batchgen report` wall s", median_cell(generation.get("cli_wall_s"))],
+            ["`batchgen report` peak RSS MB", num(generation.get("cli_peak_rss_mb"), 1)],
+            ["collecting from the ledger and disk s", median_cell(generation.get("collect_s"))],
+            ["rendering the page s", median_cell(generation.get("render_s"))],
+            ["page bytes", num(generation.get("page_bytes"))],
+            ["first render ms", median_cell(browser.get("first_render_ms"), 1)],
+            ["load event ms", median_cell(browser.get("load_event_ms"), 1)],
+            ["cards in the DOM at first", num(browser.get("cards_in_dom"))],
+            ["a search ms", median_cell(browser.get("search_ms"), 1)],
+            ["the 'failed' filter ms", median_cell(browser.get("filter_failed_ms"), 1)],
+        ]
+        parts.append(block(result, table(["figure", "value"], rows)))
+    return assemble(parts) if len(parts) > 2 else ""
+
+
 SECTIONS: list[Callable[[list[Result]], str]] = [
-    scenarios_1_to_5, profile, experiments, before_fixes, scenarios_6_and_7, http_floor,
+    scenarios_1_to_5, profile, experiments, before_fixes, scenarios_6_and_7, http_floor, report_gallery,
 ]  # fmt: skip
-CLAIMED = ("s1-5", "s1-5_before-planner-fix", "s6-7", "http_floor", "reliability", "mutation")
+CLAIMED = ("s1-5", "s1-5_before-planner-fix", "s6-7", "http_floor", "report-10k", "reliability", "mutation")
 
 
 def other_series(results: list[Result]) -> str:
