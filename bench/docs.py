@@ -476,20 +476,25 @@ def mutation_section(results: list[Result]) -> str:
     if not found:
         parts.append("No mutation result is committed yet.")
         return assemble(parts)
-    result = found[0]
-    body = table(
-        ["module", "tests run", "mutants", "killed", "survived", "timeout", "other", "score"],
-        ([f"`{r['module']}`", r.get("tests", ""), num(r["mutants"]), num(r["killed"]), num(r["survived"]),
-          num(r.get("timeout", 0)), num(r.get("other", 0)),
-          pct(r["killed"] / r["mutants"] if r["mutants"] else None)] for r in result.rows),
-    )  # fmt: skip
-    parts.append(block(result, body))
-    survivors = [(r["module"], s) for r in result.rows for s in r.get("survivors_explained", [])]
-    if survivors:
-        parts.append(
-            "Surviving mutants left on purpose, and why:\n\n"
-            + "\n".join(f"- `{module}` {s['mutant']}: {s['why']}" for module, s in survivors)
-        )
+    seen: set[str] = set()
+    for result in found:  # newest first: each module's newest figures
+        rows = [r for r in result.rows if r["module"] not in seen]
+        seen.update(r["module"] for r in rows)
+        if not rows:
+            continue
+        body = table(
+            ["module", "tests run", "mutants", "killed", "survived", "timeout", "other", "score (killed + timeout)"],
+            ([f"`{r['module']}`", r.get("tests", ""), num(r["mutants"]), num(r["killed"]), num(r["survived"]),
+              num(r.get("timeout", 0)), num(r.get("other", 0)),
+              pct((r["killed"] + r.get("timeout", 0)) / r["mutants"] if r["mutants"] else None)] for r in rows),
+        )  # fmt: skip
+        parts.append(block(result, body))
+        explained = [(r["module"], s) for r in rows for s in r.get("survivors_explained", [])]
+        if explained:
+            parts.append(
+                "Surviving mutants left on purpose, and why:\n\n"
+                + "\n".join(f"- `{module}` `{s['mutant']}`: {s['why']}" for module, s in explained)
+            )
     return assemble(parts)
 
 

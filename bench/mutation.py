@@ -56,11 +56,11 @@ def mutmut_config(text: str, only: list[str], tests: list[str], existing: list[s
     return kept.rstrip() + "\n\n" + "\n".join(lines).replace("'", '"') + "\n"
 
 
-def run_target(name: str, max_children: int) -> dict[str, Any]:
+def run_target(name: str, max_children: int, commit: str) -> dict[str, Any]:
     only, tests = TARGETS[name]
     scratch = Path(tempfile.mkdtemp(prefix=f"batchgen-mutation-{name}-"))
     try:
-        archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True).stdout
+        archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive, check=True)
         existing = [t for t in tests if (scratch / t).exists()]
         pyproject = scratch / "pyproject.toml"
@@ -110,17 +110,18 @@ def main() -> int:
     parser.add_argument("--save", action="store_true", help="write it to bench/results/mutation_<commit>.json")
     args = parser.parse_args()
     load_before = os.getloadavg()
+    commit = results_file.git("rev-parse", "--short", "HEAD")  # what each target archives: the committed tree
     rows = []
     for name in args.target or list(TARGETS):
         print(f"{name}...", file=sys.stderr, flush=True)
-        row = run_target(name, args.max_children)
+        row = run_target(name, args.max_children, commit)
         score = row["killed"] / row["mutants"] if row["mutants"] else 0.0
         print(
             f"  {row['killed']} of {row['mutants']} killed ({score:.1%}), {row['survived']} survived", file=sys.stderr
         )
         rows.append(row)
     if args.json or args.save:
-        result = results_file.envelope("mutation", rows, load_before)
+        result = results_file.envelope("mutation", rows, load_before, commit=commit)
         print(f"written: {results_file.write(result, args.json)}", file=sys.stderr)
     return 0
 

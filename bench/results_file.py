@@ -78,12 +78,15 @@ def command_line() -> str:
     return " ".join(["python", shown, *sys.argv[1:]])
 
 
-def envelope(name: str, rows: list[dict[str, Any]], load_before: tuple[float, ...], **extra: Any) -> dict[str, Any]:
+def envelope(
+    name: str, rows: list[dict[str, Any]], load_before: tuple[float, ...], *, commit: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The results file; ``commit`` defaults to the working tree's (measured_commit()) at this moment."""
     return {
         "schema": SCHEMA,
         "name": name,
         "command": command_line(),
-        "commit": measured_commit(),
+        "commit": commit or measured_commit(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(load_before),
         "rows": rows,
