@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import textwrap
@@ -374,10 +375,46 @@ def report_gallery(results: list[Result]) -> str:
     return assemble(parts) if len(parts) > 2 else ""
 
 
+def settle_cell(values: Any) -> str:
+    if not values:
+        return "n/a"
+    return ", ".join("never" if isinstance(v, float) and math.isinf(v) else num(v, 1) for v in values)
+
+
+def pacing_grid(results: list[Result]) -> str:
+    parts = [
+        "## Pacing against the simulator's limit shapes: `bench/run.py --grid`",
+        "Each point is a limit shape (create rate, bucket size, Retry-After, a cap on runs in flight, polls "
+        "sharing the limit, a limit that changes); N is chosen so that T* is the same at every point. "
+        "Settle: seconds until the pace stays within 10 % of the limit, from the start and from each "
+        "change. Violations: requests that arrived before a 429 said they may.",
+    ]
+    for result in series(results, "grid"):
+        points = {p["name"]: p for p in result.raw.get("points", [])}
+        medians = result.raw.get("medians") or {}
+        body = table(
+            ["point", "N", "C", "T s", "T* s", "T/T*", "429s (share)", "settle s", "violations", "max unfinished",
+             "targets missed"],
+            ([name, num(points.get(name, {}).get("n")), num(points.get(name, {}).get("concurrency")),
+              num(m.get("t"), 1), num(m.get("t_star"), 1), num(m.get("ratio"), 3),
+              f"{num(m.get('refused_creates'))} ({pct(m.get('refused_share'))})", settle_cell(m.get("settle")),
+              num(m.get("violations")), num(m.get("max_unfinished")),
+              ", ".join(k for k, ok in (m.get("meets") or {}).items() if not ok) or "—"]
+             for name, m in medians.items()),
+        )  # fmt: skip
+        repeat = result.raw.get("repeat")
+        runs = f"Medians of {repeat} run(s) per point." if repeat else ""
+        parts.append(block(result, assemble([runs, body])))
+    return assemble(parts) if len(parts) > 2 else ""
+
+
 SECTIONS: list[Callable[[list[Result]], str]] = [
-    scenarios_1_to_5, profile, experiments, before_fixes, scenarios_6_and_7, http_floor, report_gallery,
+    scenarios_1_to_5, pacing_grid, profile, experiments, before_fixes, scenarios_6_and_7, http_floor,
+    report_gallery,
 ]  # fmt: skip
-CLAIMED = ("s1-5", "s1-5_before-planner-fix", "s6-7", "http_floor", "report-10k", "reliability", "mutation")
+CLAIMED = (
+    "s1-5", "s1-5_before-planner-fix", "s6-7", "grid", "http_floor", "report-10k", "reliability", "mutation",
+)  # fmt: skip
 
 
 def other_series(results: list[Result]) -> str:
