@@ -559,6 +559,12 @@ class Ledger(LedgerReads, LedgerExports):
                 time.time(),
             ),
         )
+        # export and status read the job's own count of possible double charges
+        self._queue(
+            "UPDATE jobs SET unknown = (SELECT count(*) FROM attempts a WHERE a.job_id = jobs.job_id "
+            "AND a.status = 'unknown') WHERE job_id = ?",
+            (job_id,),
+        )
 
     def set_journal_offset(self, folder_id: str, offset: int) -> None:
         """How far into the folder's journal this ledger's commits reach; committed with them."""
