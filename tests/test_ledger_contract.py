@@ -211,3 +211,85 @@ def test_a_missing_file_reopens_its_run_to_fetch_not_to_pay(ledger):
     (open_run,) = ledger.open_runs()
     assert (open_run.run_id, open_run.refetch, open_run.job.attempts) == ("run-1", True, 1)
     assert ledger.counts()["running"] == 1 and ledger.attempt_counts() == {"running": 1}
+
+
+def test_every_money_event_reaches_the_folder_journal_before_it_is_queued(ledger):
+    """The journal (which repairs a lost ledger) hears of each attempt, each run id and each create that
+    certainly made no run (a refusal, a 400), with the job and spec they belong to."""
+    heard: list[tuple[str, dict]] = []
+    ledger.journal = lambda event, **data: heard.append((event, data))
+    a, b, c = jobs("created", "refused", "rejected")
+    ledger.sync_manifest("m.yaml", [a, b, c], output_dir=OUT)
+    first = ledger.begin_attempt(a)
+    ledger.run_created(first, "run-a", a)
+    second = ledger.begin_attempt(b)
+    ledger.not_created(second, "j1")
+    third = ledger.begin_attempt(c)
+    ledger.attempt_ended(third, "j2", AttemptStatus.REJECTED, "400", job_failed=True, kind="rejected")
+    fourth = ledger.begin_attempt(a)
+    ledger.attempt_ended(fourth, "j0", AttemptStatus.FAILED, "failed run", job_failed=False, kind="run")
+    stamp = heard[1][1].pop("t")
+    assert isinstance(stamp, float)
+    assert heard == [
+        ("attempt", {"a": first, "job": "j0", "h": a.spec_hash()}),
+        ("run", {"a": first, "job": "j0", "h": a.spec_hash(), "run": "run-a"}),
+        ("attempt", {"a": second, "job": "j1", "h": b.spec_hash()}),
+        ("void", {"a": second}),
+        ("attempt", {"a": third, "job": "j2", "h": c.spec_hash()}),
+        ("void", {"a": third}),
+        ("attempt", {"a": fourth, "job": "j0", "h": a.spec_hash()}),  # a failed run made a run: no void
+    ]
+
+
+def test_a_repair_reopens_forgotten_runs_and_counts_lost_creates(ledger):
+    """From the journal: a run the ledger forgot is open again (polled, not paid for), a create whose answer
+    is not recorded is an 'unknown', and attempt ids already used are never handed out again."""
+    a, b = jobs("forgotten run", "lost create")
+    ledger.sync_manifest("m.yaml", [a, b], output_dir=OUT)
+    ledger.reserve_attempt_ids(41)
+    ledger.reopen_run("j0", a.spec_hash(), 7, "run-7", 1000.0)
+    ledger.lost_create("j1", b.spec_hash(), 9)
+    ledger.flush()
+    (open_run,) = ledger.open_runs()
+    assert (open_run.attempt_id, open_run.run_id, open_run.created_at) == (7, "run-7", 1000.0)
+    assert ledger.attempt_counts() == {"running": 1, "unknown": 1}
+    assert ledger.attempts_by_id([7, 9, 8]) == {7: ("running", "run-7"), 9: ("unknown", None)}
+    assert ledger.jobs_by_id(["j0", "j1", "nope"]) == {
+        "j0": (a.spec_hash(), "running"),
+        "j1": (b.spec_hash(), "pending"),
+    }
+    records = export(ledger)
+    assert records["j0"]["attempts"] == 1 and records["j1"]["unknown_creates"] == 1
+    assert ledger.begin_attempt(b) == 42
+    ledger.lost_create("j1", b.spec_hash(), 9)  # the same journal line read twice: one attempt
+    ledger.flush()
+    assert ledger.attempt_counts() == {"running": 1, "unknown": 1, "creating": 1}
+
+
+def test_a_job_that_failed_without_an_attempt_says_why(ledger):
+    """job_failed (creates kept failing): the job is failed for good with its reason and kind."""
+    (job,) = jobs("never created")
+    ledger.sync_manifest("m.yaml", [job], output_dir=OUT)
+    ledger.job_failed("j0", "create kept failing: HTTP 500", "server_error")
+    ledger.flush()
+    record = export(ledger)["j0"]
+    assert (record["state"], record["error"], record["error_kind"]) == (
+        "failed",
+        "create kept failing: HTTP 500",
+        "server_error",
+    )
+    assert ledger.pending_page(-1) == []
+
+
+def test_sessions_keep_their_outcome_and_figures_newest_first(ledger):
+    """session_started/finished: status reads each session's outcome, exit code and figures, newest first."""
+    first = ledger.session_started("m.yaml")
+    ledger.session_finished(first, "interrupted", 130, '{"created": 3}')
+    second = ledger.session_started("other.yaml")
+    ledger.flush()
+    sessions = ledger.sessions()
+    assert [s["session"] for s in sessions] == [second, first]
+    assert sessions[1]["outcome"] == "interrupted" and sessions[1]["exit_code"] == 130
+    assert sessions[1]["stats"] == {"created": 3} and sessions[1]["manifest"] == "m.yaml"
+    assert sessions[0]["finished_at"] is None and sessions[0]["stats"] is None
+    assert ledger.last_session() == sessions[0]
