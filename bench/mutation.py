@@ -21,6 +21,7 @@ import sys
 import tempfile
 import tomllib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,12 @@ def run_target(name: str, max_children: int, commit: str) -> dict[str, Any]:
             raise SystemExit(f"mutmut gave no results for {name}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
         counts = Counter(statuses.values())
         survivors = sorted(n for n, s in statuses.items() if s == "survived")
-        diffs = {
-            n: subprocess.run(["mutmut", "show", n], cwd=scratch, env=env, capture_output=True, text=True).stdout
-            for n in survivors
-        }
+        with ThreadPoolExecutor(4) as pool:  # `mutmut show` starts slowly: a few at a time
+            shown = pool.map(
+                lambda n: subprocess.run(["mutmut", "show", n], cwd=scratch, env=env, capture_output=True, text=True),
+                survivors,
+            )
+            diffs = {n: done.stdout for n, done in zip(survivors, shown, strict=True)}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     known = ("killed", "survived", "timeout")
