@@ -539,7 +539,9 @@ def mutation_section(results: list[Result]) -> str:
     return assemble(parts)
 
 
-_SQL = re.compile(r"\b(select|insert|update|delete|where|from|values|set|and|join|order by|group by)\b", re.I)
+_SQL = re.compile(
+    r"\b(select|insert|update|delete|where|from|values|set|and|join|order by|group by|begin|commit|rollback)\b", re.I
+)
 _QUOTED = re.compile(r"'[^']*'")
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from batchgen.errors import LedgerBusy
 from batchgen.ledger import Ledger
+from batchgen.ledger.reuse import ReuseIndex
 from batchgen.models import AttemptStatus, JobSpec, SavedOutput, image_input
 
 OUT = "/tmp/out"
@@ -293,3 +295,98 @@ def test_sessions_keep_their_outcome_and_figures_newest_first(ledger):
     assert sessions[1]["stats"] == {"created": 3} and sessions[1]["manifest"] == "m.yaml"
     assert sessions[0]["finished_at"] is None and sessions[0]["stats"] is None
     assert ledger.last_session() == sessions[0]
+
+
+@pytest.mark.parametrize(
+    ("status", "unknown"), [(AttemptStatus.UNKNOWN, 1), (AttemptStatus.FAILED, 0), (AttemptStatus.REJECTED, 0)]
+)
+def test_only_a_lost_answer_counts_as_a_possible_double_charge(ledger, status, unknown):
+    """attempt_ended: an 'unknown' attempt (the create's answer was lost) counts in the job's possible double
+    charges, which export reports; a failed run or a 400 does not."""
+    (job,) = jobs("a")
+    ledger.sync_manifest("m.yaml", [job], output_dir=OUT)
+    attempt = ledger.begin_attempt(job)
+    ledger.attempt_ended(attempt, "j0", status, "why", job_failed=False, kind="k")
+    ledger.flush()
+    assert export(ledger)["j0"]["unknown_creates"] == unknown
+    assert ledger.attempt_counts() == {str(status): 1}
+
+
+def test_attempt_ids_only_grow_within_a_session_and_across_them(tmp_path):
+    """Each attempt gets a larger id than every earlier one, also after reopening the ledger: the folder's
+    journal reserves ids by the highest it has seen."""
+    a, b = jobs("a", "b")
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        ledger.sync_manifest("m.yaml", [a, b], output_dir=OUT)
+        first, second = ledger.begin_attempt(a), ledger.begin_attempt(b)
+        third = ledger.job_satisfied("j1", b.spec_hash(), [png(0, "j1.png")], status=AttemptStatus.REUSED,
+                                     run_id=None, note="")  # fmt: skip
+        ledger.flush()
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        fourth = ledger.begin_attempt(a)
+    assert first < second < third < fourth
+
+
+def test_one_runner_per_ledger_until_it_closes(tmp_path):
+    """lock_for_run: a second ledger object on the same file is refused, naming it; taking the lock twice in
+    one is fine; closing releases it."""
+    path = tmp_path / "l.sqlite"
+    with Ledger(path) as holder:
+        holder.lock_for_run()
+        holder.lock_for_run()
+        assert (tmp_path / "l.sqlite.lock").exists()
+        with Ledger(path) as other, pytest.raises(LedgerBusy) as refused:
+            other.lock_for_run()
+        assert "another batchgen run" in str(refused.value) and str(path) in str(refused.value)
+    with Ledger(path) as after:
+        after.lock_for_run()
+
+
+def test_a_held_flush_commits_with_the_next_or_rolls_back(tmp_path):
+    """flush(hold=True) writes without committing: another reader sees nothing until the next flush commits,
+    and rollback() drops it all; a flush with nothing queued still commits what a hold left open."""
+    (job,) = jobs("a")
+    path = tmp_path / "l.sqlite"
+    with Ledger(path) as ledger, Ledger(path) as reader:
+        ledger.sync_manifest("m.yaml", [job], output_dir=OUT)
+        ledger.job_failed("j0", "held", "k")
+        ledger.flush(hold=True)
+        assert export(reader)["j0"]["state"] == "pending"
+        ledger.rollback()
+        ledger.flush()
+        assert export(reader)["j0"]["state"] == "pending"
+        ledger.job_failed("j0", "committed", "k")
+        ledger.flush(hold=True)
+        ledger.flush()
+        assert export(reader)["j0"]["error"] == "committed"
+
+
+def test_the_reuse_index_finds_whole_runs_of_the_same_request_and_service(tmp_path):
+    """ReuseIndex: a request's runs come back newest first with their files in order; a run missing a file,
+    another request or another service's images are not offered."""
+    out = tmp_path / "out"
+    index = ReuseIndex(tmp_path / "reuse.sqlite", "http://api/v1")
+    try:
+        index.add("h1", "run-1", out, [png(1, "a~2.png"), png(0, "a.png")])
+        index.flush()
+        index.add("h1", "run-2", out, [png(0, "b.png")])
+        index.add("h1", "run-3", out, [png(1, "c~2.png")])  # its first file is missing: not whole
+        index.add("h2", "run-4", out, [png(0, "d.png")])
+        index.flush()
+        index.flush()  # nothing queued: nothing to do
+        found = index.find("h1")
+        assert [run.run_id for run in found] == ["run-2", "run-1"]
+        assert [(f.n, f.path, f.bytes, f.sha256) for f in found[1].files] == [
+            (0, out.resolve() / "a.png", 100, f"{0:064x}"),
+            (1, out.resolve() / "a~2.png", 101, f"{1:064x}"),
+        ]
+        assert found[0].files[0].content_type == "image/png"
+        index.forget(out.resolve() / "b.png")
+        assert [run.run_id for run in index.find("h1")] == ["run-1"]
+        other = ReuseIndex(tmp_path / "reuse.sqlite", "simulated")
+        try:
+            assert other.find("h1") == [] and index.find("h3") == []
+        finally:
+            other.close()
+    finally:
+        index.close()
