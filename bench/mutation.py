@@ -35,7 +35,10 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
         ["batchgen/ledger/*"],
         ["tests/test_ledger.py", "tests/test_ledger_contract.py", "tests/test_streaming.py"],
     ),
-    "throttle": (["batchgen/throttle.py"], ["tests/test_throttle.py", "tests/test_pacing.py"]),
+    "throttle": (
+        ["batchgen/throttle.py"],
+        ["tests/test_throttle.py", "tests/test_pacing.py", "tests/test_throttle_contract.py"],
+    ),
     "api": (["batchgen/api.py"], ["tests/test_api.py", "tests/test_security.py"]),
 }
 # Mutant name -> why it may live (equivalent to the original, or outside what the module promises).
