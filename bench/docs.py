@@ -512,7 +512,8 @@ def mutation_section(results: list[Result]) -> str:
         "change to the code that no test notices; 'no test reaches' counts mutants in functions none of "
         "the selected tests call. Score: killed and timed out over all mutants; the last column leaves "
         "out the survivors that only change the letter case of SQL keywords or names (equivalent: sqlite "
-        "ignores it), as computed from each survivor's diff in the results file.",
+        "ignores it), as computed from each survivor's diff in the results file. 'Not run': mutmut stopped "
+        "before testing any mutant, because its own run of the selected tests failed.",
     ]
     found = series(results, "mutation")
     if not found:
@@ -562,6 +563,8 @@ def sql_case_only(diff: str) -> bool:
 
 def mutation_cells(row: dict[str, Any]) -> list[str]:
     mutants, caught = row["mutants"], row["killed"] + row.get("timeout", 0)
+    if caught + row["survived"] == 0:  # mutmut stopped before any mutant ran (its clean test run failed)
+        return [f"`{row['module']}`", row.get("tests", ""), num(mutants)] + ["not run"] * 7
     diffs = row.get("survivor_diffs") or {}
     equivalent = sum(sql_case_only(diffs.get(name, "")) for name in row.get("survivors", []))
     no_tests = (row.get("statuses") or {}).get("no tests", 0)

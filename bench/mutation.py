@@ -112,6 +112,8 @@ def run_target(name: str, max_children: int, commit: str) -> dict[str, Any]:
         "timeout": counts["timeout"],
         "other": sum(v for k, v in counts.items() if k not in known),
         "statuses": dict(counts),
+        "mutmut_exit_code": run.returncode,
+        "mutmut_output_tail": [line for line in run.stdout.splitlines() if "⠋" not in line][-40:],
         "survivors": survivors,
         "survivor_diffs": diffs,
         "survivors_explained": [
