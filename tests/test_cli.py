@@ -376,7 +376,7 @@ def test_out_of_credits_mid_batch_then_resume(tmp_path, serve):
 
 
 def test_failed_jobs_exit_1_then_retry_failed_finishes(tmp_path, serve):
-    """Runs that keep failing: exit 1 pointing at `batchgen retry --failed`, export shows why; --retry-failed then exits 0."""
+    """Runs that keep failing: exit 1 pointing at `batchgen retry --failed`, export says why; --retry-failed exits 0."""
     server = serve(failure_rate=1.0)
     manifest = write_jobs(tmp_path / "m.yaml", [f"fragile item {i}" for i in range(3)])
     out = tmp_path / "out"
