@@ -76,7 +76,8 @@ def load_text(machine: dict[str, Any]) -> str | None:
 def normalise(path: Path, raw: dict[str, Any]) -> Result:
     """A results file as a Result: the envelope (bench/results_file.py), or one of the shapes written
     before it (bench/run.py's, with command and commit under "machine"; and flat ones)."""
-    machine = dict(raw.get("machine") or {})
+    machine_raw = raw.get("machine") or {}
+    machine = dict(machine_raw) if isinstance(machine_raw, dict) else {"description": str(machine_raw)}
     name = raw.get("name") or _COMMIT_SUFFIX.sub("", path.stem)
     command = raw.get("command") or machine.pop("command", None) or "(not recorded)"
     commit = raw.get("commit")
@@ -658,9 +659,49 @@ def readme_reliability(results: list[Result]) -> str:
     return f"({held} of {checks} checks held at `{result.commit}`; {kills} runs ended by SIGKILL and resumed)"
 
 
+def readme_status(results: list[Result]) -> str:
+    """How fast `batchgen status` answers on a large ledger: bench/scale.py's row, else status_bench.py's."""
+    scale = newest(results, "scale-1000000")
+    found = next((r for r in scale.rows if r.get("what") == "status"), None) if scale else None
+    if scale is not None and found is not None:
+        return (
+            f"on a million jobs it answers in {num(found['wall_s'])} s (median of {num(found['runs'])} runs of the "
+            f"CLI at `{scale.commit}`, `python bench/scale.py`, [`{scale.file}`]({scale.file}))."
+        )
+    status = newest(results, "status-1m")
+    if status is None:
+        return "(no result committed yet)"
+    return (
+        f"on a million jobs it answers in {num(status.raw.get('median_text'))} s (median of "
+        f"{num(len(status.raw.get('status_text_seconds') or []))} runs of the CLI at `{status.commit}`, "
+        f"`python bench/status_bench.py`, [`{status.file}`]({status.file}))."
+    )
+
+
+def readme_report(results: list[Result]) -> str:
+    result = newest(results, "report-10k")
+    if result is None:
+        return "(no result committed yet)"
+    raw = result.raw
+    generation, browser = raw.get("generation") or {}, raw.get("browser") or {}
+
+    def median(value: Any, digits: int = 1) -> str:
+        return num((value or {}).get("median"), digits)
+
+    return (
+        f"with {num(raw.get('jobs'))} jobs, `batchgen report` took {median(generation.get('cli_wall_s'))} s, "
+        f"and Chromium showed the first cards {median(browser.get('first_render_ms'), 0)} ms after the page "
+        f"started loading; only the cards on screen are in the page ({num(browser.get('cards_in_dom'))} at "
+        f"first), and a search over all jobs took {median(browser.get('search_ms'), 0)} ms (medians at "
+        f"`{result.commit}`, `python bench/report_bench.py`, [`{result.file}`]({result.file}))."
+    )
+
+
 README_BLOCKS: dict[str, Callable[[list[Result]], str]] = {
     "performance": readme_performance,
     "reliability": readme_reliability,
+    "status": readme_status,
+    "report": readme_report,
 }
 
 
