@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sqlite3
 import statistics
@@ -37,6 +36,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from batchgen.ledger import Ledger  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+import results_file  # noqa: E402
 
 KINDS = ["rejected", "run_failed", "download", "server_error", "rate_limit", "unknown", "missing"]
 
@@ -153,6 +155,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="where to build (and keep) the ledger (default: a temporary folder)")
     parser.add_argument("--save", action="store_true", help="write bench/results/status-<size>_<commit>.json")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as temp:
         folder = args.dir or Path(temp)
         folder.mkdir(parents=True, exist_ok=True)
@@ -171,29 +174,28 @@ def main() -> None:
         shown = subprocess.run(
             [sys.executable, "-m", "batchgen", "status", "--ledger", str(path)], capture_output=True, text=True
         ).stdout
-    result = {
-        "jobs": args.jobs,
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(_git("status", "--short", "--", "batchgen")),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
-        "load_average": os.getloadavg(),
-        "ledger_build_seconds": built,
-        "status_figures_in_process_seconds": round(in_process, 3),
-        "python_start_seconds": [round(t, 3) for t in python_start],
-        "status_text_seconds": [round(t, 3) for t in text],
-        "status_json_seconds": [round(t, 3) for t in as_json],
-        "median_text": round(statistics.median(text), 3),
-        "median_json": round(statistics.median(as_json), 3),
-        "jobs_by_state": figures["jobs"],
-        "status_output": shown,
-    }
+    size = f"{args.jobs // 1_000_000}m" if args.jobs % 1_000_000 == 0 else str(args.jobs)
+    rows = [
+        {"what": what, "jobs": args.jobs, "median_s": round(statistics.median(times), 3), "runs": len(times),
+         "samples_s": [round(t, 3) for t in times]}
+        for what, times in (("status", text), ("status --json", as_json), ("python -c pass", python_start))
+    ]  # fmt: skip
+    result = results_file.envelope(
+        f"status-{size}",
+        rows,
+        load_before,
+        ledger_build_seconds=built,
+        status_figures_in_process_seconds=round(in_process, 3),
+        median_text=rows[0]["median_s"],
+        median_json=rows[1]["median_s"],
+        status_text_seconds=rows[0]["samples_s"],
+        jobs_by_state=figures["jobs"],
+        status_output=shown,
+    )
     print(shown)
     print(json.dumps({k: v for k, v in result.items() if k != "status_output"}, indent=2))
     if args.save:
-        size = f"{args.jobs // 1_000_000}m" if args.jobs % 1_000_000 == 0 else str(args.jobs)
-        out = REPO / "bench" / "results" / f"status-{size}_{result['commit']}.json"
-        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"saved {out}")
+        print(f"saved {results_file.write(result)}")
 
 
 def _jobs_in(path: Path) -> int:
@@ -202,10 +204,6 @@ def _jobs_in(path: Path) -> int:
             return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
     except sqlite3.Error:
         return -1
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":
