@@ -20,7 +20,8 @@ from batchgen.ledger import Ledger
 from batchgen.runner import SIMULATED_BASE_URL
 from batchgen.simulator import SimConfig, Simulator
 
-STATE_NAMES = ("batchgen.sqlite", ".batchgen")  # the ledger, its side files and the folder's own state
+# the ledger and its side files, the folder's own state, and the run's summary
+STATE_NAMES = ("batchgen.sqlite", ".batchgen", "last-run.json")
 
 
 def sha256(path: Path) -> str:
