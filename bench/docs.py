@@ -405,8 +405,19 @@ def pacing_grid(results: list[Result]) -> str:
         )  # fmt: skip
         repeat = result.raw.get("repeat")
         runs = f"Medians of {repeat} run(s) per point." if repeat else ""
-        parts.append(block(result, assemble([runs, body])))
+        pictures = [
+            f"![{name}: creates per second against the server's limit](results/{Path(path).name})"
+            for name, path in (result.raw.get("figures") or {}).items()
+        ]
+        parts.append(block(result, assemble([runs, body, *pictures])))
     return assemble(parts) if len(parts) > 2 else ""
+
+
+def grid_summary(result: Result) -> tuple[int, int, list[float]]:
+    """Points meeting every target, points, and the median T/T* of each point."""
+    medians = result.raw.get("medians") or {}
+    met = sum(1 for m in medians.values() if all((m.get("meets") or {}).values()))
+    return met, len(medians), [m["ratio"] for m in medians.values() if m.get("ratio") is not None]
 
 
 SECTIONS: list[Callable[[list[Result]], str]] = [
@@ -697,11 +708,73 @@ def readme_report(results: list[Result]) -> str:
     )
 
 
+def readme_grid(results: list[Result]) -> str:
+    result = newest(results, "grid")
+    if result is None:
+        return "The pacing grid (`bench/run.py --grid`) has no committed result yet."
+    met, points, ratios = grid_summary(result)
+    ratios.sort()
+    violations = sum(int(m.get("violations") or 0) for m in (result.raw.get("medians") or {}).values())
+    text = (
+        f"Pacing against {points} limit shapes of the simulator (`bench/run.py --grid`: create rates of 2 to "
+        f"150/s, buckets of 1 to R, Retry-After exact, fixed or absent, caps on running runs, polls sharing the "
+        f"limit, a limit halved and restored), without `--rate`, at `{result.commit}` "
+        f"({num(result.raw.get('repeat'))} run(s) per point): {met} of {points} points meet every target of "
+        f"the grid (T/T\\* ≤ 1.10, ≤ 3 % of creates answered 429, settled within 5 s); T/T\\* from "
+        f"{num(ratios[0], 2)} to {num(ratios[-1], 2)}, median {num(ratios[len(ratios) // 2], 2)}; "
+        f"{num(violations)} request(s) sent before a 429's Retry-After allowed. The table, with the targets "
+        f"each point misses, is in `bench/RESULTS.md`."
+    )
+    figures = result.raw.get("figures") or {}
+    name = next((n for n in figures if "halved" in n), next(iter(figures), None))
+    if name is not None:
+        text += f"\n\n![{name}: creates per second against the limit](bench/results/{Path(figures[name]).name})"
+    return text
+
+
+def readme_scale(results: list[Result]) -> str:
+    """A million jobs: bench/scale.py's start, resume, status and export; manifest_bench.py's validate."""
+    sentences = []
+    scale = newest(results, "scale-1000000")
+    if scale is not None:
+        by = {r["what"]: r for r in scale.rows}
+
+        def wall(what: str) -> str:
+            return num(by[what]["wall_s"]) + " s" if what in by else "—"
+
+        start = by.get("start: first create", {})
+        sentences.append(
+            f"A million-row CSV manifest, at `{scale.commit}` (`python bench/scale.py`, medians of "
+            f"{num(max((r.get('runs', 1) for r in scale.rows), default=1))}): the first create reached the "
+            f"simulator {num(start.get('first_create_s'))} s after `batchgen run` started, at a peak of "
+            f"{num(start.get('peak_rss_mb'), 0)} MB while it read the whole manifest into its ledger; resuming "
+            f"the finished batch took {wall('resume a finished batch')} (every file checked), `status` "
+            f"{wall('status')}, `export` {wall('export jsonl')} (JSONL) and {wall('export csv')} (CSV)."
+        )
+    manifest = newest(results, "manifest")
+    if manifest is not None:
+        cells = [
+            f"{num(r['rows'])} rows in {num(r['median_wall_s'], 1)} s and {num(r['max_peak_rss_mb'], 0)} MB"
+            for r in manifest.rows
+            if r.get("command") == "validate"
+        ]
+        if cells:
+            sentences.append(
+                f"`batchgen validate` read {' and '.join(cells)} at `{manifest.commit}` "
+                f"(`python bench/manifest_bench.py`)."
+            )
+    if not sentences:
+        return "No scale result is committed yet."
+    return " ".join(sentences)
+
+
 README_BLOCKS: dict[str, Callable[[list[Result]], str]] = {
     "performance": readme_performance,
     "reliability": readme_reliability,
     "status": readme_status,
     "report": readme_report,
+    "grid": readme_grid,
+    "scale": readme_scale,
 }
 
 
