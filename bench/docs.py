@@ -670,6 +670,11 @@ def readme_reliability(results: list[Result]) -> str:
     return f"({held} of {checks} checks held at `{result.commit}`; {kills} runs ended by SIGKILL and resumed)"
 
 
+def cite(result: Result, command: str) -> str:
+    """Where a README figure comes from: the commit measured, the command, the results file."""
+    return f"at `{result.commit}`, `{command}`, [`{result.file}`]({result.file})"
+
+
 def readme_status(results: list[Result]) -> str:
     """How fast `batchgen status` answers on a large ledger: bench/scale.py's row, else status_bench.py's."""
     scale = newest(results, "scale-1000000")
@@ -677,15 +682,15 @@ def readme_status(results: list[Result]) -> str:
     if scale is not None and found is not None:
         return (
             f"on a million jobs it answers in {num(found['wall_s'])} s (median of {num(found['runs'])} runs of the "
-            f"CLI at `{scale.commit}`, `python bench/scale.py`, [`{scale.file}`]({scale.file}))."
+            f"CLI {cite(scale, 'python bench/scale.py')})."
         )
     status = newest(results, "status-1m")
     if status is None:
         return "(no result committed yet)"
     return (
         f"on a million jobs it answers in {num(status.raw.get('median_text'))} s (median of "
-        f"{num(len(status.raw.get('status_text_seconds') or []))} runs of the CLI at `{status.commit}`, "
-        f"`python bench/status_bench.py`, [`{status.file}`]({status.file}))."
+        f"{num(len(status.raw.get('status_text_seconds') or []))} runs of the CLI "
+        f"{cite(status, 'python bench/status_bench.py')})."
     )
 
 
@@ -703,8 +708,8 @@ def readme_report(results: list[Result]) -> str:
         f"with {num(raw.get('jobs'))} jobs, `batchgen report` took {median(generation.get('cli_wall_s'))} s, "
         f"and Chromium showed the first cards {median(browser.get('first_render_ms'), 0)} ms after the page "
         f"started loading; only the cards on screen are in the page ({num(browser.get('cards_in_dom'))} at "
-        f"first), and a search over all jobs took {median(browser.get('search_ms'), 0)} ms (medians at "
-        f"`{result.commit}`, `python bench/report_bench.py`, [`{result.file}`]({result.file}))."
+        f"first), and a search over all jobs took {median(browser.get('search_ms'), 0)} ms (medians "
+        f"{cite(result, 'python bench/report_bench.py')})."
     )
 
 
