@@ -303,7 +303,8 @@ HOSTILE_OUTPUTS = {
 @pytest.mark.parametrize("case", sorted(HOSTILE_OUTPUTS))
 def test_a_hostile_output_fails_the_job_with_the_reason_and_pays_for_no_second_run(write_manifest, run, tmp_path, case):
     """Each hostile output ends the job failed with its reason, nothing in the output folder, one run paid."""
-    hostile, options, reason = HOSTILE_OUTPUTS[case]
+    hostile, shared_options, reason = HOSTILE_OUTPUTS[case]
+    options = dict(shared_options)  # the table is shared by every run of this test in the process
     faults = options.pop("faults", {})
     sim = Simulator(SimConfig(latency=0.02, faults=faults))
     result = run(write_manifest(1), Hostile(sim, **hostile), max_attempts=3, **options)
