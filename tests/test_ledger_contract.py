@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.errors import LedgerBusy
+from batchgen.errors import LedgerBusy, LedgerError
 from batchgen.ledger import Ledger
 from batchgen.ledger.reuse import ReuseIndex
 from batchgen.models import AttemptStatus, JobSpec, SavedOutput, image_input
@@ -390,3 +390,79 @@ def test_the_reuse_index_finds_whole_runs_of_the_same_request_and_service(tmp_pa
             other.close()
     finally:
         index.close()
+
+
+def test_a_flush_with_nothing_to_write_does_nothing(ledger):
+    """flush() with nothing queued and no held transaction writes nothing, not even the folder's journal
+    (before_flush): the scheduler flushes every tick. A held transaction is still committed by the next
+    flush, even an empty one, after the journal is written."""
+    journal_writes = 0
+
+    def before_flush() -> None:
+        nonlocal journal_writes
+        journal_writes += 1
+
+    ledger.before_flush = before_flush
+    ledger.flush()
+    ledger.flush(hold=True)
+    assert journal_writes == 0
+    ledger.sync_manifest("m.yaml", jobs("a"), output_dir=OUT)
+    assert journal_writes == 1  # the sync's own flush
+    ledger.job_failed("j0", "held", "k")
+    ledger.flush(hold=True)
+    ledger.flush(hold=True)  # nothing new queued: nothing to do
+    assert journal_writes == 2
+    ledger.flush()  # nothing queued, but it commits what the hold left open
+    ledger.flush()
+    assert journal_writes == 3
+    with Ledger(ledger.path, readonly=True) as reader:
+        assert export(reader)["j0"]["error"] == "held"
+
+
+def test_a_flush_sqlite_refuses_keeps_none_of_its_writes_and_says_why(tmp_path):
+    """A write sqlite refuses (here an attempt for a job the ledger does not have) fails the whole flush
+    with a LedgerError naming the ledger and sqlite's reason; the writes queued with it are dropped, and
+    the ledger goes on working."""
+    path = tmp_path / "l.sqlite"
+    with Ledger(path) as ledger:
+        ledger.sync_manifest("m.yaml", jobs("a"), output_dir=OUT)
+        ledger.job_failed("j0", "queued with the bad write", "k")
+        ledger.begin_attempt(JobSpec("ghost", image_input("not in the manifest")))
+        with pytest.raises(LedgerError) as refused:
+            ledger.flush()
+        assert str(path) in str(refused.value) and "FOREIGN KEY constraint failed" in str(refused.value)
+        assert ledger.queued == 0
+        assert export(ledger)["j0"]["state"] == "pending" and ledger.attempt_counts() == {}
+        ledger.job_failed("j0", "after", "k")
+        ledger.flush()
+    with Ledger(path, readonly=True) as reopened:
+        assert export(reopened)["j0"]["error"] == "after" and reopened.attempt_counts() == {}
+
+
+class Interrupted(Exception):
+    pass
+
+
+class Explodes:
+    """A value whose conversion for sqlite raises: an interruption in the middle of a flush."""
+
+    def __conform__(self, protocol: object) -> object:
+        raise Interrupted
+
+
+def test_a_flush_interrupted_midway_keeps_none_of_its_writes(tmp_path):
+    """Anything raised in the middle of a flush (not an sqlite error) comes out as it is, after the
+    transaction is rolled back: nothing queued with it is kept, and the next flush starts clean."""
+    path = tmp_path / "l.sqlite"
+    with Ledger(path) as ledger:
+        ledger.sync_manifest("m.yaml", jobs("a", "b"), output_dir=OUT)
+        ledger.job_failed("j0", "queued before the interruption", "k")
+        ledger.job_failed("j1", Explodes(), "k")  # type: ignore[arg-type]
+        with pytest.raises(Interrupted):
+            ledger.flush()
+        assert [r["state"] for r in export(ledger).values()] == ["pending", "pending"]
+        ledger.job_failed("j1", "after", "k")
+        ledger.flush()
+    with Ledger(path, readonly=True) as reopened:
+        records = export(reopened)
+        assert (records["j0"]["state"], records["j1"]["error"]) == ("pending", "after")
