@@ -466,3 +466,39 @@ def test_a_flush_interrupted_midway_keeps_none_of_its_writes(tmp_path):
     with Ledger(path, readonly=True) as reopened:
         records = export(reopened)
         assert (records["j0"]["state"], records["j1"]["error"]) == ("pending", "after")
+
+
+def test_a_sync_records_which_manifest_it_read_into_which_folder(tmp_path):
+    """sync_begin: the ledger says which manifest and output folder its jobs came from (status and the
+    report name them), as of the latest sync, also once reopened."""
+    path = tmp_path / "l.sqlite"
+    with Ledger(path) as ledger:
+        assert (ledger.manifest, ledger.output_dir) == (None, None)
+        ledger.sync_manifest("m.yaml", jobs("a"), output_dir=OUT)
+        assert (ledger.manifest, ledger.output_dir) == ("m.yaml", OUT)
+        ledger.sync_manifest("other.yaml", jobs("a"), output_dir="/tmp/elsewhere")
+    with Ledger(path, readonly=True) as reopened:
+        assert (reopened.manifest, reopened.output_dir) == ("other.yaml", "/tmp/elsewhere")
+
+
+def test_a_streamed_sync_leaves_failed_jobs_failed_unless_asked(ledger):
+    """sync_begin/sync_chunk/sync_end, as a manifest read while the batch runs: a job that failed for good
+    stays failed with its error; only retry_failed gives it another try."""
+    bad, good = jobs("bad", "good")
+    ledger.sync_manifest("m.yaml", [bad, good], output_dir=OUT)
+    ledger.job_failed("j0", "boom", "run")
+    ledger.flush()
+    for retry_failed in (False, True):
+        generation = ledger.sync_begin("m.yaml", OUT)
+        if retry_failed:
+            ledger.sync_chunk([(0, bad), (1, good)], generation, retry_failed=True)
+        else:
+            ledger.sync_chunk([(0, bad), (1, good)], generation)
+        ledger.sync_end("f")
+        ledger.flush()
+        record = export(ledger)["j0"]
+        if retry_failed:
+            assert (record["state"], record["error"]) == ("pending", None)
+        else:
+            assert (record["state"], record["error"], record["error_kind"]) == ("failed", "boom", "run")
+            assert ledger.counts() == {"pending": 1, "running": 0, "succeeded": 0, "failed": 1}
