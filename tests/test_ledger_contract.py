@@ -502,3 +502,44 @@ def test_a_streamed_sync_leaves_failed_jobs_failed_unless_asked(ledger):
         else:
             assert (record["state"], record["error"], record["error_kind"]) == ("failed", "boom", "run")
             assert ledger.counts() == {"pending": 1, "running": 0, "succeeded": 0, "failed": 1}
+
+
+def test_attempt_counts_leave_out_the_jobs_the_manifest_dropped(ledger):
+    """attempt_counts covers the current manifest's jobs only: a job dropped from the manifest takes its
+    attempts out of the counts, and brings them back when the manifest has it again."""
+    kept, dropped = jobs("kept", "dropped")
+    ledger.sync_manifest("m.yaml", [kept, dropped], output_dir=OUT)
+    for job, outcomes in ((kept, ("failed", "failed")), (dropped, ("failed", "succeeded"))):
+        for outcome in outcomes:
+            attempt = ledger.begin_attempt(job)
+            ledger.run_created(attempt, f"run-{attempt}", job)
+            if outcome == "succeeded":
+                ledger.job_succeeded(attempt, job.job_id, [png(0, f"{job.job_id}.png")])
+            else:
+                ledger.attempt_ended(attempt, job.job_id, AttemptStatus.FAILED, "no", job_failed=False, kind="run")
+    ledger.flush()
+    assert ledger.attempt_counts() == {"failed": 3, "succeeded": 1}
+    ledger.sync_manifest("m.yaml", [kept], output_dir=OUT)
+    assert ledger.attempt_counts() == {"failed": 2}
+    ledger.sync_manifest("m.yaml", [kept, dropped], output_dir=OUT)
+    assert ledger.attempt_counts() == {"failed": 3, "succeeded": 1}
+
+
+def test_jobs_handed_out_carry_their_attempts_metadata_and_whether_a_new_run_is_wanted(ledger):
+    """pending_page and open_runs hand the scheduler each job with its metadata, the attempts already made
+    at its spec, and ``fresh`` only for a job `batchgen retry` asked to make again with a run of its own."""
+    again, running = JobSpec("j0", image_input("again")), JobSpec("j2", image_input("running"))
+    tried = JobSpec("j1", image_input("tried"), metadata={"sku": "A-1"})
+    ledger.sync_manifest("m.yaml", [again, tried, running], output_dir=OUT)
+    first = ledger.begin_attempt(again)
+    ledger.run_created(first, "run-0", again)
+    ledger.job_succeeded(first, "j0", [png(0, "j0.png")])
+    for _ in range(2):
+        attempt = ledger.begin_attempt(tried)
+        ledger.attempt_ended(attempt, "j1", AttemptStatus.FAILED, "no", job_failed=False, kind="run")
+    ledger.run_created(ledger.begin_attempt(running), "run-2", running)
+    ledger.mark_for_retry(["j0"], [])
+    handed_out = [(seq, p.spec.job_id, p.spec.metadata, p.attempts, p.fresh) for seq, p in ledger.pending_page(-1)]
+    assert handed_out == [(0, "j0", {}, 0, True), (1, "j1", {"sku": "A-1"}, 2, False)]
+    (open_run,) = ledger.open_runs()
+    assert (open_run.job.spec.job_id, open_run.job.attempts, open_run.job.fresh) == ("j2", 1, False)
