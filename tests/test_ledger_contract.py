@@ -8,6 +8,7 @@ bench/mutation.py runs them once per mutant of batchgen/ledger/.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -543,3 +544,35 @@ def test_jobs_handed_out_carry_their_attempts_metadata_and_whether_a_new_run_is_
     assert handed_out == [(0, "j0", {}, 0, True), (1, "j1", {"sku": "A-1"}, 2, False)]
     (open_run,) = ledger.open_runs()
     assert (open_run.job.spec.job_id, open_run.job.attempts, open_run.job.fresh) == ("j2", 1, False)
+
+
+def test_lookups_by_id_answer_for_every_id_asked_however_many(ledger):
+    """jobs_by_id / attempts_by_id (the journal's repair checks thousands of ids at once): every id asked
+    that the ledger has is answered, wherever it sits in a long list."""
+    a, b = jobs("a", "b")
+    ledger.sync_manifest("m.yaml", [a, b], output_dir=OUT)
+    first, second = ledger.begin_attempt(a), ledger.begin_attempt(b)
+    ledger.run_created(second, "run-b", b)
+    ledger.flush()
+    job_ids = [f"nope-{i}" for i in range(999)]
+    job_ids[500:500] = ["j0"]
+    job_ids.append("j1")  # at 500 and at 1000
+    assert ledger.jobs_by_id(job_ids) == {"j0": (a.spec_hash(), "running"), "j1": (b.spec_hash(), "running")}
+    attempt_ids = [10_000 + i for i in range(999)]
+    attempt_ids[500:500] = [first]
+    attempt_ids.append(second)
+    assert ledger.attempts_by_id(attempt_ids) == {first: ("creating", None), second: ("running", "run-b")}
+
+
+def test_sessions_say_when_each_started_and_there_is_no_last_one_before_the_first(ledger):
+    """sessions: each session's start and end times (status shows how long the last run took);
+    last_session is None on a ledger that never ran."""
+    assert ledger.sessions() == [] and ledger.last_session() is None
+    before = time.time()
+    session = ledger.session_started("m.yaml")
+    ledger.session_finished(session, "completed", 0, "{}")
+    ledger.flush()
+    after = time.time()
+    (recorded,) = ledger.sessions()
+    assert before <= recorded["started_at"] <= recorded["finished_at"] <= after
+    assert ledger.last_session() == recorded
