@@ -8,6 +8,9 @@ bench/mutation.py runs them once per mutant of batchgen/ledger/.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -576,3 +579,20 @@ def test_sessions_say_when_each_started_and_there_is_no_last_one_before_the_firs
     (recorded,) = ledger.sessions()
     assert before <= recorded["started_at"] <= recorded["finished_at"] <= after
     assert ledger.last_session() == recorded
+
+
+def test_a_lock_file_that_cannot_be_made_is_an_error_naming_it(tmp_path):
+    """lock_for_run: the lock file is made readable and writable, not executable; when it cannot be made
+    (here a folder is in its way) the LedgerError names it and why, and is not taken for another runner."""
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        ledger.lock_for_run()
+        mode = stat.S_IMODE((tmp_path / "l.sqlite.lock").stat().st_mode)
+        assert mode & 0o600 == 0o600 and not mode & 0o111
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "l.sqlite.lock").mkdir()
+    with Ledger(blocked / "l.sqlite") as ledger, pytest.raises(LedgerError) as refused:
+        ledger.lock_for_run()
+    assert not isinstance(refused.value, LedgerBusy)
+    assert f"cannot create the lock file {blocked / 'l.sqlite.lock'}" in str(refused.value)
+    assert os.strerror(errno.EISDIR) in str(refused.value)
