@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import stat
 import time
 from pathlib import Path
@@ -596,3 +597,52 @@ def test_a_lock_file_that_cannot_be_made_is_an_error_naming_it(tmp_path):
     assert not isinstance(refused.value, LedgerBusy)
     assert f"cannot create the lock file {blocked / 'l.sqlite.lock'}" in str(refused.value)
     assert os.strerror(errno.EISDIR) in str(refused.value)
+
+
+def test_the_reuse_index_makes_its_own_private_folder_and_shares_what_it_forgets(tmp_path):
+    """ReuseIndex: the cache folder is made with its parents, readable by its owner only (it lists where
+    the user's images are); a file it forgets is at once forgotten for every other handle on the index
+    (another batch running beside this one), and the index still takes new runs."""
+    out = tmp_path / "out"
+    path = tmp_path / "cache" / "batchgen" / "reuse.sqlite"
+    index = ReuseIndex(path, "http://api/v1")
+    other = ReuseIndex(path, "http://api/v1")
+    try:
+        assert not stat.S_IMODE(path.parent.stat().st_mode) & 0o077
+        index.add("h1", "run-1", out, [png(0, "a.png")])
+        index.add("h1", "run-2", out, [png(0, "b.png")])
+        index.flush()
+        index.forget(out.resolve() / "b.png")
+        assert [run.run_id for run in other.find("h1")] == ["run-1"]
+        index.add("h2", "run-3", out, [png(0, "c.png")])
+        index.flush()
+        assert [run.run_id for run in other.find("h2")] == ["run-3"]
+    finally:
+        index.close()
+        other.close()
+
+
+def test_a_reuse_index_it_cannot_use_is_a_ledger_error_naming_it(tmp_path):
+    """A reuse index that cannot be made, or a file in its place with other tables, gives LedgerErrors that
+    name the file and the cause (the batch then goes on without reuse and says so), never sqlite3 errors."""
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(LedgerError, match="cannot use the reuse index .*a-file/reuse.sqlite"):
+        ReuseIndex(tmp_path / "a-file" / "reuse.sqlite", "http://api/v1")
+    path = tmp_path / "reuse.sqlite"
+    foreign = sqlite3.connect(path)
+    foreign.execute("CREATE TABLE images (name TEXT)")
+    foreign.close()
+    index = ReuseIndex(path, "http://api/v1")
+    try:
+        with pytest.raises(LedgerError) as unreadable:
+            index.find("h1")
+        assert f"cannot read the reuse index {path}: no such column" in str(unreadable.value)
+        with pytest.raises(LedgerError) as unwritable:
+            index.forget(tmp_path / "a.png")
+        assert f"cannot write the reuse index {path}: no such column" in str(unwritable.value)
+        index.add("h1", "run-1", tmp_path, [png(0, "a.png")])
+        with pytest.raises(LedgerError) as unwritable:
+            index.flush()
+        assert f"cannot write the reuse index {path}: table images has 1 columns" in str(unwritable.value)
+    finally:
+        index.close()
