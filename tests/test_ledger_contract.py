@@ -20,6 +20,7 @@ import pytest
 from batchgen.errors import LedgerBusy, LedgerError
 from batchgen.ledger import Ledger
 from batchgen.ledger.reuse import ReuseIndex
+from batchgen.ledger.schema import SCHEMA_VERSION, migrate
 from batchgen.models import AttemptStatus, JobSpec, SavedOutput, image_input
 
 OUT = "/tmp/out"
@@ -646,3 +647,18 @@ def test_a_reuse_index_it_cannot_use_is_a_ledger_error_naming_it(tmp_path):
         assert f"cannot write the reuse index {path}: table images has 1 columns" in str(unwritable.value)
     finally:
         index.close()
+
+
+def test_migrate_refuses_a_ledger_from_a_newer_batchgen_naming_it(tmp_path):
+    """schema.migrate on its own: a schema newer than this code is refused, the message naming the file
+    and saying to upgrade, and the file keeps its version."""
+    path = tmp_path / "l.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        with pytest.raises(LedgerError) as refused:
+            migrate(db, path)
+        assert str(path) in str(refused.value) and "newer batchgen" in str(refused.value)
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    finally:
+        db.close()
