@@ -662,3 +662,15 @@ def test_migrate_refuses_a_ledger_from_a_newer_batchgen_naming_it(tmp_path):
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
     finally:
         db.close()
+
+
+def test_the_journal_offset_is_kept_per_folder_journal_with_the_commits(tmp_path):
+    """set_journal_offset: how far into a folder's journal the ledger's commits reach, committed with them
+    and read back after reopening; a journal never recorded reads as 0."""
+    path = tmp_path / "l.sqlite"
+    with Ledger(path) as ledger:
+        assert ledger.journal_offset("folder-1") == 0
+        ledger.set_journal_offset("folder-1", 1234)
+        ledger.flush()
+    with Ledger(path, readonly=True) as reopened:
+        assert (reopened.journal_offset("folder-1"), reopened.journal_offset("folder-2")) == (1234, 0)
