@@ -43,14 +43,15 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
 }
 # Mutant name -> why it may live (equivalent to the original, or outside what the module promises).
 _ID_STEP = "attempt ids grow by 2 instead of 1: still unique and increasing, which is all any reader relies on"
-_MESSAGE = "changes the error text stored with the attempt; no command shows an attempt's own error text"
+_MESSAGE = (
+    "changes only the letter case or padding of the error text stored with the attempt (the report's "
+    "attempt log shows it as written): the words, and what they say, are the same"
+)
 SURVIVORS_EXPLAINED: dict[str, str] = {
     "batchgen.ledger.store.xǁLedgerǁbegin_attempt__mutmut_4": _ID_STEP,
     "batchgen.ledger.store.xǁLedgerǁjob_satisfied__mutmut_4": _ID_STEP,
     "batchgen.ledger.store.xǁLedgerǁrun_created__mutmut_21": "the journal keeps a run's creation time to 0.1 ms "
     "instead of 1 ms: a repaired run's created_at moves by under a millisecond",
-    "batchgen.ledger.store.xǁLedgerǁrecover__mutmut_1": "leaves finished_at empty on attempts recovered as "
-    "unknown; nothing reads an attempt's finished_at",
     "batchgen.ledger.store.xǁLedgerǁrecover__mutmut_17": _MESSAGE,
     "batchgen.ledger.store.xǁLedgerǁlost_create__mutmut_11": _MESSAGE,
     "batchgen.ledger.store.xǁLedgerǁlost_create__mutmut_12": _MESSAGE,

@@ -92,6 +92,10 @@ def test_recover_turns_only_creates_on_the_wire_into_unknown(ledger):
     assert records["j0"]["unknown_creates"] == 1 and records["j0"]["attempts"] == 1
     assert records["j1"]["unknown_creates"] == 0
     assert [job.spec.job_id for _, job in ledger.pending_page(-1)] == ["j0", "j2"]
+    # The attempt's log (the report shows it) says when it ended and why.
+    (recovered,) = [row for row in ledger.iter_attempts() if row[0] == "j0"]
+    assert recovered[1] == "unknown" and recovered[3] and "create" in recovered[3]
+    assert recovered[5] is not None and recovered[5] >= recovered[4]
     assert ledger.recover() == 0  # nothing left on the wire
 
 
