@@ -187,9 +187,9 @@ class OutputFolder:
     def remove_stale_partials(self) -> int:
         """Delete ``.part`` files a crashed run left behind (in any subfolder); only while holding the lock."""
         removed = 0
-        for path in self.path.rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+        for path in _partials(os.fspath(self.path)):
             try:
-                path.unlink()
+                os.unlink(path)
                 removed += 1
             except FileNotFoundError:
                 pass
@@ -203,3 +203,22 @@ class OutputFolder:
             for name in files:
                 if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                     yield (base / name).as_posix()
+
+
+def _partials(top: str) -> Iterator[str]:
+    """Paths of the ``.part`` files under ``top``, streamed from ``os.scandir``: a folder of a million
+    images is read without holding its listing (``Path.rglob`` lists each folder whole first, which
+    took hundreds of MB and seconds at that size)."""
+    folders = [top]
+    while folders:
+        try:
+            entries = os.scandir(folders.pop())
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                name = entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                elif name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+                    yield entry.path
