@@ -10,7 +10,7 @@ from batchgen.models import JobSpec, image_input
 from batchgen.pricing import Prices, parse_prices
 from batchgen.simulator import SimConfig, Simulator
 
-from .conftest import batchgen_cli
+from .conftest import BASE_URL, batchgen_cli
 
 
 @pytest.mark.parametrize("concurrency", [1, 8, 64])
@@ -64,23 +64,28 @@ def test_dry_run_counts_only_what_would_be_paid_now(write_manifest, tmp_path, ru
     sim = Simulator(SimConfig(latency=0.05))
     done = write_manifest(jobs=[{"id": "a", "prompt": "lamp", "quality": "high"}], name="done.yaml")
     assert run(done, sim).exit_code == ExitCode.OK
+    elsewhere = write_manifest(jobs=[{"id": "x", "prompt": "stool", "quality": "medium"}], name="elsewhere.yaml")
+    assert run(elsewhere, sim, output_dir=tmp_path / "other").exit_code == ExitCode.OK
     jobs = [
         {"id": "a", "prompt": "lamp", "quality": "high"},  # done in this folder's ledger
         {"id": "b", "prompt": "mug", "quality": "high", "aspect_ratio": "3:2"},
         {"id": "c", "prompt": "mug", "quality": "high", "aspect_ratio": "3:2"},  # identical to b
         {"id": "d", "prompt": "vase", "quality": "medium"},
+        {"id": "e", "prompt": "stool", "quality": "medium"},  # made by the other folder's batch: reused
     ]
     manifest = write_manifest(jobs=jobs, name="more.yaml")
     out = tmp_path / "out"
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
-    result = batchgen_cli("run", str(manifest), "--output", str(out), "--dry-run", "--price", "high=2,medium=1")
+    result = batchgen_cli(
+        "run", str(manifest), "--output", str(out), "--dry-run", "--price", "high=2,medium=1", "--base-url", BASE_URL
+    )  # the same API as the batches above: an image is reused only from the service that made it
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    assert "4 job(s)" in text and "1 already done" in text and "1 identical" in text
+    assert "5 job(s)" in text and "1 already done" in text and "1 identical" in text and "1 reusing" in text
     assert "runs that would be created now: 2" in text and "credits: 3" in text
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
     assert after == before  # nothing written (sqlite may add its empty side files for a reader)
-    assert sim.stats()["creates"] == 1
+    assert sim.stats()["creates"] == 2
 
 
 def test_validate_prints_the_plan_too(write_manifest, tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,33 @@ class ReuseIndex:
             files.sort(key=lambda file: file.n)
             if [file.n for file in files] == list(range(len(files))):
                 found.append(ReusableRun(run_id if isinstance(run_id, str) else None, tuple(files)))
+        return found
+
+    def holds_any(self) -> bool:
+        """Whether the index has any image made through this service."""
+        try:
+            return (
+                self._db.execute("SELECT 1 FROM images WHERE service = ? LIMIT 1", (self.service,)).fetchone()
+                is not None
+            )
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read the reuse index {self.path}: {exc}") from exc
+
+    def known(self, spec_hashes: Iterable[str]) -> set[str]:
+        """Those of ``spec_hashes`` the index holds any image of (one query per 500; files not checked)."""
+        wanted = list(dict.fromkeys(spec_hashes))
+        found: set[str] = set()
+        try:
+            for start in range(0, len(wanted), 500):
+                part = wanted[start : start + 500]
+                rows = self._db.execute(
+                    f"SELECT DISTINCT spec_hash FROM images WHERE service = ? AND spec_hash IN "
+                    f"({','.join('?' * len(part))})",
+                    (self.service, *part),
+                )
+                found.update(row[0] for row in rows)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read the reuse index {self.path}: {exc}") from exc
         return found
 
     def add(self, spec_hash: str, run_id: str | None, output_dir: Path, saved: list[SavedOutput]) -> None:
