@@ -86,12 +86,19 @@ def normalise(path: Path, raw: dict[str, Any]) -> Result:
         if source and source != "worktree":
             commit = source
         else:
-            commit = (machine.get("git_head") or "(not recorded)") + ("-dirty" if machine.get("git_dirty") else "")
+            commit = (machine.get("git_head") or "(not recorded)") + ("-dirty" if _dirty(machine.get("git_dirty")) else "")
     date = raw.get("date") or raw.get("when") or machine.get("date") or "(date not recorded)"
     rows = raw.get("rows")
     if rows is None:
         rows = raw.get("results") or []
     return Result(path, name, command, commit, date, machine, rows, raw)
+
+
+def _dirty(status: Any) -> bool:
+    """Whether ``git status`` output recorded by a benchmark names a change to the code measured:
+    results files the benchmarks themselves wrote (bench/results/) are not one."""
+    lines = str(status or "").splitlines()
+    return any(line.strip() and "bench/results/" not in line for line in lines)
 
 
 def load(folder: Path = RESULTS) -> list[Result]:

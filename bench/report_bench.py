@@ -212,7 +212,7 @@ def main() -> None:
                 "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 "command": " ".join(["python", "bench/report_bench.py", *sys.argv[1:]]),
                 "git_head": _git("rev-parse", "--short", "HEAD"),
-                "git_dirty": _git("status", "--porcelain", "--", "batchgen", "bench"),
+                "git_dirty": _git("status", "--porcelain", "--", "batchgen", "bench", ":!bench/results"),
             },
             "jobs": args.jobs,
             "states": states,
