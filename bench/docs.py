@@ -86,7 +86,8 @@ def normalise(path: Path, raw: dict[str, Any]) -> Result:
         if source and source != "worktree":
             commit = source
         else:
-            commit = (machine.get("git_head") or "(not recorded)") + ("-dirty" if _dirty(machine.get("git_dirty")) else "")
+            dirty = "-dirty" if _dirty(machine.get("git_dirty")) else ""
+            commit = (machine.get("git_head") or "(not recorded)") + dirty
     date = raw.get("date") or raw.get("when") or machine.get("date") or "(date not recorded)"
     rows = raw.get("rows")
     if rows is None:
