@@ -777,14 +777,15 @@ def readme_scale(results: list[Result]) -> str:
     manifest = newest(results, "manifest")
     if manifest is not None:
         cells = [
-            f"{num(r['rows'])} rows in {num(r['median_wall_s'], 1)} s and {num(r['max_peak_rss_mb'], 0)} MB"
+            f"{num(r['median_wall_s'], 1)} s and {num(r['max_peak_rss_mb'], 0)} MB for {num(r['rows'])} rows"
             for r in manifest.rows
             if r.get("command") == "validate"
         ]
         if cells:
             sentences.append(
-                f"`batchgen validate` read {' and '.join(cells)} at `{manifest.commit}` "
-                f"(`python bench/manifest_bench.py`)."
+                f"`batchgen validate` (every row checked, then the run planned: what the ledger and the "
+                f"reuse index hold, identical requests, the bill) took {' and '.join(cells)} at "
+                f"`{manifest.commit}` (`python bench/manifest_bench.py`)."
             )
     if not sentences:
         return "No scale result is committed yet."
