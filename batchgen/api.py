@@ -247,11 +247,14 @@ class RunbaseClient:
             ) from exc
         return self._run_info(run_id, data)
 
-    async def get_run(self, run_id: str) -> RunInfo:
-        """GET /runs/{id}, the id as one percent-encoded path segment (``RunIdRefused`` if it cannot be)."""
+    async def get_run(self, run_id: str, *, before_send: Callable[[], Awaitable[None]] | None = None) -> RunInfo:
+        """GET /runs/{id}, the id as one percent-encoded path segment (``RunIdRefused`` if it cannot be).
+        ``before_send`` is awaited once a connection slot is ours, just before the request leaves."""
         path = run_path(run_id)
         with self._translate(lambda: False), self._deadline(lambda: False):
             async with self._api_slots:
+                if before_send is not None:
+                    await before_send()
                 response = await self._api.get(path)
         self._raise_for_status(response, creating=False)
         data = self._json_object(response, creating=False)

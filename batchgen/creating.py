@@ -29,6 +29,7 @@ from .errors import AccountError, ApiError, CapReached, JobError, RateLimited, T
 from .events import Events
 from .ledger import Ledger
 from .models import AttemptStatus, BatchStats, JobSpec, PendingJob
+from .pacing import Send
 from .pricing import Budget
 from .throttle import GentleStart, Throttle, backoff
 
@@ -103,9 +104,12 @@ class Creator:
                 reserved = await self._reserve(spec)
                 if isinstance(reserved, CapReached):
                     return CreateOutcome(Result.CAPPED, PendingJob(spec, attempts), error=reserved)
-                sent = _Attempt(self, spec, reserved)
+                sent = _Attempt(self, spec, reserved, ticket)
                 try:
                     info = await self.client.create_run(spec, before_send=sent.begin)
+                except _PauseBegan:
+                    sent.forget()  # never sent: it waits for a slot again
+                    continue
                 except RateLimited as exc:
                     sent.forget()
                     self.stats.rate_limited += 1
@@ -185,6 +189,10 @@ class Creator:
         return reserved
 
 
+class _PauseBegan(Exception):
+    """A 429's pause began while a create waited for its attempt to be committed: it must not go."""
+
+
 class _Attempt:
     """One create request's attempt row: begun just before the request leaves, then
     ended one way or another. Left 'creating' only if the task is cancelled while
@@ -193,10 +201,11 @@ class _Attempt:
     It also settles the create's reservations in the budgets: kept when a run was
     made or may have been, given back when the API certainly made none."""
 
-    def __init__(self, creator: Creator, spec: JobSpec, reserved: list[tuple[Budget, float]]):
+    def __init__(self, creator: Creator, spec: JobSpec, reserved: list[tuple[Budget, float]], ticket: Send):
         self._creator = creator
         self._spec = spec
         self._reserved = reserved
+        self._ticket = ticket
         self.attempt_id: int | None = None
 
     def _settle(self, *, spent: bool) -> None:
@@ -210,6 +219,10 @@ class _Attempt:
         self.attempt_id = self._creator.ledger.begin_attempt(self._spec)
         self._creator.on_the_wire += 1
         await self._creator.durable()
+        # The commit may have taken a while: a 429 may have paused everyone since this create
+        # got its slot, and other creates may be leaving with it.
+        if not await self._creator.throttle.sending(self._ticket):
+            raise _PauseBegan
 
     def answered(self) -> None:
         """The request is over (answered, failed, or cancelled): whatever is not settled yet is kept

@@ -463,7 +463,7 @@ class Scheduler:
     async def _poll(self, run: _Run) -> None:
         ticket = await self.throttle.wait_poll()
         try:
-            info = await self.client.get_run(run.run_id)
+            info = await self.client.get_run(run.run_id, before_send=lambda: self.throttle.leave(ticket))
         except RateLimited as exc:
             self.stats.rate_limited += 1
             pause = self.throttle.rate_limited(exc.retry_after, create=False, ticket=ticket)

@@ -6,7 +6,9 @@
   pause, the pace, the cap on runs in flight) and a poll ``wait_poll()`` (the pause, and the
   pace once polls are seen to count against the limit). The last two return a ``Send``
   ticket that the caller hands back with what became of the request: ``accepted``,
-  ``rate_limited`` (a 429) or ``done`` (anything else). ``run_started`` / ``run_ended``
+  ``rate_limited`` (a 429) or ``done`` (anything else); ``sending`` is awaited just
+  before the bytes leave, after whatever the request waited for since its slot.
+  ``run_started`` / ``run_ended``
   keep the count of runs in flight. A 429 moves the shared pause later, never earlier (as
   Scrapy's AutoThrottle never shortens its delay on an error), so every sender stops
   together; a ``--rate`` is a ceiling the pace starts at, and 429s still slow it.
@@ -92,6 +94,24 @@ class Throttle:
             else:
                 await self._sleep(delay)
         return self.pacer.send(kind)
+
+    async def sending(self, ticket: Send) -> bool:
+        """Just before a request's bytes leave (after its slot, and whatever it awaited since):
+        wait out the pace's spacing from the last request that left, so that a delay many
+        requests shared (a commit) does not send them together. False, without waiting, if a
+        429's pause began since the slot was given: the request must not go, and waits again."""
+        while (delay := self.pacer.hold(ticket)) > 0:
+            if self.pacer.paused():
+                return False
+            await self._sleep(delay)
+        self.pacer.leaving(ticket)
+        return True
+
+    async def leave(self, ticket: Send) -> None:
+        """A request that may be held back without cost (a poll): the same as ``sending``, but a
+        pause that began since its slot is waited out rather than refused."""
+        while not await self.sending(ticket):
+            await self.wait_api()
 
     def rate_limited(self, retry_after: float | None, *, create: bool, ticket: Send | None = None) -> float:
         """Record a 429; returns how long every sender now pauses."""

@@ -68,6 +68,41 @@ def test_a_429_without_a_ticket_still_pauses_everyone():
     anyio.run(main)
 
 
+def test_a_create_whose_slot_came_before_a_pause_does_not_leave_during_it():
+    """A create got its slot, then waited (for its attempt to be committed) while another's 429
+    paused everyone: it is held back, not sent; a poll in the same place waits the pause out."""
+    throttle, clock = fake_throttle()
+
+    async def main() -> None:
+        waiting = await throttle.wait_create()
+        poll = await throttle.wait_poll()
+        other = await throttle.wait_create()
+        throttle.rate_limited(2.0, create=True, ticket=other)
+        assert await throttle.sending(waiting) is False
+        assert clock.now == 1 / START_PACE  # the second create's slot; nothing waited for the pause
+        await throttle.leave(poll)
+        assert clock.now == 1 / START_PACE + 2.0
+
+    anyio.run(main)
+
+
+def test_creates_held_up_together_still_leave_a_slot_apart():
+    """Creates given slots 0.1 s apart that are all held up by the same delay (a commit) leave
+    0.1 s apart, not together, and the fit learns the moments they left."""
+    throttle, clock = fake_throttle(10.0)
+
+    async def main() -> None:
+        tickets = [await throttle.wait_create() for _ in range(4)]
+        clock.now += 1.0  # all four waited for the same commit
+        left = []
+        for ticket in tickets:
+            assert await throttle.sending(ticket)
+            left.append(ticket.at)
+        assert left == pytest.approx([1.3, 1.4, 1.5, 1.6])
+
+    anyio.run(main)
+
+
 def test_a_given_rate_spaces_creates_evenly():
     """With --rate 10, eleven creates leave over one second (the first at once)."""
     throttle, clock = fake_throttle(10.0)
