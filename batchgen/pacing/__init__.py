@@ -47,8 +47,8 @@ Ideas taken, and why:
   meanwhile is sent at once, so a big bucket makes a 429 almost free.
 * **Arrival times wander** (a network's jitter, a busy client; the same reason TCP's RTO
   keeps a variance term, RFC 6298): every answer is read as if its request may have reached
-  the server up to ``eps`` earlier or later than it left, with ``eps`` the spread of recent
-  create round trips (90th percentile less the least). A bucket of one refuses two requests
+  the server up to ``eps`` earlier or later than it left, with ``eps`` half the spread of
+  recent create round trips (90th percentile less the least: the request's share of it). A bucket of one refuses two requests
   that arrive closer than 1/R, so where the fit allows so small a bucket the pace keeps them
   ``eps`` further apart (``BucketFit.tolerable``); after a pause only what every surviving
   bucket surely holds is sent at once (``BucketFit.held``).

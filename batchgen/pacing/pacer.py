@@ -120,7 +120,7 @@ class Pacer:
         if self._answers % 8 == 0 or self._answers < 8:
             ordered = sorted(self._rtts)
             spread = ordered[int(0.9 * (len(ordered) - 1))] - ordered[0]
-            self.rate.eps = min(EPS_MAX, max(EPS_MIN, spread))
+            self.rate.eps = min(EPS_MAX, max(EPS_MIN, spread / 2))
 
     def accepted(self, send: Send) -> None:
         send.result = Result.ACCEPTED
