@@ -114,7 +114,14 @@ class Creator:
                     sent.forget()
                     self.stats.rate_limited += 1
                     pause = self.throttle.rate_limited(exc.retry_after, create=True, ticket=ticket)
-                    self.events.emit("throttled", what="create", job_id=spec.job_id, run_id=None, pause=pause)
+                    self.events.emit(
+                        "throttled",
+                        what="create",
+                        job_id=spec.job_id,
+                        run_id=None,
+                        pause=pause,
+                        **self.throttle.state(),
+                    )
                     continue
                 except TransientError as exc:
                     failures += 1

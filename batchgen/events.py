@@ -14,7 +14,9 @@ Kinds emitted during a batch (``KINDS``), with their fields:
 * ``retried``: a request or a run failed and is tried again: ``job_id``, ``run_id``, ``what``
   (create, poll, run), ``error``, ``tries`` (failures in a row so far).
 * ``throttled``: the API answered 429: ``job_id``, ``run_id``, ``what``, ``pause`` (seconds every
-  request now waits).
+  request now waits), and what the pacing made of it: ``pace`` (requests a second that count
+  against the limit, from now), ``fitted`` ([lowest, highest] create rate the answers so far
+  allow, or null) and ``running_limit`` (the cap on runs in flight found, or null).
 * ``stopped``: the batch stopped creating runs: ``reason``, ``error``.
 
 The command line adds ``started``, ``note``, ``progress`` and ``finished`` (see cli/run.py).

@@ -467,7 +467,14 @@ class Scheduler:
         except RateLimited as exc:
             self.stats.rate_limited += 1
             pause = self.throttle.rate_limited(exc.retry_after, create=False, ticket=ticket)
-            self.events.emit("throttled", what="poll", job_id=run.job.spec.job_id, run_id=run.run_id, pause=pause)
+            self.events.emit(
+                "throttled",
+                what="poll",
+                job_id=run.job.spec.job_id,
+                run_id=run.run_id,
+                pause=pause,
+                **self.throttle.state(),
+            )
             self._schedule(run, pause + 0.01)
             return
         except TransientError as exc:

@@ -25,6 +25,7 @@ import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 
@@ -61,6 +62,17 @@ class Throttle:
     def pace(self) -> float:
         """Requests per second that count against the limit, as paced now."""
         return self.pacer.pace
+
+    def state(self) -> dict[str, Any]:
+        """What the pacing knows now, for a log: ``pace`` (requests a second that count against
+        the limit), ``fitted`` ([lowest, highest] create rate every answer so far allows, once
+        429s bound it, else None) and ``running_limit`` (the cap on runs in flight found, or None)."""
+        bounds = self.pacer.rate.bounds
+        return {
+            "pace": round(self.pacer.pace, 3),
+            "fitted": [round(bounds[0], 3), round(bounds[1], 3)] if bounds is not None else None,
+            "running_limit": self.pacer.running_limit,
+        }
 
     def limit_runs(self, slots: int) -> None:
         """Our own limit on runs in flight (--concurrency): 429s at it are no sign of the server's cap."""

@@ -17,13 +17,15 @@ accepted per second over 5 s windows, or 20 creates when the rate is lower) stay
 of the limit, from the start and from each change (only a pace below the band counts: above
 the limit is the bucket letting it be), Retry-After violations as the simulator counts them
 (requests arriving before a 429 said they may, more than --violation-grace after it), and the
-most runs one key had unfinished. Two pictures (matplotlib, a bench-only dependency): creates
+most runs one key had unfinished, and what the controller saw (its pace, the rates its fit
+allowed and any cap it found, at each 429, from batchgen's JSON log). Two pictures (matplotlib, a bench-only dependency): creates
 per second against the server's limit, for the changing limit and for 10/s with a bucket of 1.
 Raw output goes to bench/results/grid_<commit>.json with the commit it measured.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -146,6 +148,10 @@ class Measured:
     returncode: int
     accepted_at: list[float] = field(default_factory=list, repr=False)
     timeline: list[list[Any]] = field(default_factory=list, repr=False)
+    # What the controller saw: at each 429, [t, what, pace after it, fitted [lo, hi] or None,
+    # running limit or None], t on the simulator's clock (batchgen's JSON log, `throttled` events).
+    trace: list[list[Any]] = field(default_factory=list, repr=False)
+    violation_log: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
 def settle_times(
@@ -175,8 +181,10 @@ def run_point(point: Point, work: Path, seq: int, bench: ModuleType) -> Measured
     tag = "".join(c if c.isalnum() else "_" for c in point.name)
     out = work / f"grid-{tag}-{seq}"
     with bench.Simulator(point.sim_args(), work / f"{out.name}.sim.log") as sim:
-        done = bench.run_measured(bench.batchgen_cmd(manifest, out, point.concurrency), bench.client_env(sim.base_url),
-                                  work / f"{out.name}.log")  # fmt: skip
+        events = work / f"{out.name}.events.jsonl"
+        events.unlink(missing_ok=True)
+        cmd = [*bench.batchgen_cmd(manifest, out, point.concurrency), "--log-format", "json", "--log-file", str(events)]
+        done = bench.run_measured(cmd, bench.client_env(sim.base_url), work / f"{out.name}.log")
         stats = sim.stats()
     if done.returncode != 0:
         raise RuntimeError(f"batchgen failed at grid point {point.name} (exit {done.returncode}):\n{done.stderr_tail}")
@@ -203,7 +211,22 @@ def run_point(point: Point, work: Path, seq: int, bench: ModuleType) -> Measured
         returncode=done.returncode,
         accepted_at=accepted,
         timeline=stats["limit_timeline"]["create_rate"],
+        trace=pacing_trace(events, stats["started_at"]),
+        violation_log=stats["retry_after_violation_log"][:50],
     )
+
+
+def pacing_trace(events: Path, started_at: float) -> list[list[Any]]:
+    """The `throttled` events of batchgen's JSON log, on the simulator's clock."""
+    from datetime import datetime
+
+    trace = []
+    for line in events.read_text(encoding="utf-8").splitlines():
+        event = json.loads(line)
+        if event.get("event") == "throttled":
+            t = datetime.fromisoformat(event["time"]).timestamp() - started_at
+            trace.append([round(t, 3), event["what"], event["pace"], event["fitted"], event["running_limit"]])
+    return trace
 
 
 def median(samples: list[Measured]) -> Measured:
@@ -256,6 +279,10 @@ def picture(point: Point, m: Measured, path: Path) -> None:
         xs += [start, stop]
         ys += [rate, rate]
     ax.plot(xs, ys, color="black", linestyle="--", label="the server's limit")
+    if m.trace:  # batchgen's pace after each 429, held until the next
+        ts = [row[0] for row in m.trace]
+        ax.step(ts, [row[2] for row in m.trace], where="post", color="tab:orange", alpha=0.8,
+                label="batchgen's pace after each 429")  # fmt: skip
     ax.set_xlabel("seconds since the simulator started")
     ax.set_ylabel("creates / s")
     ax.set_title(f"{point.name}: T/T* {m.ratio:.2f}, {m.refused_share:.1%} of creates answered 429")

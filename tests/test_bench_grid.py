@@ -48,6 +48,8 @@ def test_grid_quick_completes_and_computes_every_figure(tmp_path: Path) -> None:
         assert m["ratio"] > 0 and math.isfinite(m["ratio"])
         assert m["create_requests"] >= points[name]["n"]
         assert 0 <= m["refused_share"] < 1 and m["violations"] >= 0
+        # what the controller saw: one row per 429 of a create or poll, from batchgen's own log
+        assert len(m["trace"]) >= m["refused_creates"] and all(row[2] > 0 for row in m["trace"])
         if points[name]["max_running"] is not None:
             assert m["max_unfinished"] <= points[name]["max_running"]
         if points[name]["rate"] is not None:

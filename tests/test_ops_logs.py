@@ -87,6 +87,8 @@ def test_json_events_parse_name_jobs_and_runs_and_never_hold_the_key(tmp_path, s
     assert all(isinstance(e, dict) and datetime.fromisoformat(e["time"]) and e["event"] for e in events)
     kinds = {e["event"] for e in events}
     assert {"started", "created", "succeeded", "failed", "throttled", "stopped", "finished"} <= kinds, kinds
+    throttled = [e for e in events if e["event"] == "throttled"]
+    assert all(e["pace"] > 0 and "fitted" in e and "running_limit" in e for e in throttled)  # what pacing made of it
     stats = server.simulator.stats()
     if stats["faults"].get("http_500"):
         assert "retried" in kinds

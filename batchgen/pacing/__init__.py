@@ -48,10 +48,11 @@ Ideas taken, and why:
 * **Arrival times wander** (a network's jitter, a busy client; the same reason TCP's RTO
   keeps a variance term, RFC 6298): every answer is read as if its request may have reached
   the server up to ``eps`` earlier or later than it left, with ``eps`` half the spread of
-  recent create round trips (90th percentile less the least: the request's share of it). A bucket of one refuses two requests
-  that arrive closer than 1/R, so where the fit allows so small a bucket the pace keeps them
-  ``eps`` further apart (``BucketFit.tolerable``); after a pause only what every surviving
-  bucket surely holds is sent at once (``BucketFit.held``).
+  recent create round trips (90th percentile less the least: the request's share of it).
+  A bucket of one refuses two requests that arrive closer than 1/R, so where the fit allows
+  so small a bucket the pace keeps them ``eps`` further apart (``BucketFit.tolerable``);
+  after a pause only what every surviving bucket surely holds is sent at once
+  (``BucketFit.held``).
 * **A request is timed when its bytes leave, not when it got its slot**: between the two a
   create waits for its attempt to be committed, and creates that waited for one commit would
   leave together. ``Pacer.hold`` keeps the pace's spacing at that last moment and holds

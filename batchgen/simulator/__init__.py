@@ -49,6 +49,9 @@ Modules, one job each:
   ready_at (None: stuck), first_terminal_get_at, status, outputs, run_faults, polls,
   answer_lost, files [{n, sha256, bytes}] (what was served whole, to compare saved files with).
 
+``now`` is seconds since the simulator started, ``started_at`` that start on the client's
+clock (seconds since the Unix epoch), to put a client's log beside the times above.
+
 ``stats(logs=False)`` (``?logs=0``) leaves out ``create_log`` and ``retry_after_violation_log``.
 """
 

@@ -132,6 +132,7 @@ class Simulator:
             "creates_per_prompt_max": max(self._creates_per_input.values(), default=0),
             "credits": self.config.credits,
             "now": round(now, 6),
+            "started_at": round(self._start, 6),
             "rate_limited_by": dict(self._rate_limited_by),
             "max_unfinished_runs": self._limiter.max_unfinished,
             "retry_after_violations": sum(watch.by_key.values()),
