@@ -418,12 +418,39 @@ def pacing_grid(results: list[Result]) -> str:
         )  # fmt: skip
         repeat = result.raw.get("repeat")
         runs = f"Medians of {repeat} run(s) per point." if repeat else ""
+        traces = trace_table(medians)
         pictures = [
             f"![{name}: creates per second against the server's limit](results/{Path(path).name})"
             for name, path in (result.raw.get("figures") or {}).items()
         ]
-        parts.append(block(result, assemble([runs, body, *pictures])))
+        parts.append(block(result, assemble([runs, body, traces, *pictures])))
     return assemble(parts) if len(parts) > 2 else ""
+
+
+def trace_table(medians: dict[str, Any]) -> str:
+    """What the controller saw at the points that miss a target: its pace and fitted rates at each
+    429 (batchgen's JSON log), and the first Retry-After violation with its timing."""
+    rows = []
+    for name, m in medians.items():
+        trace = m.get("trace")
+        if not trace or all((m.get("meets") or {}).values()):
+            continue
+        paces = ", ".join(f"{row[0]:.1f} s: {row[2]:.3g}" for row in trace[:6]) + (" …" if len(trace) > 6 else "")
+        fitted = trace[-1][3]
+        violation = (m.get("violation_log") or [None])[0]
+        rows.append([
+            name, num(len(trace)), paces,
+            f"{fitted[0]:.3g}–{fitted[1]:.3g}/s" if fitted else "none", num(trace[-1][4]) if trace[-1][4] else "—",
+            f"{violation['kind']} {violation['after_429'] * 1000:.0f} ms after a 429" if violation else "—",
+        ])  # fmt: skip
+    if not rows:
+        return ""
+    return assemble([
+        "What the controller saw where a target is missed: the 429s batchgen logged (creates and polls), "
+        "its pace after the first ones (time on the simulator's clock: requests/s), the rates its fit "
+        "allowed after the last, the cap on running runs it found, and the first Retry-After violation.",
+        table(["point", "429s", "pace after each", "fitted at the end", "cap found", "first violation"], rows),
+    ])  # fmt: skip
 
 
 def grid_summary(result: Result) -> tuple[int, int, list[float]]:
