@@ -5,6 +5,8 @@
                       │ retries    ▼
                       └──────── poller ─▶ savers (OutputSaver) ─▶ files + ledger
 
+Which run is polled when, and what a poll's answer means, is ``batchgen.polling``'s.
+
 Memory stays flat whatever the manifest's size: the feeder reads pending jobs
 from the ledger a page at a time, and only runs in flight are held.
 
@@ -25,12 +27,9 @@ folder, account) end the batch through ``_fatal`` rather than escaping the group
 from __future__ import annotations
 
 import enum
-import heapq
 import math
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -40,31 +39,28 @@ from .api import RunbaseClient
 from .committer import Committer
 from .creating import CreateOutcome, Creator, Result
 from .errors import (
-    AccountError,
     BatchgenError,
     OutputError,
-    RateLimited,
-    RunIdRefused,
-    RunNotFound,
-    TransientError,
-    Unauthorized,
 )
 from .events import Events
 from .ledger import Ledger
 from .models import AttemptStatus, BatchStats, JobSpec, OpenRun, Outcome, PendingJob, RunInfo, SavedOutput
 from .outputs import write_sidecar
+from .polling import (
+    NOT_FOUND_GRACE as NOT_FOUND_GRACE,  # re-exported: the runner's default
+    Poller,
+    Run,
+    Slots,
+)
 from .pricing import Budget
 from .references import ReferenceCheck
 from .reusing import Reuser
 from .saving import OutputSaver, SaveFailed
-from .throttle import PollPlanner, Throttle, backoff
+from .throttle import PollPlanner, Throttle
 
 MAX_SUBMITTERS = 32
 MAX_SAVERS = 16
 INTERRUPT_GRACE = 3.0  # seconds creates already sent get to answer after Ctrl-C
-# A run the ledger knows was paid for: a 404 may only mean the API has not caught up with
-# it yet (eventually consistent reads), so it is polled again for this long before it is gone.
-NOT_FOUND_GRACE = 180.0
 
 # Which reason for ending wins when several come: the more serious, the later in this list.
 _PRECEDENCE = (
@@ -84,46 +80,6 @@ class Stop(enum.Enum):
     DRAINING = "draining"
     HALTING = "halting"
     FINISHED = "finished"
-
-
-@dataclass(eq=False)
-class _Run:
-    """A run created and not yet finished with."""
-
-    job: PendingJob
-    attempt_id: int
-    run_id: str
-    created_at: float  # on the scheduler's clock
-    due: float = 0.0
-    errors: int = 0
-    polls: int = 0
-    last_poll_age: float = 0.0
-    first_delay: float = 0.0
-    adopted: bool = False  # created by an earlier session: its first poll teaches nothing
-    refetch: bool = False  # open only to fetch files that went missing: a failure never buys a new run
-    not_found_since: float | None = None
-
-
-@dataclass
-class _Slots:
-    """At most ``size`` runs in flight; runs adopted from an earlier session may exceed it."""
-
-    size: int
-    used: int = 0
-    _freed: anyio.Event = field(default_factory=anyio.Event)
-
-    async def acquire(self) -> None:
-        while self.used >= self.size:
-            await self._freed.wait()
-        self.used += 1
-
-    def take(self) -> None:
-        self.used += 1
-
-    def release(self) -> None:
-        self.used -= 1
-        self._freed.set()
-        self._freed = anyio.Event()
 
 
 class Scheduler:
@@ -149,14 +105,8 @@ class Scheduler:
         events: Events | None = None,
     ):
         self.ledger = ledger
-        self.client = client
         self.output_dir = output_dir
         self.max_attempts = max_attempts
-        self.throttle = throttle
-        self.run_timeout = run_timeout
-        self.planner = planner or PollPlanner()
-        self.backoff_base = backoff_base
-        self.not_found_grace = not_found_grace
         self.sidecars = sidecars
         self.references = references  # reference images asked before their job is paid for
         self.stats = BatchStats()
@@ -187,11 +137,26 @@ class Scheduler:
             backoff_base=backoff_base,
             on_file=on_file,
         )
-        self._slots = _Slots(concurrency)
+        self._slots = Slots(concurrency)
+        self.poller = Poller(
+            client=client,
+            throttle=throttle,
+            planner=planner or PollPlanner(),
+            stats=self.stats,
+            events=self.events,
+            slots=self._slots,
+            run_timeout=run_timeout,
+            backoff_base=backoff_base,
+            not_found_grace=not_found_grace,
+            changed=self._changed,
+            wake=lambda: self._changed_event,
+            on_succeeded=self._succeeded,
+            on_failed=self._run_failed,
+            on_fatal=self._fatal,
+        )
         throttle.limit_runs(concurrency)
         self._workers = max(1, min(concurrency, MAX_SUBMITTERS))
         self._savers = max(1, min(concurrency, MAX_SAVERS))
-        self._clock = anyio.current_time
         self._reading_manifest = reading_manifest  # more pending jobs may still arrive from the manifest
         self._active_jobs = 0  # handed out and not yet succeeded or failed for good
         self._creating = 0  # submitters inside a create (waiting for the pace, or on the wire)
@@ -199,19 +164,16 @@ class Scheduler:
         self._retry: deque[PendingJob] = deque()
         self._leaders: dict[str, str] = {}  # spec hash -> the job making that request's image now
         self._followers: dict[str, list[PendingJob]] = {}  # spec hash -> jobs waiting to reuse it
-        self._in_flight: dict[str, _Run] = {}
-        self._poll_heap: list[tuple[float, int, _Run]] = []
-        self._poll_seq = 0
         self._changed_event = anyio.Event()
         self._finished = anyio.Event()
-        self._save_send: MemoryObjectSendStream[tuple[_Run, RunInfo]] | None = None
+        self._save_send: MemoryObjectSendStream[tuple[Run, RunInfo]] | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
     async def run(self, open_runs: list[OpenRun]) -> Outcome:
         """Run the batch to its end; returns why it ended (``self.error`` says more)."""
         job_send, job_receive = anyio.create_memory_object_stream[PendingJob](0)
-        save_send, save_receive = anyio.create_memory_object_stream[tuple[_Run, RunInfo]](math.inf)
+        save_send, save_receive = anyio.create_memory_object_stream[tuple[Run, RunInfo]](math.inf)
         self._save_send = save_send
         async with save_send, save_receive, job_receive, anyio.create_task_group() as tg:
             for open_run in open_runs:
@@ -275,13 +237,13 @@ class Scheduler:
 
     def _changed(self) -> None:
         """Something moved: wake the feeder and poller, and see whether the batch is over."""
-        self.stats.in_flight = len(self._in_flight)
+        self.stats.in_flight = len(self.poller.in_flight)
         self.committer.poke()
         self._changed_event.set()
         self._changed_event = anyio.Event()
         if self.stop is Stop.HALTING and self.creator.on_the_wire == 0:
             self.stop = Stop.FINISHED
-        elif self.stop is Stop.DRAINING and self._creating == 0 and not self._in_flight and self._saving == 0:
+        elif self.stop is Stop.DRAINING and self._creating == 0 and not self.poller.in_flight and self._saving == 0:
             self.stop = Stop.FINISHED
         if self.stop is Stop.FINISHED:
             self._finished.set()
@@ -395,10 +357,8 @@ class Scheduler:
         result = outcome.result
         if result is Result.CREATED:
             assert outcome.attempt_id is not None and outcome.run_id is not None
-            run = _Run(outcome.job, outcome.attempt_id, outcome.run_id, self._clock())
-            run.first_delay = self.planner.next_poll(0.0)
+            run = self.poller.created(outcome.job, outcome.attempt_id, outcome.run_id)
             self.events.emit("created", job_id=run.job.spec.job_id, run_id=run.run_id, attempt=run.job.attempts)
-            self._track(run, run.first_delay)
             return
         self._slots.release()
         if result is Result.REQUEUE:
@@ -422,132 +382,24 @@ class Scheduler:
 
     def _adopt(self, open_run: OpenRun) -> None:
         """A run an earlier session created: poll it now instead of paying again."""
-        age = max(0.0, time.time() - (open_run.created_at or time.time()))
-        run = _Run(
-            open_run.job,
-            open_run.attempt_id,
-            open_run.run_id,
-            self._clock() - age,
-            adopted=True,
-            refetch=open_run.refetch,
-        )
-        self._slots.take()
-        self.throttle.run_started()
+        run = self.poller.adopt(open_run)
         self._active_jobs += 1
         self._leaders.setdefault(run.job.spec.spec_hash(), run.job.spec.job_id)
-        self._track(run, 0.0)
-
-    def _track(self, run: _Run, delay: float) -> None:
-        self._in_flight[run.run_id] = run
-        self._schedule(run, delay)
-
-    def _schedule(self, run: _Run, delay: float) -> None:
-        run.due = self._clock() + delay
-        self._poll_seq += 1
-        heapq.heappush(self._poll_heap, (run.due, self._poll_seq, run))
-        self._changed()
 
     async def _poll_loop(self) -> None:
         async with anyio.create_task_group() as tg:
-            while True:
-                changed = self._changed_event
-                now = self._clock()
-                while self._poll_heap and self._poll_heap[0][0] <= now:
-                    due, _, run = heapq.heappop(self._poll_heap)
-                    if run.due == due and self._in_flight.get(run.run_id) is run:
-                        tg.start_soon(self._guard, self._poll(run))
-                wait = self._poll_heap[0][0] - now if self._poll_heap else math.inf
-                with anyio.move_on_after(wait):
-                    await changed.wait()
+            await self.poller.run(lambda run: tg.start_soon(self._guard, self.poller.poll(run)))
 
-    async def _poll(self, run: _Run) -> None:
-        ticket = await self.throttle.wait_poll()
-        try:
-            info = await self.client.get_run(run.run_id, before_send=lambda: self.throttle.leave(ticket))
-        except RateLimited as exc:
-            self.stats.rate_limited += 1
-            pause = self.throttle.rate_limited(exc.retry_after, create=False, ticket=ticket)
-            self.events.emit(
-                "throttled",
-                what="poll",
-                job_id=run.job.spec.job_id,
-                run_id=run.run_id,
-                pause=pause,
-                **self.throttle.state(),
-            )
-            self._schedule(run, pause + 0.01)
-            return
-        except TransientError as exc:
-            run.errors += 1
-            self.events.emit(
-                "retried",
-                what="poll",
-                job_id=run.job.spec.job_id,
-                run_id=run.run_id,
-                error=exc,
-                tries=run.errors,
-            )
-            self.stats.retries += 1
-            if self._clock() - run.created_at > self.run_timeout:
-                return self._run_failed(run, f"no answer about run {run.run_id} for {self.run_timeout:.0f} s")
-            self._schedule(run, backoff(run.errors, base=self.backoff_base, cap=30.0))
-            return
-        except RunIdRefused as exc:  # not a 404: no grace would change the id
-            return self._run_failed(run, exc.message)
-        except RunNotFound:
-            now = self._clock()
-            if run.not_found_since is None:
-                run.not_found_since = now
-            if now - run.not_found_since < self.not_found_grace:
-                run.errors += 1
-                self._schedule(run, backoff(run.errors, base=self.backoff_base, cap=30.0))
-                return
-            return self._run_failed(
-                run, f"run {run.run_id} no longer exists: the API answered 404 for {self.not_found_grace:.0f} s"
-            )
-        except Unauthorized as exc:
-            return self._fatal(exc, Outcome.UNAUTHORIZED)
-        except AccountError as exc:  # 403 on a poll: we cannot even watch our runs
-            return self._fatal(exc, Outcome.ACCOUNT)
-        else:
-            self.throttle.accepted(create=False, ticket=ticket)
-        finally:
-            self.throttle.done(ticket)  # any other answer tells the pace nothing
-        self.stats.polls += 1
-        run.errors = 0
-        run.not_found_since = None
-        age = self._clock() - run.created_at
-        if not run.adopted:
-            if run.polls == 0:
-                # The delay it was scheduled at: the age at the answer also counts our own lag.
-                self.planner.first_poll_result(info.finished, run.first_delay)
-            elif info.finished:
-                self.planner.finished_between(run.last_poll_age, age)
-            else:
-                self.planner.still_running(age)
-        run.polls += 1
-        run.last_poll_age = age
-        if info.succeeded:
-            self._saving += 1  # before _untrack: a draining batch must wait for this save
-            self._untrack(run)
-            assert self._save_send is not None
-            self._save_send.send_nowait((run, info))
-        elif info.failed:
-            self._run_failed(run, info.error or f"run {run.run_id} ended '{info.status}'")
-        elif age > self.run_timeout:
-            self._run_failed(run, f"run {run.run_id} still '{info.status}' after {self.run_timeout:.0f} s")
-        else:
-            self._schedule(run, self.planner.next_poll(age))
+    def _succeeded(self, run: Run, info: RunInfo) -> None:
+        """A poll saw the run succeed: hand it to the savers."""
+        self._saving += 1  # before untrack: a draining batch must wait for this save
+        self.poller.untrack(run)
+        assert self._save_send is not None
+        self._save_send.send_nowait((run, info))
 
-    def _untrack(self, run: _Run) -> None:
-        if self._in_flight.pop(run.run_id, None) is run:
-            self._slots.release()
-            self.throttle.run_ended()
-        self._changed()
-
-    def _run_failed(self, run: _Run, error: str, *, retry: bool = True, kind: str = "run_failed") -> None:
+    def _run_failed(self, run: Run, error: str, *, retry: bool = True, kind: str = "run_failed") -> None:
         """The attempt is over without outputs: try a new run if attempts are left."""
-        self._untrack(run)
+        self.poller.untrack(run)
         self.stats.failed_runs += 1
         if run.refetch:  # its files went missing; fetching them again did not work: do not pay for more
             retry, kind = False, "missing"
@@ -570,7 +422,7 @@ class Scheduler:
 
     # -- saving ---------------------------------------------------------------------
 
-    async def _save_loop(self, receive: MemoryObjectReceiveStream[tuple[_Run, RunInfo]]) -> None:
+    async def _save_loop(self, receive: MemoryObjectReceiveStream[tuple[Run, RunInfo]]) -> None:
         async with receive:
             async for run, info in receive:
                 try:
@@ -579,7 +431,7 @@ class Scheduler:
                     self._saving -= 1
                     self._changed()
 
-    async def _save(self, run: _Run, info: RunInfo) -> None:
+    async def _save(self, run: Run, info: RunInfo) -> None:
         try:
             saved = await self.saver.save(run.job.spec, info)
         except SaveFailed as exc:
