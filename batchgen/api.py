@@ -170,6 +170,9 @@ class RunbaseClient:
             api_transport, files_transport = network_transport(limits, network), network_transport(limits, network)
         else:
             api_transport = files_transport = transport
+        # Create, poll and download go straight to these transports (``_send``); None: httpx's own
+        # transport, with the environment's proxies, which only the client itself applies.
+        self._api_transport, self._files_transport = api_transport, files_transport
         self._api = httpx.AsyncClient(
             base_url=self.base_url + "/",
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "batchgen"},
@@ -186,6 +189,9 @@ class RunbaseClient:
             follow_redirects=False,  # followed by hand, so each hop's scheme is checked
             transport=files_transport,
         )
+        # Built once: what httpx's client would merge into every request (headers, timeouts).
+        self._api_url = self.base_url + "/"
+        self._extensions = {"timeout": timeouts.as_httpx().as_dict()}
 
     def __repr__(self) -> str:
         return f"RunbaseClient(base_url={self.base_url!r})"
@@ -223,7 +229,10 @@ class RunbaseClient:
                 if before_send is not None:
                     await before_send()
                 sent = True
-                response = await self._api.post("runs", json=body)
+                request = httpx.Request(
+                    "POST", self._api_url + "runs", headers=self._api.headers, json=body, extensions=self._extensions
+                )
+                response = await self._send(self._api, self._api_transport, request)
         self._raise_for_status(response, creating=True)
         # Assumption (runbase-api.md): 200, 201 or 202 with at least {"id": "..."}.
         data = self._json_object(response, creating=True)
@@ -255,7 +264,10 @@ class RunbaseClient:
             async with self._api_slots:
                 if before_send is not None:
                     await before_send()
-                response = await self._api.get(path)
+                request = httpx.Request(
+                    "GET", self._api_url + path, headers=self._api.headers, extensions=self._extensions
+                )
+                response = await self._send(self._api, self._api_transport, request)
         self._raise_for_status(response, creating=False)
         data = self._json_object(response, creating=False)
         answered = data.get("id")
@@ -358,8 +370,37 @@ class RunbaseClient:
     @asynccontextmanager
     async def _stream(self, url: str) -> AsyncIterator[httpx.Response]:
         with self._translate(lambda: False):
-            async with self._file_slots, self._files.stream("GET", url) as response:
-                yield response
+            async with self._file_slots:
+                # The key-less client's headers: nothing of the API's reaches a file host.
+                request = httpx.Request("GET", url, headers=self._files.headers, extensions=self._extensions)
+                response = await self._send(self._files, self._files_transport, request, stream=True)
+                try:
+                    yield response
+                finally:
+                    await response.aclose()
+
+    @staticmethod
+    async def _send(
+        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport | None,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """``client.send(request)`` without the client's per-request work batchgen has no use for
+        (cookies, auth flows, redirect handling, event hooks): the request goes to the client's
+        transport, which follows no redirect either. The body is read unless ``stream``."""
+        if transport is None:
+            return await client.send(request, stream=stream)
+        response = await transport.handle_async_request(request)
+        response.request = request
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                await response.aclose()
+                raise
+        return response
 
     async def _receive(
         self, response: httpx.Response, url: str, sink: Sink, scope: anyio.CancelScope, started: float

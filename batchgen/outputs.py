@@ -75,7 +75,7 @@ def output_path(output_dir: Path, name: str) -> Path:
     ):
         raise UnsafeName(f"refusing unsafe output file name {name!r}")
     path = output_dir.joinpath(*segments)
-    if output_dir not in path.parents:
+    if path.parent != output_dir and output_dir not in path.parents:
         raise UnsafeName(f"refusing unsafe output file name {name!r}")
     return path
 
@@ -94,6 +94,7 @@ class PartialFile:
         self._file = os.fdopen(os.open(self.temp_path, flags, 0o666), "wb")
         self._sha256 = hashlib.sha256()
         self.size = 0
+        self._renamed = False
 
     @property
     def sha256(self) -> str:
@@ -114,10 +115,13 @@ class PartialFile:
         if self._before_rename is not None:
             self._before_rename(saved)
         os.replace(self.temp_path, final)
+        self._renamed = True
         return saved
 
     def discard(self) -> None:
         self._file.close()
+        if self._renamed:  # the temporary name is gone: nothing to remove
+            return
         try:
             self.temp_path.unlink()
         except FileNotFoundError:

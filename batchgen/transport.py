@@ -109,23 +109,29 @@ class AiohttpNetworkTransport(AiohttpTransport):
                 data=content or None,
                 allow_redirects=False,
                 compress=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeout.get("pool"),  # aiohttp's "connect" includes waiting for the pool
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                ),
+                timeout=_client_timeout(timeout.get("pool"), timeout.get("connect"), timeout.get("read")),
             )
         extensions = {"http_version": b"HTTP/1.1"}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
         return httpx.Response(
             status_code=response.status,
-            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers],
+            headers=response.raw_headers,  # bytes as received: httpx decodes them (ASCII, UTF-8, else Latin-1)
             stream=_ResponseStream(response),
             request=request,
             extensions=extensions,
         )
+
+
+@functools.lru_cache(maxsize=16)
+def _client_timeout(pool: float | None, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+    """httpx's timeouts as aiohttp's, built once per set of values rather than per request."""
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=pool,  # aiohttp's "connect" includes waiting for the pool
+        sock_connect=connect,
+        sock_read=read,
+    )
 
 
 class _ResponseStream(httpx.AsyncByteStream):

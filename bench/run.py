@@ -603,14 +603,70 @@ def profile_scenario_5(sc: Scenario, work: Path, top: int = 25) -> dict[str, Any
         cmd = [PY, "-m", "cProfile", "-o", str(prof), "-m", "batchgen", "run", str(manifest), "--output", str(out),
                "--no-progress", "--concurrency", str(sc.concurrency)]  # fmt: skip
         done = run_measured(cmd, client_env(sim.base_url), work / "s5-profile.log")
+        counts = sim.stats()
     stats = pstats.Stats(str(prof))
     entries = []
     for (filename, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        entries.append({"function": f"{_short(filename)}:{line}({func})", "ncalls": nc, "tottime": tt, "cumtime": ct})
+        entries.append({"function": f"{_short(filename)}:{line}({func})", "ncalls": nc, "tottime": tt, "cumtime": ct,
+                        "group": _group(filename, func)})  # fmt: skip
     by_cum = sorted(entries, key=lambda e: e["cumtime"], reverse=True)[:top]
     by_tot = sorted(entries, key=lambda e: e["tottime"], reverse=True)[:top]
+    requests = counts["create_requests"] + counts["gets"] + counts["downloads"]
     return {"wall_s": done.wall, "cpu_s": done.cpu, "n": sc.n, "by_cumtime": by_cum, "by_tottime": by_tot,
+            "requests": requests, "summary": profile_summary(entries, sc.n, requests),
             "prof_file": str(prof)}  # fmt: skip
+
+
+# Where the profiled time goes, by who spends it (own time, so nothing is counted twice).
+_HTTP_LIBRARIES = ("httpx", "httpcore", "h11", "aiohttp", "httpx_aiohttp", "yarl", "multidict", "aiohappyeyeballs",
+                   "propcache", "frozenlist", "aiosignal", "idna", "certifi")  # fmt: skip
+_KINDS = {
+    "HTTP libraries": lambda g: g.split("/")[0] in _HTTP_LIBRARIES or g in ("builtin:send", "builtin:recv"),
+    "batchgen (its own Python)": lambda g: g.startswith("batchgen/") and g != "batchgen/pacing.py",
+    "batchgen/pacing.py (the create-rate fit)": lambda g: g == "batchgen/pacing.py",
+    "sqlite (ledger statements)": lambda g: g.startswith("builtin:") and ("execute" in g or "commit" in g),
+    "event loop and anyio": lambda g: g.split("/")[0] in ("anyio", "sniffio") or g.startswith("stdlib/asyncio"),
+}
+
+
+def _group(filename: str, func: str) -> str:
+    """``batchgen/<module>``, a third-party package's name, ``stdlib/<package or module>``, or ``builtin:<name>``."""
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1].split("/")[0].removesuffix(".py")
+    if "/batchgen/" in filename:
+        return "batchgen/" + filename.rsplit("/batchgen/", 1)[1]
+    if filename.startswith(("~", "<")):
+        match = re.search(r"method '(\w+)'|built-in method ([\w.]+)", func)
+        return "builtin:" + (next(g for g in match.groups() if g) if match else func)
+    parts = Path(filename).parts
+    package = parts[-2] if len(parts) > 1 and parts[-2] not in ("lib", "python3.11", "python3.12") else ""
+    return "stdlib/" + (package or Path(filename).stem)
+
+
+def profile_summary(entries: list[dict[str, Any]], jobs: int, requests: int) -> dict[str, Any]:
+    """Own time by group and by kind (HTTP libraries, batchgen, pacing, sqlite, event loop, the rest),
+    with each kind's share of the profile and its milliseconds per job and per request under the profiler."""
+    total = sum(e["tottime"] for e in entries) or 1.0
+    groups: dict[str, float] = {}
+    for e in entries:
+        groups[e["group"]] = groups.get(e["group"], 0.0) + e["tottime"]
+    kinds: dict[str, float] = {name: 0.0 for name in [*_KINDS, "other (stdlib, builtins)"]}
+    for group, seconds in groups.items():
+        kind = next((name for name, match in _KINDS.items() if match(group)), "other (stdlib, builtins)")
+        kinds[kind] += seconds
+
+    def row(name: str, seconds: float) -> dict[str, Any]:
+        return {"name": name, "seconds": seconds, "share": seconds / total, "ms_per_job": 1000 * seconds / jobs,
+                "ms_per_request": 1000 * seconds / requests if requests else None}  # fmt: skip
+
+    return {
+        "profiled_s": total,
+        "jobs": jobs,
+        "requests": requests,
+        "requests_per_job": requests / jobs,
+        "by_kind": [row(name, seconds) for name, seconds in kinds.items()],
+        "by_group": [row(g, t) for g, t in sorted(groups.items(), key=lambda item: -item[1])[:30]],
+    }
 
 
 def _short(filename: str) -> str:
@@ -978,6 +1034,14 @@ def main(argv: list[str] | None = None) -> int:
         print("\ncProfile, scenario 5, top 15 by cumulative time:")
         for e in profile["by_cumtime"][:15]:
             print(f"  {e['cumtime']:7.2f} s cum {e['tottime']:7.2f} s own {e['ncalls']:>8}  {e['function']}")
+        summary = profile["summary"]
+        print(f"\nown time under the profiler by kind ({summary['requests_per_job']:.2f} requests per job):")
+        for k in summary["by_kind"] + [{"name": "—", "seconds": 0}] + summary["by_group"][:20]:
+            if k["name"] == "—":
+                print("  by group:")
+                continue
+            print(f"  {k['seconds']:7.2f} s {100 * k['share']:5.1f} %  {k['ms_per_job']:6.2f} ms/job "
+                  f"{k['ms_per_request']:6.3f} ms/request  {k['name']}")  # fmt: skip
     if args.json:
         payload = {
             "machine": info,
