@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -50,6 +51,8 @@ from .text import server_text
 
 if TYPE_CHECKING:
     from .transport import Network
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://runbase.net/api/v1"
 MAX_REDIRECTS = 5
@@ -394,6 +397,10 @@ class RunbaseClient:
             return await client.send(request, stream=stream)
         response = await transport.handle_async_request(request)
         response.request = request
+        if logger.isEnabledFor(logging.DEBUG):  # as httpx's client logs each request; the query left out
+            url = request.url
+            logger.debug('HTTP Request: %s %s://%s%s "%d"', request.method, url.scheme, url.netloc.decode(), url.path,
+                         response.status_code)  # fmt: skip
         if not stream:
             try:
                 await response.aread()

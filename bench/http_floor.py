@@ -9,7 +9,12 @@ measures the client-side CPU of one request and the requests per second, with th
   (httpx_aiohttp's transport with batchgen's URL and exception handling);
 * ``aiohttp-stock``: ``httpx_aiohttp.AiohttpTransport`` as the package ships it;
 * ``asgi``: ``httpx.ASGITransport`` to a simulator in this process (its CPU is then the
-  simulator's as well as the client's: it is shown for the in-process runs, not the network).
+  simulator's as well as the client's: it is shown for the in-process runs, not the network);
+* ``aiohttp-raw``: ``aiohttp.ClientSession.get`` and ``read()`` with no httpx at all: the floor
+  of the library that carries the bytes, what no code above it can go below;
+* ``batchgen``: ``RunbaseClient.get_run`` as the runner polls (aiohttp transport, the request
+  built once and sent straight to it, the overall deadline, the connection slots, the JSON
+  parsed into a ``RunInfo``): what one poll costs batchgen in all.
 
 The machine may be shared: every transport is measured ``--repeats`` times, interleaved,
 and the medians are reported next to every raw figure. ``--json PATH`` stores the raw
@@ -43,7 +48,7 @@ from run import API_KEY, Simulator  # noqa: E402
 import batchgen.simulator as in_process  # noqa: E402
 from batchgen.transport import network_transport  # noqa: E402
 
-TRANSPORTS = ("httpx", "aiohttp", "aiohttp-stock", "asgi")
+TRANSPORTS = ("httpx", "aiohttp", "aiohttp-stock", "asgi", "aiohttp-raw", "batchgen")
 ASGI_BASE_URL = "http://api.runbase.test/api/v1"
 
 
@@ -65,6 +70,8 @@ def make_transport(name: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport 
 
 
 async def measure(name: str, base_url: str, run_id: str, requests: int, workers: int, pool: int) -> tuple[float, float]:
+    if name in ("aiohttp-raw", "batchgen"):
+        return await measure_without_httpx_client(name, base_url, run_id, requests, workers, pool)
     limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
     if name == "asgi":
         transport: httpx.AsyncBaseTransport | None = in_process.Simulator(in_process.SimConfig(latency=0.0)).transport()
@@ -95,6 +102,46 @@ async def measure(name: str, base_url: str, run_id: str, requests: int, workers:
         started_cpu, started = cpu(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(workers)))
         return (cpu() - started_cpu) / requests, time.perf_counter() - started
+
+
+async def measure_without_httpx_client(
+    name: str, base_url: str, run_id: str, requests: int, workers: int, pool: int
+) -> tuple[float, float]:
+    """The same workload through bare aiohttp, or through batchgen's own client."""
+    import aiohttp
+
+    from batchgen.api import RunbaseClient
+
+    url = f"{base_url}/runs/{run_id}"
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=pool), headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    client = RunbaseClient(base_url, API_KEY, max_connections=pool)
+
+    async def once() -> None:
+        if name == "batchgen":
+            await client.get_run(run_id)
+            return
+        async with session.get(url) as response:
+            await response.read()
+            response.raise_for_status()
+
+    try:
+        await asyncio.gather(*(once() for _ in range(min(pool, workers) * 2)))  # warm the pool
+        remaining = requests
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                await once()
+
+        started_cpu, started = cpu(), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return (cpu() - started_cpu) / requests, time.perf_counter() - started
+    finally:
+        await session.close()
+        await client.aclose()
 
 
 def commit() -> str:

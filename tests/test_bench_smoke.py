@@ -70,6 +70,24 @@ def test_bench_quick_completes_and_computes_ratios(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
+def test_bench_profile_summarises_scenario_5_by_kind(tmp_path: Path) -> None:
+    """`bench/run.py --profile` profiles scenario 5 and splits its own time by kind, per job and per request."""
+    out = tmp_path / "profile.json"
+    cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--scenarios", "5", "--clients", "batchgen",
+           "--profile", "--json", str(out), "--workdir", str(tmp_path / "work")]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    profile = json.loads(out.read_text())["profile"]
+    summary = profile["summary"]
+    assert summary["jobs"] == profile["n"] and summary["requests"] >= 3 * profile["n"]  # create, poll, download
+    kinds = {k["name"]: k for k in summary["by_kind"]}
+    assert "HTTP libraries" in kinds and "batchgen (its own Python)" in kinds
+    assert math.isclose(sum(k["seconds"] for k in kinds.values()), summary["profiled_s"], rel_tol=1e-6)
+    assert kinds["HTTP libraries"]["seconds"] > 0 and kinds["batchgen (its own Python)"]["seconds"] > 0
+    assert any(g["name"].startswith("batchgen/") for g in summary["by_group"])
+
+
+@pytest.mark.timeout(300)
 def test_scale_quick_measures_every_step(tmp_path: Path) -> None:
     """`bench/scale.py --quick` (20,000 rows, nothing saved): start, resume, status and export all measured."""
     done = subprocess.run(

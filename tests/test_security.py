@@ -23,7 +23,8 @@ from .served import assert_saved_as_served, image_files
 
 def test_key_is_in_no_repr_log_record_or_result(write_manifest, run, tmp_path, caplog):
     """repr() of the config, the client, the ledger and the result, and every log record down to DEBUG
-    (httpx and httpcore log each request there), never show the key, through retries and failed runs."""
+    (batchgen.api logs each request there, httpx and httpcore their own), never show the key, through retries
+    and failed runs."""
     caplog.set_level(logging.DEBUG)
     sim = Simulator(SimConfig(latency=0.02, failure_rate=0.3, faults={"http_500": 0.2, "reset": 0.1}, seed=7))
     result = run(write_manifest(8), sim)
