@@ -63,6 +63,11 @@ MAX_STATUS_LENGTH = 40
 # a host that trickles bytes is given up instead of holding a saver for hours.
 MIN_DOWNLOAD_RATE = 32 * 1024  # bytes per second
 
+# Statuses runbase-api.md lists: plain words, kept as they are.
+_PLAIN_STATUSES = frozenset(
+    ("queued", "starting", "running", "processing", "succeeded", "failed", "error", "canceled", "cancelled")
+)
+
 # Exceptions raised before the request left this machine: a create that failed
 # this way certainly made no run.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -416,7 +421,9 @@ class RunbaseClient:
         cap = self.max_download_bytes
         if declared is not None and declared > cap:
             raise OutputUnusable(f"output is {declared} bytes, over the {cap}-byte cap: {self._url(url)}")
-        declared_type = self._text(response.headers.get("content-type", "").split(";")[0].strip().lower(), 80)
+        declared_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if declared_type not in IMAGE_TYPES:  # the usual answer is plain: only other text needs scrubbing
+            declared_type = self._text(declared_type, 80)
         head = b""
         content_type: str | None = None
         size = 0
@@ -493,7 +500,12 @@ class RunbaseClient:
 
     def _run_info(self, run_id: str, data: dict[str, Any]) -> RunInfo:
         status = data.get("status")
-        status = self._text(status.strip().lower(), MAX_STATUS_LENGTH) if isinstance(status, str) else "unknown"
+        if isinstance(status, str):
+            status = status.strip().lower()
+            if status not in _PLAIN_STATUSES:  # the words every answer holds need no scrubbing
+                status = self._text(status, MAX_STATUS_LENGTH)
+        else:
+            status = "unknown"
         return RunInfo(run_id=run_id, status=status, urls=_output_urls(data), error=self._run_error(data))
 
     def _run_error(self, data: dict[str, Any]) -> str | None:

@@ -934,6 +934,16 @@ def markdown_report(info: dict, rows: list[Row], s6: dict | None, s7: dict | Non
             f"| `{e['function']}` | {e['ncalls']} | {e['tottime']:.2f} | {e['cumtime']:.2f} |"
             for e in profile["by_tottime"]
         ]
+        if "summary" in profile:
+            summary = profile["summary"]
+            out += ["", f"Own time by kind ({summary['requests_per_job']:.2f} requests per job; under the profiler, "
+                        "so the milliseconds are inflated alike; the shares are what to read):", "",
+                    "| kind | s | share | ms per job | ms per request |", "|---|---|---|---|---|"]  # fmt: skip
+            out += [
+                f"| {k['name']} | {k['seconds']:.2f} | {k['share']:.1%} | {k['ms_per_job']:.2f} | "
+                f"{k['ms_per_request']:.3f} |"
+                for k in summary["by_kind"]
+            ]
         out.append("")
     return "\n".join(out)
 

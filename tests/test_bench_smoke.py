@@ -74,7 +74,8 @@ def test_bench_profile_summarises_scenario_5_by_kind(tmp_path: Path) -> None:
     """`bench/run.py --profile` profiles scenario 5 and splits its own time by kind, per job and per request."""
     out = tmp_path / "profile.json"
     cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--scenarios", "5", "--clients", "batchgen",
-           "--profile", "--json", str(out), "--workdir", str(tmp_path / "work")]  # fmt: skip
+           "--profile", "--json", str(out), "--markdown", str(tmp_path / "p.md"),
+           "--workdir", str(tmp_path / "work")]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     profile = json.loads(out.read_text())["profile"]
@@ -85,6 +86,7 @@ def test_bench_profile_summarises_scenario_5_by_kind(tmp_path: Path) -> None:
     assert math.isclose(sum(k["seconds"] for k in kinds.values()), summary["profiled_s"], rel_tol=1e-6)
     assert kinds["HTTP libraries"]["seconds"] > 0 and kinds["batchgen (its own Python)"]["seconds"] > 0
     assert any(g["name"].startswith("batchgen/") for g in summary["by_group"])
+    assert "| HTTP libraries |" in (tmp_path / "p.md").read_text()
 
 
 @pytest.mark.timeout(300)
