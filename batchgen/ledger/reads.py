@@ -171,6 +171,11 @@ class LedgerReads:
             (self.generation,),
         )
 
+    def output_files(self) -> Iterator[tuple[str, str, int]]:
+        """(job_id, path, bytes) of every file the outputs table lists, whatever its job's state or
+        generation (recovery.check_files leaves those out afterwards), in the table's order."""
+        yield from self._stream("SELECT job_id, path, bytes FROM outputs")
+
     def versions(self, job_id: str) -> list[dict[str, Any]]:
         """Earlier images of a regenerated job, newest first."""
         rows = self._query(
