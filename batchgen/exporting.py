@@ -30,7 +30,7 @@ INPUT_COLUMNS = ["prompt", "aspect_ratio", "quality", "image_urls"]
 
 WIDTH = 10  # the job's columns of an export row; then n, bytes, sha256, path of one file
 _INPUT, _MODEL = '{"input":', ',"model":"'
-File = tuple[str, str]  # (absolute path, sha256)
+File = tuple[int, str, str]  # (n, absolute path, sha256)
 
 
 def _base(ledger: Ledger) -> str:
@@ -38,36 +38,32 @@ def _base(ledger: Ledger) -> str:
     return folder.rstrip(os.sep) + os.sep
 
 
-def _jobs(rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[tuple[Any, ...], list[tuple[Any, ...]]]]:
-    """Group the rows (one per file) by job: (the row of its first file, [(n, bytes, sha256, path), ...])."""
+def _jobs(rows: Iterator[tuple[Any, ...]], base: str) -> Iterator[tuple[tuple[Any, ...], list[File], list[File]]]:
+    """Group the rows (one per file) by job: (the row of its first file, present files, missing files),
+    each file as (n, absolute path, sha256), in order of n. A file is present when it is there with
+    the bytes recorded."""
+    stat = os.stat
     job: tuple[Any, ...] | None = None
-    files: list[tuple[Any, ...]] = []
-    for row in rows:
-        if job is not None and row[0] == job[0]:
-            files.append(row[WIDTH:])
-            continue
-        if job is not None:
-            yield job, files
-        job = row
-        files = [] if row[WIDTH] is None else [row[WIDTH:]]
-    if job is not None:
-        yield job, files
-
-
-def _check(files: list[tuple[Any, ...]], base: str) -> tuple[list[File], list[File]]:
-    """(present, missing): a file is present when it is there with the bytes recorded."""
-    if len(files) > 1:
-        files.sort()  # by n
     present: list[File] = []
     missing: list[File] = []
-    for _, size, sha256, path in files:
-        full = base + path
+    for row in rows:
+        if job is None or row[0] != job[0]:
+            if job is not None:
+                yield job, present, missing
+            job, present, missing = row, [], []
+        if row[WIDTH] is None:
+            continue
+        full = base + row[WIDTH + 3]
         try:
-            here = os.stat(full).st_size == size
+            here = stat(full).st_size == row[WIDTH + 1]
         except OSError:
             here = False
-        (present if here else missing).append((full, sha256))
-    return present, missing
+        (present if here else missing).append((row[WIDTH], full, row[WIDTH + 2]))
+        if len(present) + len(missing) > 1:
+            present.sort()
+            missing.sort()
+    if job is not None:
+        yield job, present, missing
 
 
 def split_spec(spec_json: str) -> tuple[str, str]:
@@ -86,8 +82,9 @@ def split_spec(spec_json: str) -> tuple[str, str]:
 
 
 def write_jsonl(ledger: Ledger, out: TextIO) -> int:
-    q, lines, written, base = encode_basestring, [], 0, _base(ledger)
-    for job, files in _jobs(ledger.export_rows()):
+    q, lines, written = encode_basestring, [], 0
+    tail, model = "", ""  # the end of the last spec cut by split_spec, and its model: most jobs share them
+    for job, present, missing in _jobs(ledger.export_rows(), _base(ledger)):
         job_id, state, run_id, error, kind, attempts, unknown, source, spec, metadata = job[:WIDTH]
         if state == "succeeded":
             said = '"error":null,"error_kind":null,"attempts":'
@@ -97,19 +94,22 @@ def write_jsonl(ledger: Ledger, out: TextIO) -> int:
             said = f'"error":{error},"error_kind":{"null" if kind is None else q(kind)},"attempts":'
             source = "null"
             state = "pending" if state == "running" else state
-        model, given = split_spec(spec)
-        present, missing = _check(files, base) if files else ([], [])
-        if len(present) == 1:
-            saved = f'[{q(present[0][0])}],"sha256":[{q(present[0][1])}]'
+        if tail and spec.endswith(tail) and spec.startswith(_INPUT):  # as split_spec would cut it
+            given = spec[len(_INPUT) : -len(tail)]
         else:
-            saved = f'[{",".join(q(f[0]) for f in present)}],"sha256":[{",".join(q(f[1]) for f in present)}]'
+            model, given = split_spec(spec)
+            tail = f"{_MODEL[:-1]}{model}}}"
+        if len(present) == 1:
+            saved = f'[{q(present[0][1])}],"sha256":[{q(present[0][2])}]'
+        else:
+            saved = f'[{",".join(q(f[1]) for f in present)}],"sha256":[{",".join(q(f[2]) for f in present)}]'
         line = (
             f'{{"job_id":{q(job_id)},"state":"{state}","run_id":{"null" if run_id is None else q(run_id)},{said}'
             f'{attempts},"unknown_creates":{unknown},"source":{source},"model":{model},"input":{given},'
             f'"metadata":{metadata},"outputs":{saved}'
         )
         if missing:
-            line += f',"missing_outputs":[{",".join(q(f[0]) for f in missing)}]'
+            line += f',"missing_outputs":[{",".join(q(f[1]) for f in missing)}]'
         lines.append(line + "}\n")
         if len(lines) >= BATCH:
             out.write("".join(lines))
@@ -127,35 +127,41 @@ def write_csv(ledger: Ledger, out: TextIO) -> int:
     and only the others are quoted field by field."""
     keys = [k for k in ledger.metadata_keys() if k not in FIXED_COLUMNS and k not in INPUT_COLUMNS]
     header = FIXED_COLUMNS + INPUT_COLUMNS + keys
-    width, lines, written, base, loads = len(header), [_csv_line(header) + "\n"], 0, _base(ledger), json.loads
-    for job, files in _jobs(ledger.export_rows()):
+    width, lines, written, base = len(header), [_csv_line(header) + "\n"], 0, _base(ledger)
+    loads = json.JSONDecoder().raw_decode  # json.loads less its checks for surrounding whitespace
+    for job, present, _ in _jobs(ledger.export_rows(), base):
         job_id, state, run_id, error, _, attempts, unknown, _, spec, metadata = job[:WIDTH]
         if state == "succeeded":
             error = None
         elif state == "running":
             state = "pending"
-        given = loads(spec).get("input") or {}
-        urls = given.get("image_urls")
-        fields = [
-            job_id,
-            state,
-            run_id,
-            "|".join(f[0] for f in _check(files, base)[0]) if files else "",
-            error,
-            attempts,
-            unknown,
+        given = loads(spec)[0].get("input") or {}
+        prompt, ratio, quality, urls = (
             given.get("prompt"),
             given.get("aspect_ratio"),
             given.get("quality"),
-            "|".join(map(str, urls)) if isinstance(urls, list) else urls,
-        ]
-        if keys:
-            values = loads(metadata) if metadata != "{}" else {}
-            fields += [values.get(key) for key in keys]
-        text = [_text(value) for value in fields]
-        line = ",".join(text)
+            given.get("image_urls"),
+        )
+        if type(urls) is list:
+            urls = "|".join(map(str, urls))
+        outputs = "|".join(f[1] for f in present)
+        extra: list[Any] = []
+        if keys and metadata != "{}":
+            values = loads(metadata)[0]
+            extra = [values.get(key) for key in keys]
+        elif keys:
+            extra = [None] * len(keys)
+        line = (
+            f"{job_id},{state},{'' if run_id is None else run_id},{outputs},{'' if error is None else error},"
+            f"{attempts},{unknown},{prompt if type(prompt) is str else _text(prompt)},"
+            f"{ratio if type(ratio) is str else _text(ratio)},{quality if type(quality) is str else _text(quality)},"
+            f"{urls if type(urls) is str else _text(urls)}"
+        )
+        if extra:
+            line += "," + ",".join(map(_text, extra))
         if line.count(",") != width - 1 or '"' in line or "\n" in line or "\r" in line:
-            line = _csv_line(text)
+            fields = [job_id, state, run_id, outputs, error, attempts, unknown, prompt, ratio, quality, urls, *extra]
+            line = _csv_line([_text(value) for value in fields])
         lines.append(line + "\n")
         if len(lines) >= BATCH:
             out.write("".join(lines))
