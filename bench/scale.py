@@ -11,7 +11,8 @@ with wait4:
   (``batchgen simulate --latency 0``): seconds until the simulator sees the first create, and
   the run's peak RSS while it reads the whole manifest into its ledger (it is stopped with
   SIGINT once the manifest is read, or after --start-seconds);
-* resume: ``batchgen run`` again on a finished N-job ledger (every file in place, checked);
+* resume: ``batchgen run`` again on a finished N-job ledger (every file in place, each one stat-ed;
+  the batch before ended cleanly, so the folder is not searched for partial downloads);
 * status, status --json, export (JSONL and CSV, to /dev/null) of that ledger.
 
 The finished ledger is made through batchgen's own Ledger (a million runs against the
