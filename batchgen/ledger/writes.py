@@ -165,9 +165,14 @@ class LedgerWrites:
         )
         # A job marked running with no open run left (its create never answered,
         # or its run was superseded) is simply pending again.
+        # Found through jobs_todo (generation, state, seq) one generation at a time: `state = 'running'`
+        # alone would read every job (0.2 s at a million), for the few it finds.
         self._queue(
-            """UPDATE jobs SET state = 'pending' WHERE state = 'running' AND NOT EXISTS
-               (SELECT 1 FROM attempts a WHERE a.job_id = jobs.job_id AND a.status = 'running')"""
+            """WITH RECURSIVE g(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM g WHERE n < ?)
+               UPDATE jobs SET state = 'pending'
+               WHERE job_id IN (SELECT j.job_id FROM g JOIN jobs j ON j.generation = g.n AND j.state = 'running')
+               AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = jobs.job_id AND a.status = 'running')""",
+            (self.generation,),
         )
         self.flush()
         return int(lost)
