@@ -31,6 +31,7 @@ INPUT_COLUMNS = ["prompt", "aspect_ratio", "quality", "image_urls"]
 WIDTH = 10  # the job's columns of an export row; then n, bytes, sha256, path of one file
 _INPUT, _MODEL = '{"input":', ',"model":"'
 File = tuple[int, str, str]  # (n, absolute path, sha256)
+Row = tuple[Any, ...]  # a row of Ledger.export_chunks
 
 
 def _base(ledger: Ledger) -> str:
@@ -38,31 +39,39 @@ def _base(ledger: Ledger) -> str:
     return folder.rstrip(os.sep) + os.sep
 
 
-def _jobs(rows: Iterator[tuple[Any, ...]], base: str) -> Iterator[tuple[tuple[Any, ...], list[File], list[File]]]:
-    """Group the rows (one per file) by job: (the row of its first file, present files, missing files),
-    each file as (n, absolute path, sha256), in order of n. A file is present when it is there with
-    the bytes recorded."""
+def _jobs(chunks: Iterator[list[Row]], base: str) -> Iterator[tuple[Row, list[File], list[File]]]:
+    """Group the rows (one per file, in lists) by job: (the row of its first file, present files,
+    missing files), each file as (n, absolute path, sha256), in order of n. A file is present when
+    it is there with the bytes recorded."""
     stat = os.stat
     job: tuple[Any, ...] | None = None
     present: list[File] = []
     missing: list[File] = []
-    for row in rows:
-        if job is None or row[0] != job[0]:
-            if job is not None:
-                yield job, present, missing
-            job, present, missing = row, [], []
-        if row[WIDTH] is None:
-            continue
-        full = base + row[WIDTH + 3]
-        try:
-            here = stat(full).st_size == row[WIDTH + 1]
-        except OSError:
-            here = False
-        (present if here else missing).append((row[WIDTH], full, row[WIDTH + 2]))
-        if len(present) + len(missing) > 1:
+    several = False  # the job has more than one file: sort them by n
+    for rows in chunks:
+        for row in rows:
+            if job is None or row[0] != job[0]:
+                if job is not None:
+                    if several:
+                        present.sort()
+                        missing.sort()
+                        several = False
+                    yield job, present, missing
+                job, present, missing = row, [], []
+            else:
+                several = True
+            if row[WIDTH] is None:
+                continue
+            full = base + row[WIDTH + 3]
+            try:
+                here = stat(full).st_size == row[WIDTH + 1]
+            except OSError:
+                here = False
+            (present if here else missing).append((row[WIDTH], full, row[WIDTH + 2]))
+    if job is not None:
+        if several:
             present.sort()
             missing.sort()
-    if job is not None:
         yield job, present, missing
 
 
@@ -84,7 +93,7 @@ def split_spec(spec_json: str) -> tuple[str, str]:
 def write_jsonl(ledger: Ledger, out: TextIO) -> int:
     q, lines, written = encode_basestring, [], 0
     tail, model = "", ""  # the end of the last spec cut by split_spec, and its model: most jobs share them
-    for job, present, missing in _jobs(ledger.export_rows(), _base(ledger)):
+    for job, present, missing in _jobs(ledger.export_chunks(), _base(ledger)):
         job_id, state, run_id, error, kind, attempts, unknown, source, spec, metadata = job[:WIDTH]
         if state == "succeeded":
             said = '"error":null,"error_kind":null,"attempts":'
@@ -129,7 +138,7 @@ def write_csv(ledger: Ledger, out: TextIO) -> int:
     header = FIXED_COLUMNS + INPUT_COLUMNS + keys
     width, lines, written, base = len(header), [_csv_line(header) + "\n"], 0, _base(ledger)
     loads = json.JSONDecoder().raw_decode  # json.loads less its checks for surrounding whitespace
-    for job, present, _ in _jobs(ledger.export_rows(), base):
+    for job, present, _ in _jobs(ledger.export_chunks(), base):
         job_id, state, run_id, error, _, attempts, unknown, _, spec, metadata = job[:WIDTH]
         if state == "succeeded":
             error = None
