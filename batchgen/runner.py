@@ -37,7 +37,7 @@ from .progress import Progress
 from .recovery import check_files, needs_repair, repair, unknown_images
 from .references import ReferenceCheck
 from .reusing import Reuser
-from .scheduler import INTERRUPT_GRACE, NOT_FOUND_GRACE, Scheduler
+from .scheduler import INTERRUPT_GRACE, NOT_FOUND_GRACE, Scheduler, Stop
 from .syncing import ManifestSync
 from .throttle import Throttle
 
@@ -337,7 +337,9 @@ def _reuser(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> Reuser
 
 async def _read_rest(sync: ManifestSync, scheduler: Scheduler, progress: Progress | None) -> None:
     """Go on reading a large manifest while the batch runs; a problem found stops the creating."""
-    await sync.rest(on_chunk=scheduler.more_jobs)
+    await sync.rest(on_chunk=scheduler.more_jobs, keep_going=lambda: scheduler.stop is Stop.RUNNING)
+    if not sync.done:
+        return
     if sync.error is not None:
         scheduler.manifest_rejected(sync.error)
     else:

@@ -56,10 +56,13 @@ class ManifestSync:
             raise self.error
         self.ledger.flush()
 
-    async def rest(self, on_chunk: Callable[[], None]) -> None:
-        """Read what is left, letting the scheduler run between chunks; ``on_chunk`` after each."""
+    async def rest(self, on_chunk: Callable[[], None], keep_going: Callable[[], bool] = lambda: True) -> None:
+        """Read what is left, letting the scheduler run between chunks; ``on_chunk`` after each.
+        Stops early once ``keep_going()`` is false (the batch is ending): the next run reads it again."""
         while not self.done:
             await anyio.lowlevel.checkpoint()
+            if not keep_going():
+                return
             self._chunk()
             on_chunk()
 
