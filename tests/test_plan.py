@@ -6,6 +6,7 @@ import pytest
 
 from batchgen import ExitCode
 from batchgen.errors import UsageError
+from batchgen.ledger.reuse import default_index_path
 from batchgen.models import JobSpec, image_input
 from batchgen.pricing import Prices, parse_prices
 from batchgen.simulator import SimConfig, Simulator
@@ -107,3 +108,47 @@ def test_the_manifests_pricing_prices_the_plan_and_the_option_overrides_it(write
     assert "credits: 6" in own.stdout, own.stdout + own.stderr
     both = batchgen_cli("run", str(manifest), "--output", str(tmp_path / "o"), "--dry-run", "--price", "high=2")
     assert "credits: 3" in both.stdout, both.stdout + both.stderr
+
+
+def _plans(manifest, **lookups):
+    from batchgen.manifest import iter_jobs, read_manifest
+    from batchgen.planning import count_requests, plan, plan_manifest
+
+    prices = Prices({"high": 2})
+    plain = plan(iter_jobs(manifest), prices=prices, **lookups)
+    return plain, plan_manifest(read_manifest(manifest), prices=prices, **lookups), count_requests, prices
+
+
+def test_the_fast_plan_gives_the_plain_plans_answer(tmp_path, run):
+    """The plan read from a CSV's columns equals the one built from specs: repeats within and across chunks
+    (some chunks read column by column, one row by row), known jobs and reusable images included."""
+    from batchgen.ledger.reuse import ReuseIndex
+    from batchgen.manifest import read_manifest
+    from batchgen.manifest.csv_reader import CHUNK_ROWS
+
+    rows = []
+    for i in range(3 * CHUNK_ROWS):
+        prompt = f"item {i % 1500}"  # every prompt made twice or more, across chunks too
+        rows.append(f"job-{i:05d},{prompt},{('high', 'medium', '')[i % 3]},{('1:1', '')[i % 2]}")
+    rows[CHUNK_ROWS + 5] = "short-row,item 7"  # fewer cells: that chunk is read row by row
+    manifest = tmp_path / "repeats.csv"
+    manifest.write_text("id,prompt,quality,aspect_ratio\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    nothing_known = {"ledger_path": None, "reuse_index": None}
+    plain, fast, count_requests, prices = _plans(manifest, **nothing_known)
+    assert fast == plain == count_requests(read_manifest(manifest).requests(), prices)
+    assert plain.duplicates > 0 and plain.runs > 0 and len(plain.lines) == 6
+
+    sim = Simulator(SimConfig(latency=0.01))
+    done = tmp_path / "done.csv"
+    done.write_text("id,prompt,quality,aspect_ratio\n" + "\n".join(rows[:40]) + "\n", encoding="utf-8")
+    assert run(done, sim).exit_code == ExitCode.OK  # the ledger knows these jobs
+    other = tmp_path / "other.csv"
+    other.write_text("id,prompt,quality,aspect_ratio\n" + "\n".join(rows[100:140]) + "\n", encoding="utf-8")
+    assert run(other, sim, output_dir=tmp_path / "other-out").exit_code == ExitCode.OK  # reusable images
+    index = ReuseIndex(default_index_path(), BASE_URL)
+    try:
+        known = {"ledger_path": tmp_path / "out" / "batchgen.sqlite", "reuse_index": index}
+        plain, fast, _, _ = _plans(manifest, **known)
+    finally:
+        index.close()
+    assert fast == plain and plain.done == 40 and plain.reusable > 0
