@@ -123,10 +123,14 @@ def start(work: Path, rows: int, env: dict[str, str], limit: float) -> dict[str,
 
 
 def _manifest_read(ledger: Path, rows: int) -> bool:
+    """Whether the run has read every row into its ledger. The connection is closed each time: connections
+    left open kept this script growing to 165 MB at 200,000 rows, and a child's peak RSS starts at its
+    parent's (Linux), which made every start after the first look that large."""
     import sqlite3
+    from contextlib import closing
 
     try:
-        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1) as db:
+        with closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1)) as db:
             generation = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
             if generation is None:
                 return False
