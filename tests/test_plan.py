@@ -152,3 +152,15 @@ def test_the_fast_plan_gives_the_plain_plans_answer(tmp_path, run):
     finally:
         index.close()
     assert fast == plain and plain.done == 40 and plain.reusable > 0
+
+
+def test_distinct_requests_are_counted_exactly_when_split_into_parts(monkeypatch):
+    """Counting distinct fingerprints a part at a time (to bound memory) gives the count of one big set."""
+    from array import array
+
+    from batchgen import planning
+
+    monkeypatch.setattr(planning, "DISTINCT_AT_ONCE", 4)
+    for n in (3, 8, 9, 17, 40):
+        table = array("q", [hash(f"request {i % 7}") for i in range(n)] + [-5, 5, 0, -(2**63)])
+        assert planning._distinct(table) == len(set(table))
