@@ -164,3 +164,25 @@ def test_distinct_requests_are_counted_exactly_when_split_into_parts(monkeypatch
     for n in (3, 8, 9, 17, 40):
         table = array("q", [hash(f"request {i % 7}") for i in range(n)] + [-5, 5, 0, -(2**63)])
         assert planning._distinct(table) == len(set(table))
+
+
+def test_the_fast_plan_still_names_a_repeated_id_and_reads_a_csv_without_ids(tmp_path):
+    """Read for the plan, a CSV's id repeated chunks later is a problem naming both rows; ids left out are fine."""
+    from batchgen.errors import ManifestError
+    from batchgen.manifest import read_manifest
+    from batchgen.manifest.csv_reader import CHUNK_ROWS
+    from batchgen.planning import plan_manifest
+
+    rows = [f"job-{i:05d},photo {i}" for i in range(2 * CHUNK_ROWS)] + ["JOB-00003,another photo"]
+    repeated = tmp_path / "repeated.csv"
+    repeated.write_text("id,prompt\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(ManifestError) as caught:
+        plan_manifest(read_manifest(repeated), ledger_path=None, reuse_index=None, prices=Prices())
+    assert [str(p) for p in caught.value.problems] == [
+        f"{repeated}, row {2 * CHUNK_ROWS + 2}, field 'id': id 'JOB-00003' differs only in letter case from "
+        "'job-00003' on row 5; ids become file names, and some file systems ignore case"
+    ]
+    no_ids = tmp_path / "no-ids.csv"
+    no_ids.write_text("prompt\n" + "".join(f"photo {i % 100}\n" for i in range(CHUNK_ROWS + 1)), encoding="utf-8")
+    result = plan_manifest(read_manifest(no_ids), ledger_path=None, reuse_index=None, prices=Prices())
+    assert (result.jobs, result.runs, result.duplicates) == (CHUNK_ROWS + 1, 100, CHUNK_ROWS + 1 - 100)
