@@ -26,7 +26,7 @@ _EXPORTS = {
     "read_manifest": "manifest",
     "RunInfo": "models",
     "BatchConfig": "runner",
-    "BatchResult": "runner",
+    "BatchResult": "outcomes",
     "ExitCode": "exitcodes",
     "run_batch": "runner",
     "run_batch_async": "runner",
@@ -54,9 +54,9 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_package.py k
         JobSpec as JobSpec,
         RunInfo as RunInfo,
     )
+    from .outcomes import BatchResult as BatchResult
     from .runner import (
         BatchConfig as BatchConfig,
-        BatchResult as BatchResult,
         run_batch as run_batch,
         run_batch_async as run_batch_async,
     )
