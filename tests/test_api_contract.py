@@ -1107,3 +1107,93 @@ def test_a_create_whose_deadline_ends_while_waiting_for_a_slot_was_not_sent():
     (failed,) = errors
     assert failed.message == f"no complete answer within {DEADLINE:.0f} s"
     assert not failed.maybe_created and sent == []
+
+
+# --- the client's own lifetime and defaults ------------------------------------------------------------
+
+
+class ClosingTransport(httpx.MockTransport):
+    """A fake server's transport that counts how often a client closed it."""
+
+    def __init__(self, server: Server):
+        super().__init__(server)
+        self.closed = 0
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+def test_leaving_the_client_closes_both_connection_sets():
+    """Leaving ``async with`` closes the API client and the files client (two closes of a shared transport)."""
+    transport = ClosingTransport(reply(200, {"id": "r"}))
+
+    async def main() -> None:
+        async with RunbaseClient(BASE_URL, API_KEY, transport=transport) as client:
+            await client.get_run("r")
+            assert transport.closed == 0
+
+    anyio.run(main)
+    assert transport.closed == 2
+
+
+def test_without_a_transport_the_client_is_built_for_the_network():
+    """With no transport given, a client for the default network transport is built and closed without a request."""
+
+    async def main() -> None:
+        async with RunbaseClient(BASE_URL, API_KEY) as client:
+            assert client.base_url == BASE_URL
+
+    anyio.run(main)
+
+
+def test_the_default_size_cap_applies_without_a_cap_given():
+    """A declared length one byte over the default max_download_bytes is refused; at it, the body is read."""
+    cap = RunbaseClient(BASE_URL, API_KEY, transport=reply(200).transport()).max_download_bytes
+    over = Server(lambda request: httpx.Response(200, headers={"Content-Length": str(cap + 1)}, stream=Chunks(PNG)))
+    failed, _ = download_failure(over)
+    assert type(failed) is OutputUnusable and f"over the {cap}-byte cap" in failed.message
+    at = Server(lambda request: httpx.Response(200, headers={"Content-Length": str(cap)}, stream=Chunks(PNG)))
+    failed, saved = download_failure(at)
+    assert type(failed) is TransientError and failed.message.startswith("download truncated") and saved == PNG
+
+
+def test_a_declared_length_of_zero_with_a_body_is_transient():
+    """Content-Length: 0 with an image behind it is not the declared length: TransientError, not a saved file."""
+    server = Server(lambda request: httpx.Response(200, headers={"Content-Length": "0"}, stream=Chunks(PNG)))
+    failed, _ = download_failure(server)
+    assert type(failed) is TransientError
+    assert failed.message == f"download truncated: got {len(PNG)} of 0 bytes from {FILE_URL}"
+
+
+def test_a_300_is_no_success_for_the_api_or_a_file_host():
+    """300 Multiple Choices is neither a run nor a file: BadRequest on create, TransientError on a poll, LinkRefused."""
+    server = reply(300, {"id": "r"}, {"Content-Type": "image/png"})
+    assert type(failure(server, "create_run", JOB)) is BadRequest
+    assert type(failure(server, "get_run", "r")) is TransientError
+    failed, saved = download_failure(reply(300, PNG))
+    assert type(failed) is LinkRefused and saved == b""
+
+
+def test_messages_show_long_urls_and_ids_shortened():
+    """A URL in a message is cut to 200 characters, a data: URL to its media type, a refused run id to 80."""
+    long_url = "http://files.test/" + "p" * 300
+    failed, _ = download_failure(files(b"", status=404), long_url)
+    assert failed.message == f"HTTP 404 downloading {long_url[:199]}…"
+    failed, _ = download_failure(files(PNG), "data:" + "t" * 100 + ",AAAA")
+    assert failed.message == f"refusing to download from a non-http(s) URL: data:{'t' * 39}…,…"
+    error = failure(reply(200, {}), "get_run", "x" * (MAX_RUN_ID_LENGTH + 1))
+    assert error.message == f"refusing run id '{'x' * 78}…: it cannot be one URL path segment"
+    error = failure(reply(200, {"id": "y" * 200}), "get_run", "x" * 200)
+    assert error.message == (
+        f"asked about run '{'x' * 78}…, the API answered about '{'y' * 78}…: the id does not survive the way to the API"
+    )
+
+
+@pytest.mark.parametrize("error", [httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError])
+def test_download_and_link_failures_never_claim_a_run_was_made(error):
+    """A download or link check failing after sending is transient, never 'maybe created' (only creates make runs)."""
+    failed, _ = download_failure(raising(error))
+    assert type(failed) is TransientError and not failed.maybe_created
+    with pytest.raises(TransientError) as caught:
+        check(raising(error))
+    assert not caught.value.maybe_created
