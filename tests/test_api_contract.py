@@ -199,13 +199,15 @@ def test_dot_run_ids_are_sent_encoded_so_no_normalisation_can_drop_them(run_id):
     ("timeouts", "expected"),
     [
         (None, {"connect": 10.0, "read": 30.0, "write": 30.0, "pool": 60.0}),
-        (Timeouts.from_seconds(5), {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 60.0}),
-        (Timeouts.from_seconds(100), {"connect": 10.0, "read": 100.0, "write": 100.0, "pool": 100.0}),
+        (5, {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 60.0}),
+        (100, {"connect": 10.0, "read": 100.0, "write": 100.0, "pool": 100.0}),
         (Timeouts(connect=1, read=2, write=3, pool=4), {"connect": 1.0, "read": 2.0, "write": 3.0, "pool": 4.0}),
     ],
 )
 def test_each_request_carries_the_timeouts_asked_for(timeouts, expected):
     """--timeout's one number → connect ≤ 10 s, read and write of that many seconds, pool ≥ 60 s, on both clients."""
+    if isinstance(timeouts, int):  # as --timeout gives it (built here, where the code under test runs)
+        timeouts = Timeouts.from_seconds(timeouts)
     server = reply(200, {"id": "r", "status": "queued"})
     call(server, "get_run", "r", timeouts=timeouts)
     server.answer = lambda request: answer(200, PNG)
@@ -1050,6 +1052,14 @@ def test_a_link_check_follows_redirects_and_counts_them():
     assert check(redirects(["file:///etc/passwd"])) == "refusing to download from a non-http(s) URL: file:///etc/passwd"
 
 
+@pytest.mark.parametrize("status", [200, 404])
+def test_a_location_on_an_answer_that_is_no_redirect_is_not_followed(status):
+    """A Location header on a 200 or a 404 is not a redirect: the link is judged by that answer alone."""
+    server = files(b"", status=status, Location="http://elsewhere.test/x.png")
+    assert check(server) == (None if status == 200 else f"HTTP {status} from {FILE_URL}")
+    assert len(server.requests) == 1
+
+
 def test_a_link_check_that_cannot_connect_or_stalls_is_transient():
     """A refused connection or no answer within the deadline → TransientError."""
     with pytest.raises(TransientError, match="could not connect"):
@@ -1193,7 +1203,7 @@ def test_messages_show_long_urls_and_ids_shortened():
 def test_download_and_link_failures_never_claim_a_run_was_made(error):
     """A download or link check failing after sending is transient, never 'maybe created' (only creates make runs)."""
     failed, _ = download_failure(raising(error))
-    assert type(failed) is TransientError and not failed.maybe_created
+    assert type(failed) is TransientError and failed.maybe_created is False
     with pytest.raises(TransientError) as caught:
         check(raising(error))
-    assert not caught.value.maybe_created
+    assert caught.value.maybe_created is False
