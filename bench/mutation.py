@@ -67,6 +67,12 @@ _MESSAGE = (
     "changes only the letter case or padding of the error text stored with the attempt (the report's "
     "attempt log shows it as written): the words, and what they say, are the same"
 )
+_HEADER_CASE = (
+    "looks a header up by another letter case (or sends it so): HTTP header names are case-insensitive, and "
+    "httpx's headers are looked up and sent that way"
+)
+_NO_LOCATION = "a missing Location read as None instead of '': `if not location` treats both as no location"
+_API = "batchgen.api.xǁRunbaseClientǁ"
 SURVIVORS_EXPLAINED: dict[str, str] = {
     "batchgen.ledger.store.xǁLedgerǁbegin_attempt__mutmut_4": _ID_STEP,
     "batchgen.ledger.store.xǁLedgerǁjob_satisfied__mutmut_4": _ID_STEP,
@@ -75,6 +81,28 @@ SURVIVORS_EXPLAINED: dict[str, str] = {
     "batchgen.ledger.store.xǁLedgerǁrecover__mutmut_17": _MESSAGE,
     "batchgen.ledger.store.xǁLedgerǁlost_create__mutmut_11": _MESSAGE,
     "batchgen.ledger.store.xǁLedgerǁlost_create__mutmut_12": _MESSAGE,
+    "batchgen.api.x__content_length__mutmut_4": _HEADER_CASE,
+    _API + "_check_link__mutmut_19": _HEADER_CASE,
+    _API + "_check_link__mutmut_20": _HEADER_CASE,
+    _API + "_check_link__mutmut_26": _HEADER_CASE,
+    _API + "_check_link__mutmut_33": _HEADER_CASE,
+    _API + "_receive__mutmut_21": _HEADER_CASE,
+    _API + "download__mutmut_15": _HEADER_CASE,
+    _API + "download__mutmut_11": _NO_LOCATION,
+    _API + "download__mutmut_13": _NO_LOCATION,
+    _API + "_error_text__mutmut_3": "a body that is not JSON read as '' instead of None: neither is a dict, so the "
+    "text is taken from the body either way",
+    _API + "_error_text__mutmut_31": "reads response.text of an empty body too: it is '' already",
+    _API + "_error_text__mutmut_33": "strips tags when the text has '<' or '>' instead of both: the pattern only "
+    "matches a '<' ... '>' pair, so with one of them it changes nothing",
+    _API + "_raise_for_download_status__mutmut_4": "takes a 300 for success: httpx reports every 3xx as a "
+    "redirect, which download() handles (a Location followed, none refused) before this check is reached",
+    _API + "_raise_for_download_status__mutmut_5": "takes a 300 for success: httpx reports every 3xx as a "
+    "redirect, which download() handles (a Location followed, none refused) before this check is reached",
+    _API + "_receive__mutmut_56": "leaves other bytes in the sniffing buffer once the type is known: it is never "
+    "read again after that",
+    _API + "_url__mutmut_21": "a URL in a message is shown as written up to its query instead of rebuilt from its "
+    "parts: the same text, except that a #fragment (never sent to a server, no credential) stays visible",
 }
 STATUS = re.compile(r"^\s*(?P<name>[\w.]+__mutmut_\d+): (?P<status>.+)$")
 

@@ -961,6 +961,7 @@ def test_a_download_cut_off_mid_body_is_transient():
     server = Server(lambda request: httpx.Response(200, headers={"Content-Length": "999"}, stream=Chunks(PNG, reset)))
     failed, _ = download_failure(server)
     assert type(failed) is TransientError and failed.message == "connection failed: ReadError: connection reset"
+    assert failed.maybe_created is False  # a download makes no run
 
 
 # --- a download's deadline grows with the bytes received ------------------------------------------------
@@ -980,10 +981,20 @@ def stalling(*pieces: bytes | float) -> Server:
 
 
 def test_a_host_that_stalls_past_the_deadline_is_given_up():
-    """Headers and a first piece in time, then a stall past the deadline → TransientError 'download too slow'."""
-    failed, saved = download_failure(stalling(PNG, DEADLINE + 0.5, PNG), timeouts=TIMEOUTS)
-    assert type(failed) is TransientError and failed.message.startswith("download too slow: gave up after")
+    """Headers and a first piece in time, then a stall past the deadline → TransientError saying how long it waited."""
+    failed, saved = download_failure(stalling(PNG, DEADLINE + 1, PNG), timeouts=TIMEOUTS)
+    assert type(failed) is TransientError
+    assert failed.message == f"download too slow: gave up after {DEADLINE + 1:.0f} s"  # the time on the stepped clock
     assert saved == PNG  # it was an image, only too slow
+
+
+def test_a_page_is_refused_as_soon_as_its_first_bytes_are_in():
+    """SNIFF_BYTES of HTML, then a stall past the deadline: NotAnImage at once, not a wait ending in 'too slow'."""
+    page = b"<html><body>Sign in" * 10
+    failed, saved = download_failure(
+        stalling(page[:SNIFF_BYTES], DEADLINE + 0.5, page[SNIFF_BYTES:]), timeouts=TIMEOUTS
+    )
+    assert type(failed) is NotAnImage and saved == b""
 
 
 def test_a_download_within_its_deadline_is_saved():
@@ -1116,7 +1127,7 @@ def test_a_create_whose_deadline_ends_while_waiting_for_a_slot_was_not_sent():
     anyio.run(main, backend_options={"loop_factory": SteppedLoop})
     (failed,) = errors
     assert failed.message == f"no complete answer within {DEADLINE:.0f} s"
-    assert not failed.maybe_created and sent == []
+    assert failed.maybe_created is False and sent == []
 
 
 # --- the client's own lifetime and defaults ------------------------------------------------------------
