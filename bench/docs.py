@@ -597,6 +597,7 @@ _SQL = re.compile(
     r"\b(select|insert|update|delete|where|from|values|set|and|join|order by|group by|begin|commit|rollback)\b", re.I
 )
 _QUOTED = re.compile(r"'[^']*'")
+_STRING = re.compile(r'"[^"]*"')
 
 
 def sql_case_only(diff: str) -> bool:
@@ -607,10 +608,13 @@ def sql_case_only(diff: str) -> bool:
     if len(removed) != 1 or len(added) != 1 or removed == added:
         return False
     before, after = removed[0], added[0]
+    changed = [b for b, a in zip(_STRING.findall(before), _STRING.findall(after), strict=False) if b != a]
     return (
         before.lower() == after.lower()
         and _QUOTED.findall(before) == _QUOTED.findall(after)
-        and bool(_SQL.search(before))
+        and _STRING.sub("", before) == _STRING.sub("", after)  # only string literals changed...
+        and bool(changed)
+        and all(_SQL.search(text) for text in changed)  # ...and each is SQL, not a header name or a message
     )
 
 
