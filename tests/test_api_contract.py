@@ -230,7 +230,7 @@ def test_the_client_shows_its_base_url_and_never_its_key():
 
 
 def test_before_send_is_awaited_once_just_before_the_request_leaves():
-    """A create awaits before_send once, before the server sees anything; a poll never calls it."""
+    """A create and a poll each await their before_send once, before the server sees their request."""
     server = reply(201, {"id": "run_1"})
     seen: list[int] = []
 
@@ -240,10 +240,11 @@ def test_before_send_is_awaited_once_just_before_the_request_leaves():
     async def main() -> None:
         async with RunbaseClient(BASE_URL, API_KEY, transport=server.transport()) as client:
             await client.create_run(JOB, before_send=before_send)
+            await client.get_run("run_1", before_send=before_send)
             await client.get_run("run_1")
 
     anyio.run(main)
-    assert seen == [0] and len(server.requests) == 2
+    assert seen == [0, 1] and len(server.requests) == 3
 
 
 def test_concurrent_requests_wait_for_one_of_max_connections_slots():
