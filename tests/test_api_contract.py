@@ -10,6 +10,7 @@ import asyncio
 import email.utils
 import io
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -87,6 +88,10 @@ class Chunks(httpx.AsyncByteStream):
     def __init__(self, *pieces: bytes | Callable[[], Awaitable[None]]):
         self.pieces = pieces
         self.sent = 0
+        self.closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for piece in self.pieces:
@@ -1219,3 +1224,29 @@ def test_download_and_link_failures_never_claim_a_run_was_made(error):
     with pytest.raises(TransientError) as caught:
         check(raising(error))
     assert caught.value.maybe_created is False
+
+
+def test_each_api_request_is_logged_at_debug_without_its_query_or_key(caplog):
+    """At DEBUG each API request is one record: method, URL without its query, and the status; never the key."""
+    caplog.set_level(logging.DEBUG, logger="batchgen.api")
+    call(reply(200, {"id": "run_1"}), "get_run", "run_1")
+    create(reply(201, {"id": "r"}))
+    logged = [r.getMessage() for r in caplog.records if r.name == "batchgen.api"]
+    assert logged == [
+        f'HTTP Request: GET {BASE_URL}/runs/run_1 "200"',
+        f'HTTP Request: POST {BASE_URL}/runs "201"',
+    ]
+    assert all(API_KEY not in line for line in logged)
+
+
+def test_a_poll_whose_body_breaks_off_closes_the_answer():
+    """A poll answer cut off mid-body is a TransientError, and its connection's stream is closed, not left open."""
+
+    async def reset() -> None:
+        raise httpx.ReadError("connection reset")
+
+    stream = Chunks(b'{"id": ', reset)
+    server = Server(lambda request: httpx.Response(200, headers={"Content-Length": "99"}, stream=stream))
+    failed = failure(server, "get_run", "r")
+    assert type(failed) is TransientError and failed.message == "connection failed: ReadError: connection reset"
+    assert stream.closed
