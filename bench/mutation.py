@@ -86,7 +86,7 @@ SURVIVORS_EXPLAINED: dict[str, str] = {
     _API + "_check_link__mutmut_20": _HEADER_CASE,
     _API + "_check_link__mutmut_26": _HEADER_CASE,
     _API + "_check_link__mutmut_33": _HEADER_CASE,
-    _API + "_receive__mutmut_21": _HEADER_CASE,
+    _API + "_receive__mutmut_17": _HEADER_CASE,
     _API + "download__mutmut_15": _HEADER_CASE,
     _API + "download__mutmut_11": _NO_LOCATION,
     _API + "download__mutmut_13": _NO_LOCATION,
@@ -99,7 +99,7 @@ SURVIVORS_EXPLAINED: dict[str, str] = {
     "redirect, which download() handles (a Location followed, none refused) before this check is reached",
     _API + "_raise_for_download_status__mutmut_5": "takes a 300 for success: httpx reports every 3xx as a "
     "redirect, which download() handles (a Location followed, none refused) before this check is reached",
-    _API + "_receive__mutmut_56": "leaves other bytes in the sniffing buffer once the type is known: it is never "
+    _API + "_receive__mutmut_58": "leaves other bytes in the sniffing buffer once the type is known: it is never "
     "read again after that",
     _API + "_url__mutmut_21": "a URL in a message is shown as written up to its query instead of rebuilt from its "
     "parts: the same text, except that a #fragment (never sent to a server, no credential) stays visible",
