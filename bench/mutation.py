@@ -101,6 +101,7 @@ SURVIVORS_EXPLAINED: dict[str, str] = {
     "redirect, which download() handles (a Location followed, none refused) before this check is reached",
     _API + "_receive__mutmut_58": "leaves other bytes in the sniffing buffer once the type is known: it is never "
     "read again after that",
+    _API + "create_run__mutmut_21": "sends the method as 'post': httpx.Request upper-cases the method it is given",
     _API + "_url__mutmut_21": "a URL in a message is shown as written up to its query instead of rebuilt from its "
     "parts: the same text, except that a #fragment (never sent to a server, no credential) stays visible",
 }

@@ -210,14 +210,15 @@ def test_dot_run_ids_are_sent_encoded_so_no_normalisation_can_drop_them(run_id):
     ],
 )
 def test_each_request_carries_the_timeouts_asked_for(timeouts, expected):
-    """--timeout's one number → connect ≤ 10 s, read and write of that many seconds, pool ≥ 60 s, on both clients."""
+    """--timeout's one number → connect ≤ 10 s, read and write of that many seconds, pool ≥ 60 s, on every request."""
     if isinstance(timeouts, int):  # as --timeout gives it (built here, where the code under test runs)
         timeouts = Timeouts.from_seconds(timeouts)
-    server = reply(200, {"id": "r", "status": "queued"})
+    server = reply(201, {"id": "r", "status": "queued"})
+    call(server, "create_run", JOB, timeouts=timeouts)
     call(server, "get_run", "r", timeouts=timeouts)
     server.answer = lambda request: answer(200, PNG)
     download(server, timeouts=timeouts)
-    assert [request.extensions["timeout"] for request in server.requests] == [expected, expected]
+    assert [request.extensions["timeout"] for request in server.requests] == [expected] * 3
 
 
 @pytest.mark.parametrize("base", ["ftp://runbase.net/api/v1", "runbase.net/api/v1", "http://", "file:///api"])
