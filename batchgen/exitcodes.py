@@ -1,7 +1,7 @@
 """What each exit code of ``batchgen`` means: one table, read by the runner, ``--help`` and the README's check.
 
 Kept free of heavy imports so that ``batchgen run --help`` prints it without loading
-httpx or anyio. ``runner._OUTCOMES`` maps why a batch ended to one of these codes.
+httpx or anyio. ``outcomes._OUTCOMES`` maps why a batch ended to one of these codes.
 """
 
 from __future__ import annotations

@@ -1,14 +1,20 @@
 """``batchgen export``: one record per job of the ledger, JSON lines or CSV, streamed in manifest order.
 
-Built for a million jobs: one streamed statement (ledger.export_rows: a row per
-file), and each line assembled from the JSON the ledger already holds, without
-parsing it again. A file that is not there with its recorded size is listed
-under ``missing_outputs``, never under ``outputs``.
+Built for a million jobs: one streamed statement (``ledger.export_rows``: a row per
+file, plain columns, no JSON function in sqlite), and each line assembled from
+the JSON text the ledger already holds, without parsing it again: the spec is
+stored as sorted, compact JSON (``{"input":{...},"model":"..."}``), so its
+``input`` and ``model`` are cut out of it as they are. A file that is not there
+with its recorded size is listed under ``missing_outputs``, never under ``outputs``.
+
+Where the time goes at a million jobs (bench/scale.py): reading the rows out of
+sqlite, then one ``stat`` per file, then the text of each line.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -22,47 +28,97 @@ BATCH = 2000  # lines written per write call
 FIXED_COLUMNS = ["job_id", "state", "run_id", "outputs", "error", "attempts", "unknown_creates"]
 INPUT_COLUMNS = ["prompt", "aspect_ratio", "quality", "image_urls"]
 
+WIDTH = 10  # the job's columns of an export row; then n, bytes, sha256, path of one file
+_INPUT, _MODEL = '{"input":', ',"model":"'
+File = tuple[int, str, str]  # (n, absolute path, sha256)
+Row = tuple[Any, ...]  # a row of Ledger.export_chunks
+
 
 def _base(ledger: Ledger) -> str:
     folder = ledger.output_dir or os.fspath(ledger.path.parent)
     return folder.rstrip(os.sep) + os.sep
 
 
-def _jobs(rows: Iterator[tuple[Any, ...]], width: int, base: str) -> Iterator[tuple[tuple[Any, ...], list[Any]]]:
-    """Group the rows (one per file) by job: (the job's columns, [(path, sha256, present), ...])."""
+def _jobs(chunks: Iterator[list[Row]], base: str) -> Iterator[tuple[Row, list[File], list[File]]]:
+    """Group the rows (one per file, in lists) by job: (the row of its first file, present files,
+    missing files), each file as (n, absolute path, sha256), in order of n. A file is present when
+    it is there with the bytes recorded."""
     stat = os.stat
     job: tuple[Any, ...] | None = None
-    files: list[tuple[str, str, bool]] = []
-    for row in rows:
-        if job is None or row[0] != job[0]:
-            if job is not None:
-                yield job, files
-            job, files = row[:width], []
-        if row[width] is not None:
-            path = base + row[width + 3]
+    present: list[File] = []
+    missing: list[File] = []
+    several = False  # the job has more than one file: sort them by n
+    for rows in chunks:
+        for row in rows:
+            if job is None or row[0] != job[0]:
+                if job is not None:
+                    if several:
+                        present.sort()
+                        missing.sort()
+                        several = False
+                    yield job, present, missing
+                job, present, missing = row, [], []
+            else:
+                several = True
+            if row[WIDTH] is None:
+                continue
+            full = base + row[WIDTH + 3]
             try:
-                present = stat(path).st_size == row[width + 1]
+                here = stat(full).st_size == row[WIDTH + 1]
             except OSError:
-                present = False
-            files.append((path, row[width + 2], present))
+                here = False
+            (present if here else missing).append((row[WIDTH], full, row[WIDTH + 2]))
     if job is not None:
-        yield job, files
+        if several:
+            present.sort()
+            missing.sort()
+        yield job, present, missing
+
+
+def split_spec(spec_json: str) -> tuple[str, str]:
+    """(model, input) of a stored spec, each as the JSON text it is in the spec.
+
+    The spec is sorted, compact JSON: ``{"input":{...},"model":"..."}`` (then ``sample`` or
+    ``filename``, when set). ``,"`` cannot occur inside a JSON string (its quote would be
+    escaped), so the last ``,"model":"`` is the top-level key, after everything the input
+    holds, and when no ``,"`` follows it the model's string runs to the closing brace."""
+    at = spec_json.rfind(_MODEL)
+    if at > 0 and spec_json.startswith(_INPUT) and spec_json.endswith('"}') and spec_json.find(',"', at + 1) < 0:
+        return spec_json[at + len(_MODEL) - 1 : -1], spec_json[len(_INPUT) : at]
+    spec = json.loads(spec_json)  # with sample or filename, or not written by this batchgen
+    dump = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    return dump(spec.get("model")), dump(spec.get("input"))
 
 
 def write_jsonl(ledger: Ledger, out: TextIO) -> int:
     q, lines, written = encode_basestring, [], 0
-    dump = json.JSONEncoder(ensure_ascii=False).encode
-    for job, files in _jobs(ledger.export_rows(), 11, _base(ledger)):
-        job_id, state, run_id, error, kind, attempts, unknown, source, model, given, metadata = job
-        present = [f for f in files if f[2]]
+    tail, model = "", ""  # the end of the last spec cut by split_spec, and its model: most jobs share them
+    for job, present, missing in _jobs(ledger.export_chunks(), _base(ledger)):
+        job_id, state, run_id, error, kind, attempts, unknown, source, spec, metadata = job[:WIDTH]
+        if state == "succeeded":
+            said = '"error":null,"error_kind":null,"attempts":'
+            source = "null" if source is None else q(source)
+        else:
+            error = "null" if error is None else q(error)
+            said = f'"error":{error},"error_kind":{"null" if kind is None else q(kind)},"attempts":'
+            source = "null"
+            state = "pending" if state == "running" else state
+        if tail and spec.endswith(tail) and spec.startswith(_INPUT):  # as split_spec would cut it
+            given = spec[len(_INPUT) : -len(tail)]
+        else:
+            model, given = split_spec(spec)
+            tail = f"{_MODEL[:-1]}{model}}}"
+        if len(present) == 1:
+            saved = f'[{q(present[0][1])}],"sha256":[{q(present[0][2])}]'
+        else:
+            saved = f'[{",".join(q(f[1]) for f in present)}],"sha256":[{",".join(q(f[2]) for f in present)}]'
         line = (
-            f'{{"job_id":{q(job_id)},"state":"{state}","run_id":{dump(run_id)},"error":{dump(error)},'
-            f'"error_kind":{dump(kind)},"attempts":{attempts},"unknown_creates":{unknown},"source":{dump(source)},'
-            f'"model":{q(model)},"input":{given},"metadata":{metadata},'
-            f'"outputs":[{",".join(q(f[0]) for f in present)}],"sha256":[{",".join(q(f[1]) for f in present)}]'
+            f'{{"job_id":{q(job_id)},"state":"{state}","run_id":{"null" if run_id is None else q(run_id)},{said}'
+            f'{attempts},"unknown_creates":{unknown},"source":{source},"model":{model},"input":{given},'
+            f'"metadata":{metadata},"outputs":{saved}'
         )
-        if len(present) < len(files):
-            line += f',"missing_outputs":[{",".join(q(f[0]) for f in files if not f[2])}]'
+        if missing:
+            line += f',"missing_outputs":[{",".join(q(f[1]) for f in missing)}]'
         lines.append(line + "}\n")
         if len(lines) >= BATCH:
             out.write("".join(lines))
@@ -73,27 +129,70 @@ def write_jsonl(ledger: Ledger, out: TextIO) -> int:
 
 
 def write_csv(ledger: Ledger, out: TextIO) -> int:
-    """Known columns, then every metadata key (in the order they first appear) as a column of its own."""
+    """Known columns, then every metadata key (in the order they first appear) as a column of its own.
+
+    Written as the csv module writes (minimal quoting, ``\\n`` line ends), one line at a time
+    without it: a line whose fields hold no comma, quote or line break needs no quoting at all,
+    and only the others are quoted field by field."""
     keys = [k for k in ledger.metadata_keys() if k not in FIXED_COLUMNS and k not in INPUT_COLUMNS]
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(FIXED_COLUMNS + INPUT_COLUMNS + keys)
-    written = 0
-    rows: list[list[Any]] = []
-    for job, files in _jobs(ledger.export_table(), 11, _base(ledger)):
-        job_id, state, run_id, error, attempts, unknown, prompt, ratio, quality, urls, metadata = job
-        outputs = "|".join(f[0] for f in files if f[2])
-        row = [job_id, state, run_id, outputs, error, attempts, unknown, prompt, ratio, quality, urls]
-        if keys:
-            values = json.loads(metadata) if metadata != "{}" else {}
-            row += [_cell(values.get(key)) for key in keys]
-        rows.append(["" if value is None else value for value in row])
-        if len(rows) >= BATCH:
-            writer.writerows(rows)
-            written += len(rows)
-            rows = []
-    writer.writerows(rows)
-    return written + len(rows)
+    header = FIXED_COLUMNS + INPUT_COLUMNS + keys
+    width, lines, written, base = len(header), [_csv_line(header) + "\n"], 0, _base(ledger)
+    loads = json.JSONDecoder().raw_decode  # json.loads less its checks for surrounding whitespace
+    for job, present, _ in _jobs(ledger.export_chunks(), base):
+        job_id, state, run_id, error, _, attempts, unknown, _, spec, metadata = job[:WIDTH]
+        if state == "succeeded":
+            error = None
+        elif state == "running":
+            state = "pending"
+        given = loads(spec)[0].get("input") or {}
+        prompt, ratio, quality, urls = (
+            given.get("prompt"),
+            given.get("aspect_ratio"),
+            given.get("quality"),
+            given.get("image_urls"),
+        )
+        if type(urls) is list:
+            urls = "|".join(map(str, urls))
+        outputs = "|".join(f[1] for f in present)
+        extra: list[Any] = []
+        if keys and metadata != "{}":
+            values = loads(metadata)[0]
+            extra = [values.get(key) for key in keys]
+        elif keys:
+            extra = [None] * len(keys)
+        line = (
+            f"{job_id},{state},{'' if run_id is None else run_id},{outputs},{'' if error is None else error},"
+            f"{attempts},{unknown},{prompt if type(prompt) is str else _text(prompt)},"
+            f"{ratio if type(ratio) is str else _text(ratio)},{quality if type(quality) is str else _text(quality)},"
+            f"{urls if type(urls) is str else _text(urls)}"
+        )
+        if extra:
+            line += "," + ",".join(map(_text, extra))
+        if line.count(",") != width - 1 or '"' in line or "\n" in line or "\r" in line:
+            fields = [job_id, state, run_id, outputs, error, attempts, unknown, prompt, ratio, quality, urls, *extra]
+            line = _csv_line([_text(value) for value in fields])
+        lines.append(line + "\n")
+        if len(lines) >= BATCH:
+            out.write("".join(lines))
+            written += len(lines)
+            lines = []
+    out.write("".join(lines))
+    return written + len(lines) - 1
 
 
-def _cell(value: Any) -> Any:
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
+def _text(value: Any) -> str:
+    """A CSV field's text: nothing for None, JSON for a list or an object."""
+    if type(value) is str:
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _csv_line(fields: list[str]) -> str:
+    """The line the csv module writes for these fields (its default dialect, minimal quoting)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(fields)
+    return buffer.getvalue()

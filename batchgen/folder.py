@@ -18,6 +18,12 @@ only the part a ledger may lack.
 
 Lines are JSON, one event each, appended with ``O_APPEND`` in one write, so a
 killed process leaves at most one partial last line (skipped when read).
+
+Partial downloads a crashed run left are removed by the next run. Looking for them
+reads the whole folder (seconds at a million images), so a run that ends cleanly
+leaves a mark, ``<folder>/.batchgen/clean``, saying that no partial file is left;
+the next run to take the lock removes the mark before it does anything and skips
+the search. A run killed or crashed leaves no mark, so the run after it searches.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +47,7 @@ except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
 
 STATE_DIR = ".batchgen"
+CLEAN_MARK = "clean"  # in STATE_DIR: the last run to hold the lock left no partial file (module docstring)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 
 
@@ -58,6 +66,7 @@ class OutputFolder:
         self._journal_fd: int | None = None
         self._buffer: list[bytes] = []
         self._folder_id: str | None = None
+        self._clean = False  # no partial file left by an earlier run: the mark was found, or the search done
 
     def __repr__(self) -> str:
         return f"OutputFolder({str(self.path)!r})"
@@ -83,14 +92,30 @@ class OutputFolder:
             ) from None
         self._lock_fd = fd
         self._journal()  # opened now, once: files may be journaled from a worker thread
+        try:
+            os.unlink(self.state / CLEAN_MARK)  # before this run can leave anything behind
+            self._clean = True
+        except OSError:
+            self._clean = False
 
     def close(self) -> None:
+        """Write what the journal still holds and release the lock. When the folder was known to hold no
+        partial file at the start and nothing is going wrong (no exception on its way: closed in a
+        ``finally`` or ``except`` on the way out of an error, the folder is searched again next time),
+        leave the mark that lets the next run skip the search."""
         if self._buffer:
             self.write_journal()
+        if self._lock_fd is not None and self._clean and sys.exc_info()[0] is None:
+            try:
+                with open(self.state / CLEAN_MARK, "w", encoding="ascii") as mark:
+                    mark.write("the last batchgen run on this folder ended cleanly: no partial download left\n")
+            except OSError:
+                pass  # the next run searches the folder
         for fd in (self._journal_fd, self._lock_fd):
             if fd is not None:
                 os.close(fd)
         self._journal_fd = self._lock_fd = None
+        self._clean = False
 
     def __enter__(self) -> OutputFolder:
         return self
@@ -185,14 +210,18 @@ class OutputFolder:
     # -- files ------------------------------------------------------------------
 
     def remove_stale_partials(self) -> int:
-        """Delete ``.part`` files a crashed run left behind (in any subfolder); only while holding the lock."""
+        """Delete ``.part`` files a crashed run left behind (in any subfolder); only while holding the lock.
+        Nothing to search for when the run before ended cleanly (see the module docstring)."""
         removed = 0
+        if self._clean:
+            return removed
         for path in _partials(os.fspath(self.path)):
             try:
                 os.unlink(path)
                 removed += 1
             except FileNotFoundError:
                 pass
+        self._clean = self._lock_fd is not None
         return removed
 
     def images(self) -> Iterator[str]:

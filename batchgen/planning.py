@@ -9,19 +9,22 @@ earlier in this manifest will make the image it needs.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import compress, islice, repeat
 from pathlib import Path
 
 from .errors import LedgerError
 from .ledger import Ledger
 from .ledger.reuse import ReuseIndex
+from .manifest import Manifest, Requests
 from .manifest.ids import FingerprintSet
-from .models import SPEC_HASH_PREFIX, JobSpec, JobState
+from .models import INPUT_FIELDS, SPEC_HASH_PREFIX, JobSpec, JobState, image_input
 from .pricing import Prices
 
 CHUNK = 2000
+DISTINCT_AT_ONCE = 1 << 19  # fingerprints in one set at a time to count the distinct ones (about 36 MB)
 
 
 @dataclass
@@ -60,12 +63,18 @@ class Plan:
         return sum(line.credits or 0.0 for line in self.lines.values())
 
     def add(self, job: JobSpec, prices: Prices) -> None:
-        given = job.input
-        key = (job.model, str(given.get("quality", "(default)")), str(given.get("aspect_ratio", "(default)")))
+        self.line(_line_key(job), job, prices).runs += 1
+
+    def line(self, key: tuple[str, str, str], job: JobSpec, prices: Prices) -> Line:
         line = self.lines.get(key)
         if line is None:  # a price depends on the model and the quality only, both in the key
             line = self.lines[key] = Line(price=prices.of(job) if prices else None)
-        line.runs += 1
+        return line
+
+
+def _line_key(job: JobSpec) -> tuple[str, str, str]:
+    given = job.input
+    return job.model, str(given.get("quality", "(default)")), str(given.get("aspect_ratio", "(default)"))
 
 
 def plan(
@@ -123,9 +132,98 @@ def plan(
     return result
 
 
+def plan_manifest(
+    manifest: Manifest,
+    *,
+    ledger_path: Path | None,
+    reuse_index: ReuseIndex | None,
+    prices: Prices,
+    retry_failed: bool = False,
+) -> Plan:
+    """``plan()`` of a manifest's jobs, the same answer. With nothing to look up (no ledger, no reuse
+    index holding images of this service), read from the reader's checked columns, without specs."""
+    ledger = _open(ledger_path)
+    if ledger is not None:
+        ledger.close()
+    if ledger is None and (reuse_index is None or not reuse_index.holds_any()):
+        return count_requests(manifest.requests(), prices)
+    return plan(
+        manifest.jobs(), ledger_path=ledger_path, reuse_index=reuse_index, prices=prices, retry_failed=retry_failed
+    )
+
+
+def count_requests(items: Iterable[JobSpec | Requests], prices: Prices) -> Plan:
+    """The plan when nothing is known yet: every distinct request is a run, every repeat a duplicate.
+
+    Each job leaves its request's fingerprint (8 bytes) and its line's number (4 bytes) in flat tables;
+    the distinct fingerprints are counted once the manifest is read, in sets of at most half a million. Only
+    when some request repeats are they counted line by line (a repeat is always on its original's line).
+    """
+    result = Plan()
+    keys: list[tuple[str, str, str]] = []  # line number -> its key
+    numbers: dict[tuple[str, str, str], int] = {}  # line key -> its number
+    columns: dict[tuple[str, str, str], int] = {}  # (model, quality, ratio) as a CSV chunk has them -> line number
+    fingerprints, lines = array("q"), array("I")
+
+    def number(key: tuple[str, str, str], job: JobSpec) -> int:
+        if key not in numbers:
+            numbers[key] = len(keys)
+            keys.append(key)
+            result.line(key, job, prices)
+        return numbers[key]
+
+    for item in items:
+        if isinstance(item, JobSpec):
+            fingerprints.append(_request_key(item))
+            lines.append(number(_line_key(item), item))
+            continue
+        count = len(item.prompts)
+        urls = item.image_urls if item.image_urls is not None else repeat((), count)
+        row_keys = list(zip(repeat(item.model), item.qualities, item.aspect_ratios, strict=False))
+        for model, quality, ratio in set(row_keys).difference(columns):
+            job = JobSpec("", image_input("", ratio or None, quality or None), model)
+            columns[(model, quality, ratio)] = number(_line_key(job), job)
+        hashed = list(
+            map(hash, zip(repeat(item.model), repeat(1), item.prompts, item.aspect_ratios, item.qualities, urls))
+        )
+        if 0 in hashed:  # as _request_key: 0 is not a fingerprint
+            hashed = [value or 1 for value in hashed]
+        fingerprints.extend(hashed)
+        lines.extend(map(columns.__getitem__, row_keys))
+    result.jobs = len(fingerprints)
+    repeats = _distinct(fingerprints) < len(fingerprints)
+    for index, key in enumerate(keys):
+        if repeats:  # a repeat is always on its original's line: count the distinct ones line by line
+            result.lines[key].runs = _distinct(array("q", compress(fingerprints, map(index.__eq__, lines))))
+        else:  # each job is a run on its line
+            result.lines[key].runs = lines.count(index)
+    result.duplicates = result.jobs - result.runs
+    return result
+
+
+def _distinct(table: array[int]) -> int:
+    """How many different values ``table`` holds, with at most DISTINCT_AT_ONCE of them in a set at a time."""
+    parts = 1
+    while len(table) > parts * DISTINCT_AT_ONCE:
+        parts *= 2
+    if parts == 1:
+        return len(set(table))
+    if parts == 2:  # by sign: one comparison a value
+        return len(set(compress(table, map((0).__gt__, table)))) + len(set(compress(table, map((0).__le__, table))))
+    mask = parts - 1
+    return sum(len(set(compress(table, map(part.__eq__, map(mask.__and__, table))))) for part in range(parts))
+
+
 def _request_key(job: JobSpec) -> int:
-    """A fingerprint of what the API is asked for: equal for equal requests. Flat inputs (the
-    image model's) are hashed as they are; anything nested goes through the spec's sha256."""
+    """A fingerprint of what the API is asked for: equal for equal requests. Inputs of the image model's
+    fields are hashed as ``count_requests`` hashes a CSV chunk's columns; other flat inputs as they are;
+    anything nested goes through the spec's sha256."""
+    given = job.input
+    if given.keys() <= _FIELDS and all(type(value) is str for key, value in given.items() if key != "image_urls"):
+        urls = given.get("image_urls")
+        if urls is None or all(type(url) is str for url in urls):
+            row = (job.model, job.sample, given.get("prompt"), given.get("aspect_ratio", ""), given.get("quality", ""))
+            return hash((*row, tuple(urls or ()))) or 1
     items = []
     for key, value in job.input.items():
         if isinstance(value, list):
@@ -137,6 +235,9 @@ def _request_key(job: JobSpec) -> int:
     except TypeError:  # a dict somewhere inside: not hashable as it is
         spec_hash = job.spec_hash()
         return int(spec_hash[len(SPEC_HASH_PREFIX) : len(SPEC_HASH_PREFIX) + 16], 16) - (1 << 63) or 1
+
+
+_FIELDS = frozenset(INPUT_FIELDS)
 
 
 def _open(path: Path | None) -> Ledger | None:

@@ -1,4 +1,4 @@
-"""``run_batch``: manifest → ledger → scheduler → result, callable from Python.
+"""``run_batch``: manifest → ledger → scheduler → result, callable from Python (how it ended: outcomes.py).
 
 The CLI is a thin layer over this module: everything ``batchgen run`` does, a
 program can do with ``batchgen.run_batch("catalogue.yaml", concurrency=16)``.
@@ -32,12 +32,18 @@ from .ledger import Ledger
 from .ledger.reuse import ReuseIndex, default_index_path
 from .manifest import iter_jobs, read_manifest
 from .models import BatchStats, JobSpec, Outcome, SavedOutput
+from .outcomes import (
+    BatchResult as BatchResult,  # part of this module's interface, as before
+    batch_result,
+    local_error,
+    manifest_message,
+)
 from .pricing import Budget, Prices
 from .progress import Progress
 from .recovery import check_files, needs_repair, repair, unknown_images
 from .references import ReferenceCheck
 from .reusing import Reuser
-from .scheduler import INTERRUPT_GRACE, NOT_FOUND_GRACE, Scheduler
+from .scheduler import INTERRUPT_GRACE, NOT_FOUND_GRACE, Scheduler, Stop
 from .syncing import ManifestSync
 from .throttle import Throttle
 
@@ -93,19 +99,6 @@ class BatchConfig:
         return self.ledger_path or self.output_dir / LEDGER_NAME
 
 
-@dataclass
-class BatchResult:
-    outcome: Outcome
-    exit_code: int
-    message: str  # what happened and, when the batch stopped early, what to do
-    counts: dict[str, int] = field(default_factory=dict)  # jobs by state in the ledger
-    stats: BatchStats = field(default_factory=BatchStats)  # this session's work
-    unknown_creates_total: int = 0  # possible double charges, all sessions
-    elapsed: float = 0.0
-    output_dir: Path | None = None
-    notes: list[str] = field(default_factory=list)  # what was found and mended before the batch ran
-
-
 def run_batch(manifest: str | os.PathLike[str], **options: Any) -> BatchResult:
     """Run a batch to its end (or to a stop) and return what happened. Options: see BatchConfig."""
     config = BatchConfig(manifest=Path(manifest), **options)
@@ -127,7 +120,7 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
     except UsageError as exc:
         return BatchResult(Outcome.ERROR, ExitCode.USAGE, str(exc))
     except ManifestError as exc:
-        return BatchResult(Outcome.MANIFEST, ExitCode.USAGE, _manifest_message(exc))
+        return BatchResult(Outcome.MANIFEST, ExitCode.USAGE, manifest_message(exc))
     except BatchgenError as exc:
         return BatchResult(Outcome.ERROR, ExitCode.LOCAL, str(exc))
     with ledger, OutputFolder(config.output_dir) as folder:
@@ -137,11 +130,11 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
             ledger.close()
             folder.close()
             _remove_new(fresh_paths)  # a rejected manifest leaves nothing behind
-            return BatchResult(Outcome.MANIFEST, ExitCode.USAGE, _manifest_message(exc))
+            return BatchResult(Outcome.MANIFEST, ExitCode.USAGE, manifest_message(exc))
         except (BatchgenError, OSError) as exc:
-            return BatchResult(Outcome.ERROR, ExitCode.LOCAL, _local_error(exc, config))
+            return BatchResult(Outcome.ERROR, ExitCode.LOCAL, local_error(exc, config.output_dir))
         if (sync is None or sync.done) and ledger.summary().to_do == 0:
-            return _result(Outcome.DONE, ledger, BatchStats(), started, config, notes=notes)
+            return batch_result(Outcome.DONE, ledger, BatchStats(), started, config.output_dir, notes=notes)
         session = ledger.session_started(str(config.manifest))
         scheduler, outcome = await _run_scheduler(config, ledger, folder, api_key, sync)
         if scheduler.references is not None and scheduler.references.dead:
@@ -151,7 +144,9 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
                 f"{len(dead)} reference image URL(s) did not answer, so their jobs failed unpaid "
                 f"(e.g. {url}: {why}); fix them and run `batchgen retry --failed --error-kind reference`"
             )
-        result = _result(outcome, ledger, scheduler.stats, started, config, scheduler.error, notes=notes)
+        result = batch_result(
+            outcome, ledger, scheduler.stats, started, config.output_dir, scheduler.error, notes=notes
+        )
         try:
             ledger.session_finished(session, result.outcome.value, result.exit_code, json.dumps(asdict(result.stats)))
             ledger.flush()
@@ -337,7 +332,9 @@ def _reuser(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> Reuser
 
 async def _read_rest(sync: ManifestSync, scheduler: Scheduler, progress: Progress | None) -> None:
     """Go on reading a large manifest while the batch runs; a problem found stops the creating."""
-    await sync.rest(on_chunk=scheduler.more_jobs)
+    await sync.rest(on_chunk=scheduler.more_jobs, keep_going=lambda: scheduler.stop is Stop.RUNNING)
+    if not sync.done:
+        return
     if sync.error is not None:
         scheduler.manifest_rejected(sync.error)
     else:
@@ -356,16 +353,6 @@ async def _watch_signals(scheduler: Scheduler) -> None:
             async for _ in signals:  # a second signal: stop without waiting
                 break
         scheduler.force_finish()
-
-
-def _manifest_message(exc: ManifestError, *, sent: bool = False) -> str:
-    problems = "\n".join(f"  {p}" for p in exc.problems)
-    if sent:
-        return (
-            "the manifest has errors, found while its first jobs were already running; no more runs were "
-            f"created, the runs already paid for were collected. Fix these and run again:\n{problems}"
-        )
-    return f"the manifest has errors; nothing was sent:\n{problems}"
 
 
 def _resolve(config: BatchConfig) -> BatchConfig:
@@ -450,92 +437,3 @@ def _simulator_transport(config: BatchConfig) -> httpx.AsyncBaseTransport | None
 
     options = {"latency": 1.0, "latency_sigma": 0.3, **config.simulator_options}
     return Simulator(SimConfig(**options)).transport()
-
-
-def _local_error(exc: BaseException, config: BatchConfig) -> str:
-    if isinstance(exc, OSError):
-        return f"cannot use the output folder {config.output_dir}: {exc.strerror or exc}"
-    return str(exc)
-
-
-# Why a batch ended → its exit code and what to tell the user. Messages may use {error} (what
-# stopped it) and {left} (jobs still to do); DONE's depends on the counts and is built below.
-_OUTCOMES: dict[Outcome, tuple[int, str]] = {
-    Outcome.DONE: (ExitCode.OK, ""),
-    Outcome.ACCOUNT: (
-        ExitCode.ACCOUNT,
-        "stopped by the account: {error}. Runs already created were collected; {left} job(s) wait. "
-        "Add credits or lift the cap, then run the same command again to finish.",
-    ),
-    Outcome.UNAUTHORIZED: (
-        ExitCode.UNAUTHORIZED,
-        "the API refused the key ({error}): check RUNBASE_API_KEY. "
-        "Nothing was lost; run the same command again once it is fixed.",
-    ),
-    Outcome.UNAVAILABLE: (
-        ExitCode.UNAVAILABLE,
-        "the API kept failing ({error}); stopped creating runs. {left} job(s) wait, runs already "
-        "created are recorded. Run the same command again later.",
-    ),
-    Outcome.INTERRUPTED: (
-        ExitCode.INTERRUPTED,
-        "interrupted; {left} job(s) wait. Run the same command again to finish.",
-    ),
-    Outcome.MANIFEST: (ExitCode.USAGE, ""),
-    Outcome.CAPPED: (
-        ExitCode.CAPPED,
-        "stopped at the cap you set: {error}. No more runs were created; the runs in flight were collected; "
-        "{left} job(s) wait. Run the same command again to continue.",
-    ),
-    Outcome.ERROR: (
-        ExitCode.LOCAL,
-        "stopped: {error}. Nothing recorded was lost; run the same command again once fixed.",
-    ),
-}
-
-
-def _done_message(failed: int, stats: BatchStats) -> tuple[int, str]:
-    if failed:
-        return ExitCode.JOBS_FAILED, (
-            f"{failed} job(s) failed for good; `batchgen status` says why, and `batchgen retry --failed` "
-            "marks them to be made again by the next run"
-        )
-    if stats.created == 0 and stats.downloads == 0:
-        return ExitCode.OK, "nothing to do: every job in the manifest has already succeeded"
-    return ExitCode.OK, "all jobs succeeded"
-
-
-def _result(
-    outcome: Outcome,
-    ledger: Ledger,
-    stats: BatchStats,
-    started: float,
-    config: BatchConfig,
-    error: BatchgenError | None = None,
-    *,
-    notes: list[str] | None = None,
-) -> BatchResult:
-    try:
-        counts = ledger.counts()
-        unknown = ledger.attempt_counts().get("unknown", 0)
-    except LedgerError:  # the ledger may be what failed; report without its counts
-        counts, unknown = {}, 0
-    left = counts.get("pending", 0) + counts.get("running", 0)
-    if outcome is Outcome.DONE:
-        code, message = _done_message(counts.get("failed", 0), stats)
-    elif outcome is Outcome.MANIFEST and isinstance(error, ManifestError):
-        code, message = ExitCode.USAGE, _manifest_message(error, sent=stats.created + stats.unknown_creates > 0)
-    else:
-        code, template = _OUTCOMES[outcome]
-        message = template.format(error=error, left=left)
-    return BatchResult(
-        outcome=outcome,
-        exit_code=code,
-        message=message,
-        counts=counts,
-        stats=stats,
-        unknown_creates_total=unknown,
-        elapsed=time.monotonic() - started,
-        output_dir=config.output_dir,
-        notes=notes or [],
-    )

@@ -24,6 +24,11 @@ from .ledger import Ledger
 from .ledger.store import SYNC_CHUNK
 from .models import JobSpec
 
+# While the first runs are being created, the batch's steps wait for the manifest's: they read this
+# many jobs, not a whole SYNC_CHUNK (a quarter of the wait; each step is a commit, so not for long).
+FIRST_STEPS = SYNC_CHUNK // 4
+FIRST_STEPS_SECONDS = 2.0
+
 
 class ManifestSync:
     def __init__(
@@ -56,17 +61,21 @@ class ManifestSync:
             raise self.error
         self.ledger.flush()
 
-    async def rest(self, on_chunk: Callable[[], None]) -> None:
-        """Read what is left, letting the scheduler run between chunks; ``on_chunk`` after each."""
+    async def rest(self, on_chunk: Callable[[], None], keep_going: Callable[[], bool] = lambda: True) -> None:
+        """Read what is left, letting the scheduler run between chunks; ``on_chunk`` after each.
+        Stops early once ``keep_going()`` is false (the batch is ending): the next run reads it again."""
+        small_until = time.monotonic() + FIRST_STEPS_SECONDS
         while not self.done:
             await anyio.lowlevel.checkpoint()
-            self._chunk()
+            if not keep_going():
+                return
+            self._chunk(rows=FIRST_STEPS if time.monotonic() < small_until else SYNC_CHUNK)
             on_chunk()
 
-    def _chunk(self, *, hold: bool = False) -> None:
+    def _chunk(self, *, hold: bool = False, rows: int = SYNC_CHUNK) -> None:
         chunk: list[JobSpec] = []
         try:
-            chunk.extend(islice(self.jobs, SYNC_CHUNK))
+            chunk.extend(islice(self.jobs, rows))
         except ManifestError as exc:  # raised after the last valid job: the problems, all of them
             self.error = exc
         if chunk:

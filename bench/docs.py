@@ -829,7 +829,7 @@ def readme_scale(results: list[Result]) -> str:
         ]
         if cells:
             sentences.append(
-                f"`batchgen validate` (every row checked, then the run planned: what the ledger and the "
+                f"`batchgen validate` (every row checked and the run planned: what the ledger and the "
                 f"reuse index hold, identical requests, the bill) took {' and '.join(cells)} at "
                 f"`{manifest.commit}` (`python bench/manifest_bench.py`)."
             )

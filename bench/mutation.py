@@ -74,13 +74,13 @@ _HEADER_CASE = (
 _NO_LOCATION = "a missing Location read as None instead of '': `if not location` treats both as no location"
 _API = "batchgen.api.xǁRunbaseClientǁ"
 SURVIVORS_EXPLAINED: dict[str, str] = {
-    "batchgen.ledger.store.xǁLedgerǁbegin_attempt__mutmut_4": _ID_STEP,
-    "batchgen.ledger.store.xǁLedgerǁjob_satisfied__mutmut_4": _ID_STEP,
-    "batchgen.ledger.store.xǁLedgerǁrun_created__mutmut_21": "the journal keeps a run's creation time to 0.1 ms "
+    "batchgen.ledger.writes.xǁLedgerWritesǁbegin_attempt__mutmut_4": _ID_STEP,
+    "batchgen.ledger.writes.xǁLedgerWritesǁjob_satisfied__mutmut_4": _ID_STEP,
+    "batchgen.ledger.writes.xǁLedgerWritesǁrun_created__mutmut_21": "the journal keeps a run's creation time to 0.1 ms "
     "instead of 1 ms: a repaired run's created_at moves by under a millisecond",
-    "batchgen.ledger.store.xǁLedgerǁrecover__mutmut_17": _MESSAGE,
-    "batchgen.ledger.store.xǁLedgerǁlost_create__mutmut_11": _MESSAGE,
-    "batchgen.ledger.store.xǁLedgerǁlost_create__mutmut_12": _MESSAGE,
+    "batchgen.ledger.writes.xǁLedgerWritesǁrecover__mutmut_17": _MESSAGE,
+    "batchgen.ledger.writes.xǁLedgerWritesǁlost_create__mutmut_11": _MESSAGE,
+    "batchgen.ledger.writes.xǁLedgerWritesǁlost_create__mutmut_12": _MESSAGE,
     "batchgen.api.x__content_length__mutmut_4": _HEADER_CASE,
     _API + "_check_link__mutmut_19": _HEADER_CASE,
     _API + "_check_link__mutmut_20": _HEADER_CASE,

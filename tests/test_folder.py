@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-from batchgen.folder import OutputFolder
+import pytest
+
+from batchgen.folder import CLEAN_MARK, STATE_DIR, OutputFolder
 from batchgen.outputs import TEMP_PREFIX, TEMP_SUFFIX
 
 
@@ -35,3 +39,54 @@ def test_stale_partials_are_removed_in_every_subfolder_and_nothing_else(tmp_path
     assert not any(path.exists() for path in partials)
     assert all(path.exists() for path in kept) and outside.exists()
     assert folder.remove_stale_partials() == 0
+
+
+def test_a_partial_left_by_a_killed_run_is_removed_even_after_a_clean_finish(tmp_path: Path) -> None:
+    """A run that ends cleanly leaves the mark that spares the next run its search for partials; the next
+    run to take the lock removes the mark first, so when that one is killed mid-download the run after
+    it searches again and removes its partial file."""
+    out = tmp_path / "out"
+    folder = OutputFolder(out)
+    folder.lock()
+    folder.remove_stale_partials()
+    folder.close()
+    assert (out / STATE_DIR / CLEAN_MARK).is_file()
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\n"
+            "from pathlib import Path\n"
+            "from batchgen.folder import OutputFolder\n"
+            "from batchgen.outputs import PartialFile\n"
+            "folder = OutputFolder(Path(sys.argv[1]))\n"
+            "folder.lock()\n"
+            "folder.remove_stale_partials()\n"
+            "PartialFile(Path(sys.argv[1]), 'lamp').write(b'half an image')\n"
+            "os._exit(9)  # killed: no cleanup of any kind\n",
+            str(out),
+        ],
+        check=False,
+    )
+    assert killed.returncode == 9
+    (partial,) = out.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}")
+    assert not (out / STATE_DIR / CLEAN_MARK).exists()
+    folder = OutputFolder(out)
+    folder.lock()
+    assert folder.remove_stale_partials() == 1 and not partial.exists()
+    folder.close()
+
+
+def test_a_folder_closed_on_the_way_out_of_an_error_is_searched_next_time(tmp_path: Path) -> None:
+    """Closing the folder while an exception is on its way leaves no mark: the next run looks for partials."""
+    out = tmp_path / "out"
+    folder = OutputFolder(out)
+    with pytest.raises(RuntimeError), folder:
+        folder.lock()
+        folder.remove_stale_partials()
+        raise RuntimeError("the run failed")
+    assert not (out / STATE_DIR / CLEAN_MARK).exists()
+    (out / f"{TEMP_PREFIX}left{TEMP_SUFFIX}").write_bytes(b"x")
+    with OutputFolder(out) as again:
+        again.lock()
+        assert again.remove_stale_partials() == 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import sqlite3
 from pathlib import Path
 
@@ -162,3 +165,50 @@ def test_status_and_export_of_a_damaged_ledger_exit_5_with_what_to_do(tmp_path):
         assert result.returncode == 5, (command, result.stderr)
         assert "Traceback" not in result.stderr
         assert "damaged" in result.stderr or "not a database" in result.stderr, result.stderr
+
+
+def test_export_cuts_model_and_input_out_of_any_stored_spec(tmp_path):
+    """export (JSONL and CSV) gives each job's model, input and metadata as stored, whatever the spec holds:
+    a nested "model" key and quotes in the input, a sample number, a file name, non-ASCII text, a job with
+    two files (in order) and one whose file is gone."""
+    out = tmp_path / "out"
+    out.mkdir()
+    jobs = [
+        JobSpec("nested", {"prompt": 'a "lamp",\n"model":"x"', "n": {"model": "inner", "k": [1, 2]}}, "m/one"),
+        JobSpec("sample", image_input("a lamp, two"), "m/two", metadata={"sku": "S-1", "tags": ["a", "b"]}, sample=2),
+        JobSpec("named", image_input("été ☀"), 'm"q', filename='sub/name,"x'),
+        JobSpec("plain", image_input("a chair", image_urls=["https://e.example/a.png", "https://e.example/b.png"])),
+    ]
+    with Ledger(out / "batchgen.sqlite") as ledger:
+        ledger.sync_manifest("m.yaml", jobs, output_dir=str(out))
+        files = {"nested": ["nested.png", "nested~2.png"], "sample": ["sample.png"], "named": ["gone.png"]}
+        for job in jobs:
+            attempt = ledger.begin_attempt(job)
+            ledger.run_created(attempt, f"run-{job.job_id}", job)
+            saved = [
+                SavedOutput(n, name, 3, f"sha-{name}", "image/png") for n, name in enumerate(files.get(job.job_id, []))
+            ]
+            ledger.job_succeeded(attempt, job.job_id, saved[::-1])  # recorded out of order: exported by n
+            for output in saved:
+                if output.path != "gone.png":
+                    (out / output.path).write_bytes(b"png")
+        ledger.flush()
+    lines = batchgen_cli("export", "--output", str(out))
+    assert lines.returncode == 0, lines.stderr
+    records = {r["job_id"]: r for r in map(json.loads, lines.stdout.splitlines())}
+    assert list(records) == [job.job_id for job in jobs]
+    for job in jobs:
+        record = records[job.job_id]
+        assert (record["model"], record["input"], record["metadata"]) == (job.model, job.input, job.metadata)
+        assert record["run_id"] == f"run-{job.job_id}" and record["state"] == "succeeded"
+    assert records["nested"]["outputs"] == [str(out / "nested.png"), str(out / "nested~2.png")]
+    assert records["nested"]["sha256"] == ["sha-nested.png", "sha-nested~2.png"]
+    assert records["named"]["outputs"] == [] and records["named"]["missing_outputs"] == [str(out / "gone.png")]
+    table = batchgen_cli("export", "--output", str(out), "--format", "csv")
+    assert table.returncode == 0, table.stderr
+    rows = {row["job_id"]: row for row in csv.DictReader(io.StringIO(table.stdout))}
+    assert rows["nested"]["prompt"] == jobs[0].input["prompt"]
+    assert rows["nested"]["outputs"] == f"{out / 'nested.png'}|{out / 'nested~2.png'}"
+    assert rows["sample"]["tags"] == '["a", "b"]' and rows["sample"]["sku"] == "S-1"
+    assert rows["named"]["prompt"] == "été ☀" and rows["named"]["outputs"] == ""
+    assert rows["plain"]["image_urls"] == "https://e.example/a.png|https://e.example/b.png"

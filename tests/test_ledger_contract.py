@@ -678,3 +678,16 @@ def test_the_journal_offset_is_kept_per_folder_journal_with_the_commits(tmp_path
         ledger.flush()
     with Ledger(path, readonly=True) as reopened:
         assert (reopened.journal_offset("folder-1"), reopened.journal_offset("folder-2")) == (1234, 0)
+
+
+def test_recover_frees_a_job_of_an_earlier_manifest_left_running(ledger):
+    """A job whose create never answered and that the manifest has since dropped is pending again after
+    recover, so a manifest that brings it back runs it."""
+    a, b = jobs("first", "second")
+    ledger.sync_manifest("m.yaml", [a, b], output_dir=OUT)
+    ledger.begin_attempt(a)
+    ledger.flush()  # the create was about to be sent; then the process died
+    ledger.sync_manifest("m2.yaml", [b], output_dir=OUT)  # the next manifest leaves the job out
+    assert ledger.recover() == 1
+    ledger.sync_manifest("m.yaml", [a, b], output_dir=OUT)
+    assert [job.spec.job_id for _, job in ledger.pending_page(-1)] == ["j0", "j1"]

@@ -6,6 +6,7 @@ import pytest
 
 from batchgen import ExitCode
 from batchgen.errors import UsageError
+from batchgen.ledger.reuse import default_index_path
 from batchgen.models import JobSpec, image_input
 from batchgen.pricing import Prices, parse_prices
 from batchgen.simulator import SimConfig, Simulator
@@ -107,3 +108,81 @@ def test_the_manifests_pricing_prices_the_plan_and_the_option_overrides_it(write
     assert "credits: 6" in own.stdout, own.stdout + own.stderr
     both = batchgen_cli("run", str(manifest), "--output", str(tmp_path / "o"), "--dry-run", "--price", "high=2")
     assert "credits: 3" in both.stdout, both.stdout + both.stderr
+
+
+def _plans(manifest, **lookups):
+    from batchgen.manifest import iter_jobs, read_manifest
+    from batchgen.planning import count_requests, plan, plan_manifest
+
+    prices = Prices({"high": 2})
+    plain = plan(iter_jobs(manifest), prices=prices, **lookups)
+    return plain, plan_manifest(read_manifest(manifest), prices=prices, **lookups), count_requests, prices
+
+
+def test_the_fast_plan_gives_the_plain_plans_answer(tmp_path, run):
+    """The plan read from a CSV's columns equals the one built from specs: repeats within and across chunks
+    (some chunks read column by column, one row by row), known jobs and reusable images included."""
+    from batchgen.ledger.reuse import ReuseIndex
+    from batchgen.manifest import read_manifest
+    from batchgen.manifest.csv_reader import CHUNK_ROWS
+
+    rows = []
+    for i in range(3 * CHUNK_ROWS):
+        prompt = f"item {i % 1500}"  # every prompt made twice or more, across chunks too
+        rows.append(f"job-{i:05d},{prompt},{('high', 'medium', '')[i % 3]},{('1:1', '')[i % 2]}")
+    rows[CHUNK_ROWS + 5] = "short-row,item 7"  # fewer cells: that chunk is read row by row
+    manifest = tmp_path / "repeats.csv"
+    manifest.write_text("id,prompt,quality,aspect_ratio\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    nothing_known = {"ledger_path": None, "reuse_index": None}
+    plain, fast, count_requests, prices = _plans(manifest, **nothing_known)
+    assert fast == plain == count_requests(read_manifest(manifest).requests(), prices)
+    assert plain.duplicates > 0 and plain.runs > 0 and len(plain.lines) == 6
+
+    sim = Simulator(SimConfig(latency=0.01))
+    done = tmp_path / "done.csv"
+    done.write_text("id,prompt,quality,aspect_ratio\n" + "\n".join(rows[:40]) + "\n", encoding="utf-8")
+    assert run(done, sim).exit_code == ExitCode.OK  # the ledger knows these jobs
+    other = tmp_path / "other.csv"
+    other.write_text("id,prompt,quality,aspect_ratio\n" + "\n".join(rows[100:140]) + "\n", encoding="utf-8")
+    assert run(other, sim, output_dir=tmp_path / "other-out").exit_code == ExitCode.OK  # reusable images
+    index = ReuseIndex(default_index_path(), BASE_URL)
+    try:
+        known = {"ledger_path": tmp_path / "out" / "batchgen.sqlite", "reuse_index": index}
+        plain, fast, _, _ = _plans(manifest, **known)
+    finally:
+        index.close()
+    assert fast == plain and plain.done == 40 and plain.reusable > 0
+
+
+def test_distinct_requests_are_counted_exactly_when_split_into_parts(monkeypatch):
+    """Counting distinct fingerprints a part at a time (to bound memory) gives the count of one big set."""
+    from array import array
+
+    from batchgen import planning
+
+    monkeypatch.setattr(planning, "DISTINCT_AT_ONCE", 4)
+    for n in (3, 8, 9, 17, 40):
+        table = array("q", [hash(f"request {i % 7}") for i in range(n)] + [-5, 5, 0, -(2**63)])
+        assert planning._distinct(table) == len(set(table))
+
+
+def test_the_fast_plan_still_names_a_repeated_id_and_reads_a_csv_without_ids(tmp_path):
+    """Read for the plan, a CSV's id repeated chunks later is a problem naming both rows; ids left out are fine."""
+    from batchgen.errors import ManifestError
+    from batchgen.manifest import read_manifest
+    from batchgen.manifest.csv_reader import CHUNK_ROWS
+    from batchgen.planning import plan_manifest
+
+    rows = [f"job-{i:05d},photo {i}" for i in range(2 * CHUNK_ROWS)] + ["JOB-00003,another photo"]
+    repeated = tmp_path / "repeated.csv"
+    repeated.write_text("id,prompt\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(ManifestError) as caught:
+        plan_manifest(read_manifest(repeated), ledger_path=None, reuse_index=None, prices=Prices())
+    assert [str(p) for p in caught.value.problems] == [
+        f"{repeated}, row {2 * CHUNK_ROWS + 2}, field 'id': id 'JOB-00003' differs only in letter case from "
+        "'job-00003' on row 5; ids become file names, and some file systems ignore case"
+    ]
+    no_ids = tmp_path / "no-ids.csv"
+    no_ids.write_text("prompt\n" + "".join(f"photo {i % 100}\n" for i in range(CHUNK_ROWS + 1)), encoding="utf-8")
+    result = plan_manifest(read_manifest(no_ids), ledger_path=None, reuse_index=None, prices=Prices())
+    assert (result.jobs, result.runs, result.duplicates) == (CHUNK_ROWS + 1, 100, CHUNK_ROWS + 1 - 100)

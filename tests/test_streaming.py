@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 from batchgen import ExitCode
 from batchgen.ledger import Ledger
@@ -48,3 +49,20 @@ def test_a_problem_found_in_the_head_start_sends_nothing(write_manifest, run, si
     assert result.exit_code == ExitCode.USAGE and "nothing was sent" in result.message
     assert sim.stats()["create_requests"] == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_a_batch_that_stops_while_the_manifest_is_read_stops_reading_and_the_next_run_reads_it_whole(run, tmp_path):
+    """A batch stopped by the account mid-read ends without reading the rest; the next run reads the manifest whole."""
+    sim = Simulator(SimConfig(latency=0.01, credits=2))
+    n = 30 * SYNC_CHUNK
+    manifest = tmp_path / "long.csv"
+    manifest.write_text("id,prompt\n" + "".join(f"job-{i:06d},photo {i}\n" for i in range(n)), encoding="utf-8")
+    first = run(manifest, sim, sync_head_start=0.0, concurrency=4)
+    assert first.exit_code == ExitCode.ACCOUNT, first.message
+    with Ledger(tmp_path / "out" / "batchgen.sqlite", readonly=True) as ledger:
+        assert sum(ledger.counts().values()) < n  # it stopped reading when the batch stopped
+    sim.add_credits(1)
+    second = run(manifest, sim, sync_head_start=math.inf, max_runs=1)  # read whole before creating
+    assert second.exit_code == ExitCode.CAPPED, second.message
+    assert sum(second.counts.values()) == n
+    assert second.counts["succeeded"] == sim.stats()["creates"] == 3

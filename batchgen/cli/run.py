@@ -22,7 +22,9 @@ from ..exitcodes import ExitCode, exit_code_help
 from . import EXIT_LOCAL, EXIT_USAGE, add_location, positive_float, positive_int
 
 if TYPE_CHECKING:
+    from ..errors import ManifestError
     from ..events import Events, Log
+    from ..planning import Plan
     from ..runner import BatchResult
 
 ENVIRONMENT = """environment:
@@ -300,19 +302,25 @@ def _print_summary(log: Log, result: BatchResult, summary: dict[str, Any], *, qu
 
 def _validate(args: argparse.Namespace) -> int:
     from ..errors import ManifestError
-    from ..manifest import validate
 
     try:
-        count = validate(args.manifest)
+        plan = _plan(args)  # one pass: the plan reads, and checks, every job
     except ManifestError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"batchgen: {len(exc.problems)} problem(s) in {args.manifest}; nothing was sent", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"{args.manifest}: {count} job{'s' if count != 1 else ''}, valid")
+        return _problems(args, exc)
+    print(f"{args.manifest}: {plan.jobs} job{'s' if plan.jobs != 1 else ''}, valid")
     if args.check_urls and _print_dead_links(args):
         return EXIT_USAGE
-    return _print_plan(args, header=False)
+    from ..planning import describe
+
+    print("\n".join(describe(plan)[1:]))
+    return 0
+
+
+def _problems(args: argparse.Namespace, exc: ManifestError) -> int:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    print(f"batchgen: {len(exc.problems)} problem(s) in {args.manifest}; nothing was sent", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _print_dead_links(args: argparse.Namespace) -> int:
@@ -339,13 +347,26 @@ def _print_dead_links(args: argparse.Namespace) -> int:
     return len(dead)
 
 
-def _print_plan(args: argparse.Namespace, *, header: bool = True) -> int:
+def _print_plan(args: argparse.Namespace) -> int:
     """What `run` would create now and what it would cost; nothing sent, nothing written."""
-    from ..api import DEFAULT_BASE_URL
     from ..errors import ManifestError
+    from ..planning import describe
+
+    try:
+        plan = _plan(args)
+    except ManifestError as exc:
+        return _problems(args, exc)
+    print(f"{args.manifest}: dry run, nothing is sent")
+    print("\n".join(describe(plan)))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    """The plan of `run` (and `validate`) with these arguments; ManifestError if the manifest has problems."""
+    from ..api import DEFAULT_BASE_URL
     from ..ledger.reuse import ReuseIndex, default_index_path
-    from ..manifest import iter_jobs
-    from ..planning import describe, plan
+    from ..manifest import read_manifest
+    from ..planning import plan_manifest
     from ..runner import LEDGER_NAME, job_prices
 
     ledger = args.ledger or args.output / LEDGER_NAME
@@ -356,23 +377,13 @@ def _print_plan(args: argparse.Namespace, *, header: bool = True) -> int:
         base_url = getattr(args, "base_url", None) or os.environ.get("RUNBASE_BASE_URL") or DEFAULT_BASE_URL
         index = ReuseIndex(index_path, "simulator" if getattr(args, "simulate", False) else base_url)
     try:
-        result = plan(
-            iter_jobs(args.manifest),
+        return plan_manifest(
+            read_manifest(args.manifest),
             ledger_path=ledger,
             reuse_index=index,
             prices=job_prices(args.manifest, args.price or {}),
             retry_failed=getattr(args, "retry_failed", False),
         )
-    except ManifestError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"batchgen: {len(exc.problems)} problem(s) in {args.manifest}; nothing was sent", file=sys.stderr)
-        return EXIT_USAGE
     finally:
         if index is not None:
             index.close()
-    lines = describe(result)
-    if header:
-        print(f"{args.manifest}: dry run, nothing is sent")
-    print("\n".join(lines[1:] if not header else lines))
-    return 0

@@ -1,7 +1,8 @@
 """The ledger: all of batchgen's state for one output folder, and every line of SQL.
 
-``store`` writes (grouped into one transaction per flush), ``reads`` answers,
-``schema`` migrates. See ``store``'s docstring for what makes resume safe.
+``store`` opens the file and groups the writes into one transaction per flush,
+``writes`` queues them, ``reads`` answers, ``schema`` migrates. See ``store``'s
+docstring for what makes resume safe.
 """
 
 from __future__ import annotations

@@ -28,9 +28,14 @@ class LedgerReads:
         raise NotImplementedError
 
     def _stream(self, sql: str, params: Iterable[Any] = ()) -> Iterator[Any]:
+        for rows in self._chunks(sql, params):
+            yield from rows
+
+    def _chunks(self, sql: str, params: Iterable[Any] = ()) -> Iterator[list[Any]]:
+        """The rows of one statement, FETCH at a time."""
         cursor = self._query(sql, params)
         while rows := self._fetch(cursor):
-            yield from rows
+            yield rows
 
     def _fetch(self, cursor: sqlite3.Cursor) -> list[Any]:
         try:
@@ -170,6 +175,11 @@ class LedgerReads:
                WHERE j.generation = ? AND j.state = 'succeeded'""",
             (self.generation,),
         )
+
+    def output_files(self) -> Iterator[tuple[str, str, int]]:
+        """(job_id, path, bytes) of every file the outputs table lists, whatever its job's state or
+        generation (recovery.check_files leaves those out afterwards), in the table's order."""
+        yield from self._stream("SELECT job_id, path, bytes FROM outputs")
 
     def versions(self, job_id: str) -> list[dict[str, Any]]:
         """Earlier images of a regenerated job, newest first."""
@@ -327,21 +337,34 @@ class LedgerReads:
         for row in self.export_rows():  # type: ignore[attr-defined]
             if record is None or record["job_id"] != row[0]:
                 if record is not None:
-                    yield record
-                record = dict(zip(EXPORT_FIELDS, row[:11], strict=True))
-                record["input"] = json.loads(record["input"])
-                record["metadata"] = json.loads(record["metadata"])
-                record["outputs"] = []
-            if row[11] is not None:
-                record["outputs"].append({"n": row[11], "bytes": row[12], "sha256": row[13], "path": row[14]})
+                    yield _sorted(record)
+                job_id, state, run_id, error, kind, attempts, unknown, source, spec_json, metadata = row[:10]
+                spec = json.loads(spec_json)
+                done = state == "succeeded"
+                record = {
+                    "job_id": job_id,
+                    "state": "pending" if state == "running" else state,
+                    "run_id": run_id,
+                    "error": None if done else error,
+                    "error_kind": None if done else kind,
+                    "attempts": attempts,
+                    "unknown_creates": unknown,
+                    "source": source if done else None,
+                    "model": spec.get("model"),
+                    "input": spec.get("input"),
+                    "metadata": json.loads(metadata),
+                    "outputs": [],
+                }
+            if row[13] is not None:
+                record["outputs"].append({"n": row[10], "bytes": row[11], "sha256": row[12], "path": row[13]})
         if record is not None:
-            yield record
+            yield _sorted(record)
 
 
-EXPORT_FIELDS = (
-    "job_id", "state", "run_id", "error", "error_kind", "attempts", "unknown_creates", "source", "model",
-    "input", "metadata",
-)  # fmt: skip
+def _sorted(record: dict[str, Any]) -> dict[str, Any]:
+    if len(record["outputs"]) > 1:
+        record["outputs"].sort(key=lambda output: output["n"])
+    return record
 
 
 def _pending(job_id: str, spec_json: str, metadata_json: str, attempts: int, fresh: bool = False) -> PendingJob:
@@ -352,40 +375,34 @@ class LedgerExports:
     """Export at a million jobs: one streamed statement, one row per file (or per job without files)."""
 
     def export_rows(self: Any) -> Iterator[tuple[Any, ...]]:
-        """job_id, state, run_id, error, error_kind, attempts, unknown, source, model, input (JSON text),
-        metadata (JSON text), then n, bytes, sha256, path of one of its files (None when it has none);
-        in manifest order, a job's files in order."""
-        yield from self._stream(
-            """SELECT j.job_id, CASE j.state WHEN 'running' THEN 'pending' ELSE j.state END, j.run_id,
-                      CASE WHEN j.state = 'succeeded' THEN NULL ELSE j.error END,
-                      CASE WHEN j.state = 'succeeded' THEN NULL ELSE j.error_kind END,
-                      j.attempts, j.unknown, CASE WHEN j.state = 'succeeded' THEN j.source END,
-                      json_extract(j.spec_json, '$.model'), json_extract(j.spec_json, '$.input'), j.metadata_json,
-                      o.n, o.bytes, o.sha256, o.path
-               FROM jobs j LEFT JOIN outputs o ON o.job_id = j.job_id
-               WHERE j.generation = ? ORDER BY j.seq, o.n""",
-            (self.generation,),
-        )
+        """The rows of ``export_chunks``, one at a time."""
+        for rows in self.export_chunks():
+            yield from rows
 
-    def export_table(self: Any) -> Iterator[tuple[Any, ...]]:
-        """For CSV: job_id, state, run_id, error, attempts, unknown, prompt, aspect_ratio, quality, image_urls
-        ('|'-joined), metadata (JSON text), then n, bytes, sha256, path of one file, as export_rows."""
-        yield from self._stream(
-            """SELECT j.job_id, CASE j.state WHEN 'running' THEN 'pending' ELSE j.state END, j.run_id,
-                      CASE WHEN j.state = 'succeeded' THEN NULL ELSE j.error END, j.attempts, j.unknown,
-                      json_extract(j.spec_json, '$.input.prompt'), json_extract(j.spec_json, '$.input.aspect_ratio'),
-                      json_extract(j.spec_json, '$.input.quality'),
-                      (SELECT group_concat(value, '|') FROM json_each(j.spec_json, '$.input.image_urls')),
-                      j.metadata_json, o.n, o.bytes, o.sha256, o.path
+    def export_chunks(self: Any) -> Iterator[list[tuple[Any, ...]]]:
+        """job_id, state, run_id, error, error_kind, attempts, unknown, source, spec_json, metadata_json,
+        then n, bytes, sha256, path of one of its files (None when it has none); in manifest order,
+        a job's rows together (its files in the order of the outputs' key, (job_id, n), that the join
+        reads them by; callers sort a job's files by n all the same). In lists of FETCH rows: at a
+        million rows, each layer of generator a row passes through costs a few percent.
+
+        Plain columns: every JSON function (json_extract, json_each) sqlite would run per row costs
+        more than the Python that cuts the same text out of the stored JSON (exporting.split_spec),
+        and ordering by n as well would sort every job's files in a temporary b-tree."""
+        yield from self._chunks(
+            """SELECT j.job_id, j.state, j.run_id, j.error, j.error_kind, j.attempts, j.unknown, j.source,
+                      j.spec_json, j.metadata_json, o.n, o.bytes, o.sha256, o.path
                FROM jobs j LEFT JOIN outputs o ON o.job_id = j.job_id
-               WHERE j.generation = ? ORDER BY j.seq, o.n""",
+               WHERE j.generation = ? ORDER BY j.seq""",
             (self.generation,),
         )
 
     def metadata_keys(self: Any) -> list[str]:
-        """Every metadata key of the current manifest's jobs, in the order they first appear."""
+        """Every metadata key of the current manifest's jobs, in the order they first appear (jobs without
+        metadata, stored as '{}', are passed over without parsing it: half the time when most have none)."""
         rows = self._query(
-            """SELECT m.key FROM jobs j, json_each(j.metadata_json) m WHERE j.generation = ?
+            """SELECT m.key FROM jobs j, json_each(j.metadata_json) m
+               WHERE j.generation = ? AND j.metadata_json != '{}'
                GROUP BY m.key ORDER BY min(j.seq), min(m.id)""",
             (self.generation,),
         ).fetchall()

@@ -38,13 +38,13 @@ from .jsonl_reader import read_jsonl
 from .pricing import Pricing
 from .problems import Invalid, Problems
 from .reading import RecordSource, read_jobs
-from .records import Record
+from .records import Record, Requests
 from .yaml_reader import YamlDocument, load_yaml, yaml_jobs, yaml_value
 
 if TYPE_CHECKING:
     from .catalogue import Catalogue
 
-__all__ = ["Manifest", "Pricing", "iter_jobs", "load_jobs", "read_manifest", "validate"]
+__all__ = ["Manifest", "Pricing", "Requests", "iter_jobs", "load_jobs", "read_manifest", "validate"]
 
 MANIFEST_TYPES = (".yaml", ".yml", ".csv", ".jsonl")
 
@@ -77,7 +77,11 @@ class Manifest:
         """The number of jobs, or ``ManifestError``; streams and builds no specs."""
         return sum(cast(Iterator[int], self._read(build=False)))
 
-    def _read(self, build: bool) -> Iterator[JobSpec | int]:
+    def requests(self) -> Iterator[JobSpec | Requests]:
+        """Like ``jobs()``, but a CSV's chunks of valid rows come as ``Requests``, without their specs (the plan)."""
+        return cast(Iterator[JobSpec | Requests], self._read(build=True, requests=True))
+
+    def _read(self, build: bool, requests: bool = False) -> Iterator[JobSpec | Requests | int]:
         opened = self._problems_at_open
         assert opened is not None
         problems = Problems(opened.path, opened.where_kind)
@@ -85,7 +89,9 @@ class Manifest:
         records = self._records
         if records is None:  # the file could not be opened as a manifest: that is in the problems
             records = _no_records
-        return read_jobs(records, problems, self.model, build=build, expected_jobs=self._expected_jobs)
+        return read_jobs(
+            records, problems, self.model, build=build, expected_jobs=self._expected_jobs, requests=requests
+        )
 
 
 def _no_records(problems: Problems) -> Iterator[Record]:

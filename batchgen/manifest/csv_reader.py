@@ -32,7 +32,7 @@ from typing import IO, Any, NamedTuple
 from ..models import ASPECT_RATIOS, DEFAULT_MODEL, JOB_FIELDS, MAX_JOB_ID_LENGTH, MAX_PROMPT_LENGTH, QUALITIES, JobSpec
 from .fields import SURROGATE_RE, split_urls, url_problem
 from .problems import Problems, closest, not_utf8
-from .records import REPORTED, Batch, Record
+from .records import REPORTED, Batch, Record, Requests
 
 CSV_FIELD_LIMIT = 4 * 2**20  # generous: an over-long prompt gets the clearer length message
 DELIMITERS = (",", ";", "\t")
@@ -263,7 +263,30 @@ def _checked_batch(rows: list[list[str]], first_row: int, layout: _Layout, decod
         if any(map(str.strip, map(itemgetter(index), rows))):
             return None
     lines = range(first_row, first_row + len(rows))
-    return Batch(lines, ids, lambda: _specs(rows, prompts, ids, urls, layout))
+    return Batch(
+        lines, ids, lambda: _specs(rows, prompts, ids, urls, layout), lambda: _requests(rows, prompts, urls, layout)
+    )
+
+
+def _spec_prompts(prompts: list[str]) -> list[str]:
+    """Prompts as the spec holds them: stripped and, as check_prompt does, with LF line ends (CRLF file = LF file)."""
+    stripped = list(map(str.strip, prompts))
+    if "\r" in "".join(stripped):
+        stripped = [prompt.replace("\r\n", "\n").replace("\r", "\n") for prompt in stripped]
+    return stripped
+
+
+def _column(rows: list[list[str]], layout: _Layout, field: str) -> list[str] | None:
+    return list(map(itemgetter(layout.fields[field]), rows)) if field in layout.fields else None
+
+
+def _requests(
+    rows: list[list[str]], prompts: list[str], urls: list[tuple[str, ...]] | None, layout: _Layout
+) -> Requests:
+    """The chunk's requests, column by column: what the plan reads instead of specs."""
+    unset = [""] * len(rows)
+    aspects, qualities = _column(rows, layout, "aspect_ratio"), _column(rows, layout, "quality")
+    return Requests(DEFAULT_MODEL, _spec_prompts(prompts), aspects or unset, qualities or unset, urls)
 
 
 def _specs(
@@ -275,9 +298,8 @@ def _specs(
 ) -> list[JobSpec]:
     """The chunk's jobs, built column by column where it can be (this is what ``run`` reads per row)."""
     count = len(rows)
-    stripped = list(map(str.strip, prompts))
-    aspects = list(map(itemgetter(layout.fields["aspect_ratio"]), rows)) if "aspect_ratio" in layout.fields else None
-    qualities = list(map(itemgetter(layout.fields["quality"]), rows)) if "quality" in layout.fields else None
+    stripped = _spec_prompts(prompts)
+    aspects, qualities = _column(rows, layout, "aspect_ratio"), _column(rows, layout, "quality")
     names = [name for name, _index in layout.metadata]
     if len(names) > 1:
         pick = itemgetter(*(index for _name, index in layout.metadata))
@@ -289,10 +311,7 @@ def _specs(
     job_ids = ids if ids is not None else [""] * count
     specs = []
     for position in range(count):
-        prompt = stripped[position]
-        if "\r" in prompt:  # as check_prompt does: a CRLF file gives the same spec as an LF one
-            prompt = prompt.replace("\r\n", "\n").replace("\r", "\n")
-        api_input: dict[str, Any] = {"prompt": prompt}
+        api_input: dict[str, Any] = {"prompt": stripped[position]}
         if aspects is not None and aspects[position]:
             api_input["aspect_ratio"] = aspects[position]
         if qualities is not None and qualities[position]:

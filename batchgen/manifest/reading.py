@@ -15,7 +15,7 @@ from ..models import JobSpec
 from .fields import check_filename, check_id
 from .ids import Claims, GeneratedIds, Suspect, repeat_message
 from .problems import Invalid, Problems
-from .records import Batch, JobBuilder, Record, describe_place
+from .records import Batch, JobBuilder, Record, Requests, describe_place
 
 # Yields a manifest's records (or checked batches) and reports into the Problems it is given.
 RecordSource = Callable[[Problems], Iterator[Record | Batch]]
@@ -28,8 +28,12 @@ def read_jobs(
     *,
     build: bool,
     expected_jobs: int = 0,
-) -> Iterator[JobSpec | int]:
-    """Yield each valid job (when not building, counts of valid jobs instead), then raise if anything was wrong."""
+    requests: bool = False,
+) -> Iterator[JobSpec | Requests | int]:
+    """Yield each valid job (when not building, counts of valid jobs instead), then raise if anything was wrong.
+
+    ``requests``: a CSV chunk whose jobs all passed comes as one ``Requests`` (what they ask for, column by
+    column) instead of its specs: what the plan needs, at a fraction of the cost."""
     ids, names = Claims(expected_jobs), Claims()
     generated = GeneratedIds(lambda: (job_id for _position, job_id, _where in _keys_again(records, "id", "")))
     builder = JobBuilder(problems, model, ids, names, generated)
@@ -42,16 +46,18 @@ def read_jobs(
                 if outcome is not None:
                     yield 1 if outcome is True else outcome
                 continue
-            specs = item.specs() if build else None
+            built: list[JobSpec] = item.specs() if build and not requests else []
             held: set[int] = set()
             if item.ids is not None:
-                payloads: list[JobSpec] | list[bool] = specs if specs is not None else [True] * len(item.lines)
-                held = ids.claim_many(item.ids, item.lines, jobs + 1, payloads.__getitem__)
+                held = ids.claim_many(item.ids, item.lines, jobs + 1, _payloads(item, built) if build else _valid)
             jobs += len(item.lines)
-            if specs is None:
+            if not build:
                 yield len(item.lines) - len(held)
                 continue
-            for position, spec in enumerate(specs):
+            if requests and not held:
+                yield item.requests()
+                continue
+            for position, spec in enumerate(built or item.specs()):
                 if position not in held:
                     yield spec if spec.job_id else _with_generated_id(spec, generated)
     except OSError as error:
@@ -63,13 +69,28 @@ def read_jobs(
     problems.raise_if_any()
 
 
+def _valid(index: int) -> bool:
+    return True
+
+
+def _payloads(batch: Batch, built: list[JobSpec]) -> Callable[[int], JobSpec]:
+    """What a held-back job of the batch is kept as: its spec, the batch's specs built on first need."""
+
+    def payload(index: int) -> JobSpec:
+        if not built:
+            built.extend(batch.specs())
+        return built[index]
+
+    return payload
+
+
 def _with_generated_id(spec: JobSpec, generated: GeneratedIds) -> JobSpec:
     return JobSpec(generated.generate(spec), spec.input, spec.model, spec.metadata, spec.sample, spec.filename)
 
 
 def _resolve(
     records: RecordSource, problems: Problems, builder: JobBuilder, ids: Claims, names: Claims, build: bool
-) -> Iterator[JobSpec | int]:
+) -> Iterator[JobSpec | Requests | int]:
     """Name every true repeat, and release the jobs held back by a mere fingerprint collision."""
     repeated: set[int] = set()
     cleared: list[Suspect] = []

@@ -36,12 +36,26 @@ def describe_place(record: Record, where_kind: str) -> str:
     return record.prefix.removesuffix(": ") if record.prefix else f"{where_kind} {record.line}"
 
 
+class Requests(NamedTuple):
+    """A batch's jobs as the plan sees them: what each asks the API for, column by column (no specs built).
+
+    Row ``i`` asks ``model`` for ``image_input(prompts[i], aspect_ratios[i] or None, qualities[i] or None,
+    image_urls[i] if image_urls else ())`` with sample 1: the very input its ``JobSpec`` would carry."""
+
+    model: str
+    prompts: list[str]  # stripped, line ends as in the spec
+    aspect_ratios: list[str]  # "" when not set
+    qualities: list[str]  # "" when not set
+    image_urls: list[tuple[str, ...]] | None  # None when no row of the batch has any
+
+
 class Batch(NamedTuple):
     """Consecutive CSV rows whose fields are all valid: only their ids remain to be claimed."""
 
     lines: range
     ids: list[str] | None  # None: the manifest has no ids; each job gets a generated one
     specs: Callable[[], list[JobSpec]]  # the jobs, with job_id "" when ids is None
+    requests: Callable[[], Requests]  # what they ask for, without building the specs
 
 
 class JobBuilder:
