@@ -17,6 +17,7 @@ on one line, shortened and printable (``batchgen.text.server_text``).
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import json
 import logging
@@ -369,8 +370,8 @@ class RunbaseClient:
             raise OutputUnusable(f"unusable URL: {self._describe(exc)}") from exc
         except httpx.TransportError as exc:  # read/write errors, resets, protocol errors
             raise TransientError(f"connection failed: {self._describe(exc)}", maybe_created=may_have_left()) from exc
-        except httpx.DecodingError as exc:
-            raise TransientError(f"undecodable response: {self._describe(exc)}") from exc
+        except httpx.DecodingError as exc:  # the server answered: a create it answered may have made a run
+            raise TransientError(f"undecodable response: {self._describe(exc)}", maybe_created=may_have_left()) from exc
 
     def _describe(self, exc: Exception) -> str:
         return self._text(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
@@ -592,6 +593,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
             return None
         if when is None:
             return None
+        if when.tzinfo is None:  # asctime dates and "-0000" carry no zone: HTTP dates are GMT
+            when = when.replace(tzinfo=datetime.UTC)
         seconds = when.timestamp() - (time.time() if now is None else now)
     if seconds != seconds:  # NaN
         return None

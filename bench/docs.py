@@ -565,7 +565,8 @@ def mutation_section(results: list[Result]) -> str:
         "the selected tests call. Score: killed and timed out over all mutants; the last column leaves "
         "out the survivors that only change the letter case of SQL keywords or names (equivalent: sqlite "
         "ignores it), as computed from each survivor's diff in the results file. 'Not run': mutmut stopped "
-        "before testing any mutant, because its own run of the selected tests failed.",
+        "before testing any mutant, because its own run of the selected tests failed. A module's tests are "
+        "whole files, or single tests of a file (counted as such in 'tests run').",
     ]
     found = series(results, "mutation")
     if not found:
@@ -596,6 +597,7 @@ _SQL = re.compile(
     r"\b(select|insert|update|delete|where|from|values|set|and|join|order by|group by|begin|commit|rollback)\b", re.I
 )
 _QUOTED = re.compile(r"'[^']*'")
+_STRING = re.compile(r'"[^"]*"')
 
 
 def sql_case_only(diff: str) -> bool:
@@ -606,22 +608,39 @@ def sql_case_only(diff: str) -> bool:
     if len(removed) != 1 or len(added) != 1 or removed == added:
         return False
     before, after = removed[0], added[0]
+    changed = [b for b, a in zip(_STRING.findall(before), _STRING.findall(after), strict=False) if b != a]
     return (
         before.lower() == after.lower()
         and _QUOTED.findall(before) == _QUOTED.findall(after)
-        and bool(_SQL.search(before))
+        and _STRING.sub("", before) == _STRING.sub("", after)  # only string literals changed...
+        and bool(changed)
+        and all(_SQL.search(text) for text in changed)  # ...and each is SQL, not a header name or a message
     )
+
+
+def tests_cell(tests: str) -> str:
+    """The tests a row ran: whole files by name, single tests (``file::name``) counted per file."""
+    files: list[str] = []
+    single: dict[str, int] = {}
+    for test in tests.split():
+        path, _, name = test.partition("::")
+        if name:
+            single[path] = single.get(path, 0) + 1
+        else:
+            files.append(path)
+    return " ".join(files + [f"{n} test{'s' if n > 1 else ''} of {path}" for path, n in single.items()])
 
 
 def mutation_cells(row: dict[str, Any]) -> list[str]:
     mutants, caught = row["mutants"], row["killed"] + row.get("timeout", 0)
+    tests = tests_cell(row.get("tests", ""))
     if caught + row["survived"] == 0:  # mutmut stopped before any mutant ran (its clean test run failed)
-        return [f"`{row['module']}`", row.get("tests", ""), num(mutants)] + ["not run"] * 7
+        return [f"`{row['module']}`", tests, num(mutants)] + ["not run"] * 7
     diffs = row.get("survivor_diffs") or {}
     equivalent = sum(sql_case_only(diffs.get(name, "")) for name in row.get("survivors", []))
     no_tests = (row.get("statuses") or {}).get("no tests", 0)
     return [
-        f"`{row['module']}`", row.get("tests", ""), num(mutants), num(row["killed"]), num(row.get("timeout", 0)),
+        f"`{row['module']}`", tests, num(mutants), num(row["killed"]), num(row.get("timeout", 0)),
         num(row["survived"]), num(equivalent), num(no_tests), pct(caught / mutants if mutants else None),
         pct(caught / (mutants - equivalent) if mutants > equivalent else None),
     ]  # fmt: skip

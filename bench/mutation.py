@@ -3,8 +3,9 @@
     python bench/mutation.py [--target ledger] [--max-children 2] [--save | --json PATH]
 
 For each target, a copy of the committed tree (``git archive HEAD``) gets a ``[tool.mutmut]``
-that mutates only that module and runs only the tests listed for it (the fast in-process ones
-that exercise it: tests that start the CLI in a subprocess would not see a mutant), then
+that mutates only that module and runs only the tests listed for it (files, or single tests as
+``file::name``: the fast in-process ones that exercise it; tests that start the CLI in a
+subprocess would not see a mutant), then
 ``mutmut run``. The counts come from ``mutmut results --all true``. Surviving mutants are
 listed by name in the results file; ``SURVIVORS_EXPLAINED`` says why the ones left alive are
 harmless. On this shared 2-core machine a target takes minutes to tens of minutes.
@@ -39,7 +40,26 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
         ["batchgen/throttle.py"],
         ["tests/test_throttle.py", "tests/test_pacing.py", "tests/test_throttle_contract.py"],
     ),
-    "api": (["batchgen/api.py"], ["tests/test_api.py", "tests/test_security.py"]),
+    # The client against fake servers: tests/test_api_contract.py, and those of tests/test_api.py that drive the
+    # client itself. The ones that drive the whole runner take minutes per mutant on this machine and test no
+    # answer the contract tests do not.
+    "api": (
+        ["batchgen/api.py"],
+        [
+            "tests/test_api_contract.py",
+            *(
+                f"tests/test_api.py::{name}"
+                for name in (
+                    "test_error_messages_never_carry_the_key_or_control_characters",
+                    "test_run_errors_and_status_words_are_scrubbed_and_printable",
+                    "test_the_bytes_decide_the_type_and_the_extension",
+                    "test_a_body_that_is_not_an_image_is_refused_before_anything_is_written",
+                    "test_sink_receives_nothing_from_a_refused_body",
+                    "test_refusals_are_classified_by_what_can_help",
+                )
+            ),
+        ],
+    ),
 }
 # Mutant name -> why it may live (equivalent to the original, or outside what the module promises).
 _ID_STEP = "attempt ids grow by 2 instead of 1: still unique and increasing, which is all any reader relies on"
@@ -47,6 +67,12 @@ _MESSAGE = (
     "changes only the letter case or padding of the error text stored with the attempt (the report's "
     "attempt log shows it as written): the words, and what they say, are the same"
 )
+_HEADER_CASE = (
+    "looks a header up by another letter case (or sends it so): HTTP header names are case-insensitive, and "
+    "httpx's headers are looked up and sent that way"
+)
+_NO_LOCATION = "a missing Location read as None instead of '': `if not location` treats both as no location"
+_API = "batchgen.api.xǁRunbaseClientǁ"
 SURVIVORS_EXPLAINED: dict[str, str] = {
     "batchgen.ledger.writes.xǁLedgerWritesǁbegin_attempt__mutmut_4": _ID_STEP,
     "batchgen.ledger.writes.xǁLedgerWritesǁjob_satisfied__mutmut_4": _ID_STEP,
@@ -55,6 +81,29 @@ SURVIVORS_EXPLAINED: dict[str, str] = {
     "batchgen.ledger.writes.xǁLedgerWritesǁrecover__mutmut_17": _MESSAGE,
     "batchgen.ledger.writes.xǁLedgerWritesǁlost_create__mutmut_11": _MESSAGE,
     "batchgen.ledger.writes.xǁLedgerWritesǁlost_create__mutmut_12": _MESSAGE,
+    "batchgen.api.x__content_length__mutmut_4": _HEADER_CASE,
+    _API + "_check_link__mutmut_19": _HEADER_CASE,
+    _API + "_check_link__mutmut_20": _HEADER_CASE,
+    _API + "_check_link__mutmut_26": _HEADER_CASE,
+    _API + "_check_link__mutmut_33": _HEADER_CASE,
+    _API + "_receive__mutmut_17": _HEADER_CASE,
+    _API + "download__mutmut_15": _HEADER_CASE,
+    _API + "download__mutmut_11": _NO_LOCATION,
+    _API + "download__mutmut_13": _NO_LOCATION,
+    _API + "_error_text__mutmut_3": "a body that is not JSON read as '' instead of None: neither is a dict, so the "
+    "text is taken from the body either way",
+    _API + "_error_text__mutmut_31": "reads response.text of an empty body too: it is '' already",
+    _API + "_error_text__mutmut_33": "strips tags when the text has '<' or '>' instead of both: the pattern only "
+    "matches a '<' ... '>' pair, so with one of them it changes nothing",
+    _API + "_raise_for_download_status__mutmut_4": "takes a 300 for success: httpx reports every 3xx as a "
+    "redirect, which download() handles (a Location followed, none refused) before this check is reached",
+    _API + "_raise_for_download_status__mutmut_5": "takes a 300 for success: httpx reports every 3xx as a "
+    "redirect, which download() handles (a Location followed, none refused) before this check is reached",
+    _API + "_receive__mutmut_58": "leaves other bytes in the sniffing buffer once the type is known: it is never "
+    "read again after that",
+    _API + "create_run__mutmut_21": "sends the method as 'post': httpx.Request upper-cases the method it is given",
+    _API + "_url__mutmut_21": "a URL in a message is shown as written up to its query instead of rebuilt from its "
+    "parts: the same text, except that a #fragment (never sent to a server, no credential) stays visible",
 }
 STATUS = re.compile(r"^\s*(?P<name>[\w.]+__mutmut_\d+): (?P<status>.+)$")
 
@@ -79,7 +128,7 @@ def run_target(name: str, max_children: int, commit: str) -> dict[str, Any]:
     try:
         archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive, check=True)
-        existing = [t for t in tests if (scratch / t).exists()]
+        existing = [t for t in tests if (scratch / t.partition("::")[0]).exists()]  # a file, or one test in it
         pyproject = scratch / "pyproject.toml"
         pyproject.write_text(mutmut_config(pyproject.read_text(), only, tests, existing), encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBASE_")}
