@@ -12,28 +12,38 @@ the API hands us. Which transport carries the bytes is ``batchgen.transport``'s 
 
 Every text that came from a server (error bodies, run errors, status words, URLs,
 content types) leaves this module scrubbed of the key and of Authorization values,
-on one line, shortened and printable (``batchgen.text.server_text``).
+on one line, shortened and printable (``batchgen.text.server_text``). What the answers'
+headers and fields mean apart from any request (Retry-After, run ids, output URLs) is
+``batchgen.answers``.
 """
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote, urljoin, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
 
 import anyio
 import httpx
 
+from .answers import (
+    MAX_RETRY_AFTER,
+    MAX_RUN_ID_LENGTH,
+    Download,
+    Sink,
+    Timeouts,
+    check_base_url,
+    check_run_id,
+    content_length,
+    output_urls,
+    parse_retry_after,
+    run_path,
+)
 from .errors import (
-    ApiError,
     BadRequest,
     Forbidden,
     LinkRefused,
@@ -53,12 +63,27 @@ from .text import server_text
 if TYPE_CHECKING:
     from .transport import Network
 
+__all__ = [  # what other modules take from here; the rest of the answers' vocabulary is batchgen.answers
+    "DEFAULT_BASE_URL",
+    "MAX_REDIRECTS",
+    "MAX_RETRY_AFTER",
+    "MAX_RUN_ID_LENGTH",
+    "MAX_STATUS_LENGTH",
+    "MIN_DOWNLOAD_RATE",
+    "Download",
+    "RunbaseClient",
+    "Sink",
+    "Timeouts",
+    "check_base_url",
+    "check_run_id",
+    "parse_retry_after",
+    "run_path",
+]
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://runbase.net/api/v1"
 MAX_REDIRECTS = 5
-MAX_RETRY_AFTER = 3600.0
-MAX_RUN_ID_LENGTH = 512
 MAX_STATUS_LENGTH = 40
 # A download may take as long as the API deadline plus this many seconds per byte received:
 # a host that trickles bytes is given up instead of holding a saver for hours.
@@ -72,74 +97,6 @@ _PLAIN_STATUSES = frozenset(
 # Exceptions raised before the request left this machine: a create that failed
 # this way certainly made no run.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    connect: float = 10.0
-    read: float = 30.0
-    write: float = 30.0
-    pool: float = 60.0
-
-    @classmethod
-    def from_seconds(cls, seconds: float) -> Timeouts:
-        """One number for everything, as ``--timeout`` gives it."""
-        return cls(connect=min(10.0, seconds), read=seconds, write=seconds, pool=max(60.0, seconds))
-
-    def as_httpx(self) -> httpx.Timeout:
-        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
-
-
-@dataclass(frozen=True)
-class Download:
-    """A complete image received into the sink.
-
-    ``content_type`` and ``extension`` come from the bytes; ``declared_type`` is what the
-    host's Content-Type said (scrubbed), kept to be noted when it disagrees.
-    """
-
-    content_type: str
-    size: int
-    extension: str
-    declared_type: str = ""
-
-    @property
-    def type_mismatch(self) -> str | None:
-        """A note when the host declared another type than the bytes are, else None."""
-        if not self.declared_type or self.declared_type == self.content_type:
-            return None
-        if self.declared_type == "image/jpg" and self.content_type == "image/jpeg":
-            return None
-        return f"declared {self.declared_type}, the bytes are {self.content_type}"
-
-
-class Sink(Protocol):
-    def write(self, chunk: bytes) -> Any: ...
-
-
-def check_run_id(run_id: str) -> str:
-    """``run_id`` if it can be sent as one literal path segment, else raise ``RunIdRefused``.
-
-    Empty ids, ids with control or other unprintable characters (they would reach
-    messages and the ledger) and absurd lengths are refused; every other id is sent.
-    """
-    if not run_id or len(run_id) > MAX_RUN_ID_LENGTH or not run_id.isprintable():
-        raise RunIdRefused(f"refusing run id {server_text(repr(run_id), limit=80)}: it cannot be one URL path segment")
-    return run_id
-
-
-def run_path(run_id: str) -> str:
-    """The path of a run relative to the base URL: ``runs/`` and the id as one segment, every
-    byte but letters, digits and ``_.-~`` percent-encoded (``/``, ``?``, ``#`` and ``%`` too).
-
-    ``.`` and ``..`` are sent as ``%2E`` and ``%2E%2E``: neither httpx nor (with
-    ``batchgen.transport``) aiohttp removes those as dot segments. A server or proxy that
-    decodes and normalises them would answer about another path; ``get_run`` notices that
-    the answer is about another run.
-    """
-    check_run_id(run_id)
-    segment = "%2E" * len(run_id) if run_id in (".", "..") else quote(run_id, safe="")
-    return "runs/" + segment
 
 
 class RunbaseClient:
@@ -418,7 +375,7 @@ class RunbaseClient:
     async def _receive(
         self, response: httpx.Response, url: str, sink: Sink, scope: anyio.CancelScope, started: float
     ) -> Download:
-        declared = _content_length(response)
+        declared = content_length(response)
         cap = self.max_download_bytes
         if declared is not None and declared > cap:
             raise OutputUnusable(f"output is {declared} bytes, over the {cap}-byte cap: {self._url(url)}")
@@ -507,7 +464,7 @@ class RunbaseClient:
                 status = self._text(status, MAX_STATUS_LENGTH)
         else:
             status = "unknown"
-        return RunInfo(run_id=run_id, status=status, urls=_output_urls(data), error=self._run_error(data))
+        return RunInfo(run_id=run_id, status=status, urls=output_urls(data), error=self._run_error(data))
 
     def _run_error(self, data: dict[str, Any]) -> str | None:
         error = data.get("error")
@@ -548,54 +505,3 @@ class RunbaseClient:
             return "data:" + self._text(parts.path.split(",")[0], 40) + ",…"
         shown = f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else url.split("?")[0]
         return self._text(shown, 200)
-
-
-def check_base_url(base_url: str) -> None:
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ApiError(f"the API base URL must be an http(s) URL, not {base_url!r}")
-
-
-def _output_urls(data: dict[str, Any]) -> tuple[str, ...]:
-    output = data.get("output")
-    if isinstance(output, dict):
-        urls = output.get("urls")
-    elif isinstance(output, list):  # tolerated: output given as the list itself
-        urls = output
-    else:
-        urls = None
-    if isinstance(urls, str):
-        urls = [urls]
-    if not isinstance(urls, list):
-        return ()
-    return tuple(u for u in urls if isinstance(u, str) and u)
-
-
-def _content_length(response: httpx.Response) -> int | None:
-    try:
-        value = int(response.headers["content-length"])
-    except (KeyError, ValueError):
-        return None
-    return value if value >= 0 else None
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        if when.tzinfo is None:  # asctime dates and "-0000" carry no zone: HTTP dates are GMT
-            when = when.replace(tzinfo=datetime.UTC)
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)

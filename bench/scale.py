@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -83,6 +84,8 @@ def simulator(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     base_url = line.split(" at ", 1)[1].split()[0]
+    # Keep reading what it prints: a full pipe would stop the simulator in its next write.
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
     return proc, base_url
 
 

@@ -1,0 +1,143 @@
+"""What the API's answers and addresses mean, apart from any request: Retry-After, run ids as
+one path segment, output URLs in a run, a declared length, the base URL, the timeouts and what
+a finished download is. ``batchgen.api`` uses these; they see no HTTP of their own.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from .errors import ApiError, RunIdRefused
+from .text import server_text
+
+MAX_RETRY_AFTER = 3600.0
+MAX_RUN_ID_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0
+    read: float = 30.0
+    write: float = 30.0
+    pool: float = 60.0
+
+    @classmethod
+    def from_seconds(cls, seconds: float) -> Timeouts:
+        """One number for everything, as ``--timeout`` gives it."""
+        return cls(connect=min(10.0, seconds), read=seconds, write=seconds, pool=max(60.0, seconds))
+
+    def as_httpx(self) -> httpx.Timeout:
+        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
+
+
+@dataclass(frozen=True)
+class Download:
+    """A complete image received into the sink.
+
+    ``content_type`` and ``extension`` come from the bytes; ``declared_type`` is what the
+    host's Content-Type said (scrubbed), kept to be noted when it disagrees.
+    """
+
+    content_type: str
+    size: int
+    extension: str
+    declared_type: str = ""
+
+    @property
+    def type_mismatch(self) -> str | None:
+        """A note when the host declared another type than the bytes are, else None."""
+        if not self.declared_type or self.declared_type == self.content_type:
+            return None
+        if self.declared_type == "image/jpg" and self.content_type == "image/jpeg":
+            return None
+        return f"declared {self.declared_type}, the bytes are {self.content_type}"
+
+
+class Sink(Protocol):
+    def write(self, chunk: bytes) -> Any: ...
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it can be sent as one literal path segment, else raise ``RunIdRefused``.
+
+    Empty ids, ids with control or other unprintable characters (they would reach
+    messages and the ledger) and absurd lengths are refused; every other id is sent.
+    """
+    if not run_id or len(run_id) > MAX_RUN_ID_LENGTH or not run_id.isprintable():
+        raise RunIdRefused(f"refusing run id {server_text(repr(run_id), limit=80)}: it cannot be one URL path segment")
+    return run_id
+
+
+def run_path(run_id: str) -> str:
+    """The path of a run relative to the base URL: ``runs/`` and the id as one segment, every
+    byte but letters, digits and ``_.-~`` percent-encoded (``/``, ``?``, ``#`` and ``%`` too).
+
+    ``.`` and ``..`` are sent as ``%2E`` and ``%2E%2E``: neither httpx nor (with
+    ``batchgen.transport``) aiohttp removes those as dot segments. A server or proxy that
+    decodes and normalises them would answer about another path; ``get_run`` notices that
+    the answer is about another run.
+    """
+    check_run_id(run_id)
+    segment = "%2E" * len(run_id) if run_id in (".", "..") else quote(run_id, safe="")
+    return "runs/" + segment
+
+
+def check_base_url(base_url: str) -> None:
+    """Refuse a base URL that is not http(s) with a host."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ApiError(f"the API base URL must be an http(s) URL, not {base_url!r}")
+
+
+def output_urls(data: dict[str, Any]) -> tuple[str, ...]:
+    """The output URLs of a run's answer: ``output.urls`` (a list, or one string), or ``output`` as the list."""
+    output = data.get("output")
+    if isinstance(output, dict):
+        urls = output.get("urls")
+    elif isinstance(output, list):  # tolerated: output given as the list itself
+        urls = output
+    else:
+        urls = None
+    if isinstance(urls, str):
+        urls = [urls]
+    if not isinstance(urls, list):
+        return ()
+    return tuple(u for u in urls if isinstance(u, str) and u)
+
+
+def content_length(response: httpx.Response) -> int | None:
+    """The length a response declares, if it declares a usable one."""
+    try:
+        value = int(response.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+    return value if value >= 0 else None
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:  # asctime dates and "-0000" carry no zone: HTTP dates are GMT
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
