@@ -120,7 +120,11 @@ def start(work: Path, rows: int, env: dict[str, str], limit: float) -> dict[str,
         result = measure(args, run_env, stop=until_read)
     finally:
         sim.send_signal(signal.SIGINT)
-        sim.wait(timeout=30)
+        try:
+            sim.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # its exit is not what is measured
+            sim.kill()
+            sim.wait()
     result["first_create_s"] = result.pop("figure")
     return result
 
