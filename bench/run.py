@@ -622,8 +622,8 @@ _HTTP_LIBRARIES = ("httpx", "httpcore", "h11", "aiohttp", "httpx_aiohttp", "yarl
                    "propcache", "frozenlist", "aiosignal", "idna", "certifi")  # fmt: skip
 _KINDS = {
     "HTTP libraries": lambda g: g.split("/")[0] in _HTTP_LIBRARIES or g in ("builtin:send", "builtin:recv"),
-    "batchgen (its own Python)": lambda g: g.startswith("batchgen/") and g != "batchgen/pacing.py",
-    "batchgen/pacing.py (the create-rate fit)": lambda g: g == "batchgen/pacing.py",
+    "batchgen (its own Python)": lambda g: g.startswith("batchgen/") and not g.startswith("batchgen/pacing"),
+    "batchgen/pacing (the create-rate fit)": lambda g: g.startswith("batchgen/pacing"),  # a module, then a package
     "sqlite (ledger statements)": lambda g: g.startswith("builtin:") and ("execute" in g or "commit" in g),
     "event loop and anyio": lambda g: g.split("/")[0] in ("anyio", "sniffio") or g.startswith("stdlib/asyncio"),
 }
