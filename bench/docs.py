@@ -476,8 +476,25 @@ def other_series(results: list[Result]) -> str:
     parts = ["## Other results", "Series without a section of their own yet: every flat column of their rows."]
     for name in names:
         for result in series(results, name):
-            parts.append(f"### {name}\n\n" + block(result, generic_table(result)))
+            body = assemble([generic_table(result), profile_tables(result.raw.get("profiles") or {})])
+            parts.append(f"### {name}\n\n" + block(result, body))
     return assemble(parts)
+
+
+def profile_tables(profiles: dict[str, Any]) -> str:
+    """Where a command's own time goes, one run under cProfile (bench/scale.py --profile)."""
+    if not profiles:
+        return ""
+    rows = []
+    for what, found in profiles.items():
+        groups = ", ".join(f"{g} {pct(share)}" for g, _, share in found["groups"][:6])
+        functions = ", ".join(f"`{f}` {num(t, 2)} s" for f, t in found["functions"][:4])
+        rows.append([what, num(found["profiled_s"], 1), groups, functions])
+    return assemble([
+        "Where each command's own time goes, in one run under cProfile (which slows it): by module or package, "
+        "then the functions that spend most.",
+        table(["command", "profiled s", "own time by module (share)", "functions with most own time"], rows),
+    ])  # fmt: skip
 
 
 RESULTS_INTRO = """# Benchmark results

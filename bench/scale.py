@@ -52,12 +52,20 @@ def write_manifest(path: Path, rows: int) -> None:
 
 
 def measure(
-    args: list[str], env: dict[str, str], *, stop: Any = None, stdout: Any = subprocess.DEVNULL
+    args: list[str],
+    env: dict[str, str],
+    *,
+    stop: Any = None,
+    stdout: Any = subprocess.DEVNULL,
+    profile_to: Path | None = None,
 ) -> dict[str, Any]:
     """Run the CLI; wall seconds, CPU seconds and peak RSS (MB) from wait4. ``stop(proc, started)``
-    may end it early (it returns the figure it measured, kept under 'figure')."""
+    may end it early (it returns the figure it measured, kept under 'figure'). With ``profile_to``
+    it runs under cProfile, which writes its statistics there."""
     started = time.monotonic()
-    proc = subprocess.Popen([PY, "-m", "batchgen", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    prefix = [PY, "-m", "cProfile", "-o", str(profile_to)] if profile_to else [PY]
+    command = [*prefix, "-m", "batchgen", *args]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     figure = stop(proc, started) if stop is not None else None
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
@@ -70,6 +78,31 @@ def measure(
         "exit": code,
         "figure": figure,
         "stderr_tail": stderr[-400:],
+    }
+
+
+def profile(args: list[str], env: dict[str, str], prof: Path, top: int = 10) -> dict[str, Any]:
+    """The CLI once under cProfile: where its own time goes, by module or package and by function."""
+    import pstats
+
+    from run import _group, _short  # bench/run.py's grouping, the same as scenario 5's profile
+
+    done = measure(args, env, profile_to=prof)
+    assert done["exit"] == 0, done
+    stats = pstats.Stats(str(prof))
+    groups: dict[str, float] = {}
+    functions = []
+    for (filename, line, func), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        group = _group(filename, func)
+        groups[group] = groups.get(group, 0.0) + tt
+        functions.append((tt, f"{_short(filename)}:{line}({func})"))
+    total = sum(groups.values()) or 1.0
+    return {
+        "command": "batchgen " + " ".join(args[:1]),
+        "wall_s": done["wall_s"],
+        "profiled_s": round(total, 3),
+        "groups": [[g, round(t, 3), round(t / total, 4)] for g, t in sorted(groups.items(), key=lambda x: -x[1])[:top]],
+        "functions": [[f, round(t, 3)] for t, f in sorted(functions, reverse=True)[:top]],
     }
 
 
@@ -192,6 +225,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="where the manifests and ledgers are made (default: a temp folder)")
     parser.add_argument("--quick", action="store_true", help="20,000 rows once, nothing saved (CI smoke)")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="also profile validate, resume and export once each")
     parser.add_argument("--make-ledger", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make_ledger:
@@ -238,8 +272,16 @@ def main() -> int:
             runs = [measure(command, env) for _ in range(args.repeat)]
             assert all(r["exit"] == 0 for r in runs), runs
             record(what, runs)
+        if args.profile:
+            profiled = {"validate": ["validate", str(manifest)]}
+            profiled |= {what: commands[what] for what in ("resume a finished batch", "export jsonl", "export csv")}
+            profiles = {what: profile(command, env, work / f"{what.split()[0]}-{what.split()[-1]}.prof")
+                        for what, command in profiled.items()}  # fmt: skip
+            for what, found in profiles.items():
+                print(json.dumps({"profile": what, "profiled_s": found["profiled_s"], "top": found["groups"][:5]}))
     if not args.no_save:
-        result = results_file.envelope(f"scale-{args.rows}", rows, load, samples=samples)
+        extra = {"profiles": profiles} if args.profile and args.only != "start" else {}
+        result = results_file.envelope(f"scale-{args.rows}", rows, load, samples=samples, **extra)
         print(f"saved {results_file.write(result)}")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
