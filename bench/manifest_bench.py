@@ -18,6 +18,7 @@ is above the core count are marked ``busy``: they need a quiet machine to mean m
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import statistics
@@ -115,6 +116,7 @@ def main() -> None:
         "commit": measured,
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),  # newest first in bench/docs.py
         "command": " ".join(["python", "bench/manifest_bench.py", *sys.argv[1:]]),
         "results": results,
     }
