@@ -795,26 +795,40 @@ def readme_report(results: list[Result]) -> str:
 
 
 def readme_grid(results: list[Result]) -> str:
-    result = newest(results, "grid")
-    if result is None:
+    runs = series(results, "grid")
+    if not runs:
         return "The pacing grid (`bench/run.py --grid`) has no committed result yet."
-    met, points, ratios = grid_summary(result)
-    ratios.sort()
-    violations = sum(int(m.get("violations") or 0) for m in (result.raw.get("medians") or {}).values())
-    text = (
-        f"Pacing against {points} limit shapes of the simulator (`bench/run.py --grid`: create rates of 2 to "
-        f"150/s, buckets of 1 to R, Retry-After exact, fixed or absent, caps on running runs, polls sharing the "
-        f"limit, a limit halved and restored), without `--rate`, at `{result.commit}` "
-        f"({num(result.raw.get('repeat'))} run(s) per point): {met} of {points} points meet every target of "
-        f"the grid (T/T\\* ≤ 1.10, ≤ 3 % of creates answered 429, settled within 5 s); T/T\\* from "
-        f"{num(ratios[0], 2)} to {num(ratios[-1], 2)}, median {num(ratios[len(ratios) // 2], 2)}; "
-        f"{num(violations)} request(s) sent before a 429's Retry-After allowed. The table, with the targets "
-        f"each point misses, is in `bench/RESULTS.md`."
-    )
-    figures = result.raw.get("figures") or {}
-    name = next((n for n in figures if "halved" in n), next(iter(figures), None))
-    if name is not None:
-        text += f"\n\n![{name}: creates per second against the limit](bench/results/{Path(figures[name]).name})"
+    whole = max(len(r.raw.get("medians") or {}) for r in runs)
+    full = next(r for r in runs if len(r.raw.get("medians") or {}) == whole)
+    sentences = []
+    for result in [runs[0], full] if runs[0] is not full else [full]:
+        met, points, ratios = grid_summary(result)
+        ratios.sort()
+        violations = sum(int(m.get("violations") or 0) for m in (result.raw.get("medians") or {}).values())
+        if points == whole:
+            shapes = (
+                f"{points} limit shapes of the simulator (create rates of 2 to 150/s, buckets of 1 to R, Retry-After "
+                f"exact, fixed or absent, caps on running runs, polls sharing the limit, a limit halved and restored)"
+            )
+        else:
+            rates = sorted({p.get("rate") for p in result.raw.get("points", []) if p.get("rate")}, key=float)
+            shapes = f"{points} of the grid's limit shapes (those at {', '.join(rates)}/s)"
+        sentences.append(
+            f"Pacing against {shapes}, without `--rate`, at `{result.commit}` ({num(result.raw.get('repeat'))} "
+            f"run(s) per point, `bench/run.py --grid`): {met} of {points} points meet every target of the grid "
+            f"(T/T\\* ≤ 1.10, ≤ 3 % of creates answered 429, settled within 5 s); T/T\\* from "
+            f"{num(ratios[0], 2)} to {num(ratios[-1], 2)}, median {num(ratios[len(ratios) // 2], 2)}; "
+            f"{num(violations)} request(s) sent before a 429's Retry-After allowed."
+        )
+    text = " ".join(sentences) + " The tables, with the targets each point misses, are in `bench/RESULTS.md`."
+    pictured = next((r for r in runs if r.raw.get("figures")), None)
+    if pictured is not None:
+        figures = pictured.raw["figures"]
+        name = next((n for n in figures if "halved" in n), next(iter(figures)))
+        text += (
+            f"\n\n![{name}: creates per second against the limit, at {pictured.commit}]"
+            f"(bench/results/{Path(figures[name]).name})"
+        )
     return text
 
 
