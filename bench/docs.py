@@ -330,7 +330,24 @@ def profile(results: list[Result]) -> str:
             ([f"`{f['function']}`", num(f["ncalls"]), num(f["cumtime"], 1), pct(f["cumtime"] / cpu)]
              for f in prof["by_cumtime"][:15]),
         )  # fmt: skip
-        parts.append(block(result, f"{num(prof['n'])} jobs, {num(cpu, 1)} s of CPU under the profiler.\n\n{body}"))
+        summary = prof.get("summary") or {}
+        kinds = ""
+        if summary.get("by_kind"):
+            # Summaries made before bench/run.py knew the pacing package count it in batchgen's own Python.
+            old = "batchgen/pacing.py"
+            shown = [k for k in summary["by_kind"] if not (k["name"].startswith(old) and not k["seconds"])]
+            kinds = table(
+                ["own time of", "share", "ms per job", "ms per request"],
+                ([k["name"], pct(k["share"]), num(k["ms_per_job"], 2), num(k["ms_per_request"], 3)] for k in shown),
+            )  # fmt: skip
+            if len(shown) < len(summary["by_kind"]):
+                kinds += "\n\n(The create-rate fit, batchgen/pacing/, is counted in batchgen's own Python here.)"
+            kinds = (
+                f"Own time by kind ({num(summary.get('requests_per_job'), 2)} requests per job; under the profiler "
+                f"every figure is inflated alike, so read the shares):\n\n{kinds}"
+            )
+        text = f"{num(prof['n'])} jobs, {num(cpu, 1)} s of CPU under the profiler.\n\n{body}"
+        parts.append(block(result, assemble([text, kinds])))
     return assemble(parts)
 
 
