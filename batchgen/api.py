@@ -51,6 +51,7 @@ from .errors import (
     OutOfCredits,
     OutputUnusable,
     RateLimited,
+    Redirected,
     RunIdRefused,
     RunNotFound,
     TransientError,
@@ -427,6 +428,8 @@ class RunbaseClient:
             raise Forbidden(message, status=status)
         if status == 429:
             raise RateLimited(message, retry_after=parse_retry_after(response.headers.get("retry-after")))
+        if 300 <= status < 400:
+            raise self._redirected(response)
         if status == 404 and not creating:
             raise RunNotFound(message, status=status)
         if status >= 500 or status in (408, 425) or not creating:
@@ -434,6 +437,23 @@ class RunbaseClient:
             maybe = creating and status in (504, 524)
             raise TransientError(message, status=status, maybe_created=maybe)
         raise BadRequest(message, status=status)  # 400 and any other 4xx on create: about this job
+
+    def _redirected(self, response: httpx.Response) -> Redirected:
+        """A 3xx from the API, named with where it pointed (resolved, without its query)."""
+        asked = self._url(str(response.request.url))
+        raw = response.headers.get("location", "").strip()
+        try:
+            location = self._url(str(response.request.url.join(raw))) if raw else None
+        except (httpx.InvalidURL, ValueError):
+            location = self._text(raw, 200)
+        where = f"to {location}" if location else "without a location"
+        return Redirected(
+            f"HTTP {response.status_code}: the API at {asked} redirects {where}; batchgen never follows an API "
+            "redirect, since the request carries your key. If the API has moved, set --base-url or "
+            "RUNBASE_BASE_URL to its address",
+            status=response.status_code,
+            location=location,
+        )
 
     def _raise_for_download_status(self, response: httpx.Response, url: str) -> None:
         status = response.status_code

@@ -16,7 +16,8 @@ Every error batchgen raises on purpose is a ``BatchgenError``::
         ├── AccountError         about the account, not the job: stop creating runs
         │   ├── Unauthorized     401
         │   ├── OutOfCredits     402
-        │   └── Forbidden        403
+        │   ├── Forbidden        403
+        │   └── Redirected       3xx: the base URL is not where the API answers (never followed)
         └── JobError             about one job or run; the batch goes on
             ├── BadRequest       400 on create: the job fails for good
             ├── RunNotFound      404 on a poll: the run is gone, try a new one
@@ -141,6 +142,15 @@ class OutOfCredits(AccountError):
 
 class Forbidden(AccountError):
     """403: IP not allowed, or the key's spending cap is reached."""
+
+
+class Redirected(AccountError):
+    """A 3xx from the API: its base URL is not where the API answers. Never followed, since the
+    request carries the key; ``location`` is where the server pointed (without its query)."""
+
+    def __init__(self, message: str, *, status: int | None = None, location: str | None = None):
+        super().__init__(message, status=status)
+        self.location = location
 
 
 class JobError(ApiError):

@@ -41,6 +41,7 @@ from batchgen.errors import (
     OutOfCredits,
     OutputUnusable,
     RateLimited,
+    Redirected,
     RunIdRefused,
     RunNotFound,
     TransientError,
@@ -338,14 +339,29 @@ def test_a_429_is_rate_limited_with_the_servers_wait(method):
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_a_redirect_from_the_api_is_not_followed_and_the_key_goes_nowhere_else(status):
-    """An API redirect is an error: its Location (another host) is never asked, so the key never leaves the API host."""
-    server = reply(status, b"", {"Location": "http://elsewhere.test/steal"})
+    """An API redirect is Redirected (it stops the batch: the base URL is wrong), never followed: its
+    Location (another host) is never asked, so the key never leaves the API host. The message names
+    where it pointed, resolved and without its query, and how to fix the address."""
+    server = reply(status, b"", {"Location": "http://elsewhere.test/steal?sig=secret"})
     for method, arg in (("create_run", JOB), ("get_run", "run_1")):
         error = failure(server, method, arg)
-        assert error.message.startswith(f"HTTP {status}")
+        assert type(error) is Redirected and error.status == status
+        assert error.location == "http://elsewhere.test/steal"
+        assert error.message.startswith(f"HTTP {status}: the API at {BASE_URL}/runs")
+        assert "redirects to http://elsewhere.test/steal; " in error.message and "secret" not in error.message
+        assert "RUNBASE_BASE_URL" in error.message
         assert not getattr(error, "maybe_created", False)
     assert {request.url.host for request in server.requests} == {"api.runbase.test"}
     assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize(("location", "shown"), [("/v2/runs", "http://api.runbase.test/v2/runs"), ("", None)])
+def test_a_relative_or_missing_api_redirect_location_is_named_as_the_user_would_use_it(location, shown):
+    """A relative Location is resolved against the request; none at all is said so."""
+    server = reply(301, b"", {"Location": location} if location else {})
+    error = failure(server, "create_run", JOB)
+    assert type(error) is Redirected and error.location == shown
+    assert (f"redirects to {shown};" if shown else "redirects without a location;") in error.message
 
 
 # --- Retry-After, in every form --------------------------------------------------------------------
@@ -1194,10 +1210,11 @@ def test_a_declared_length_of_zero_with_a_body_is_transient():
 
 
 def test_a_300_is_no_success_for_the_api_or_a_file_host():
-    """300 Multiple Choices is neither a run nor a file: BadRequest on create, TransientError on a poll, LinkRefused."""
+    """300 Multiple Choices is neither a run nor a file: Redirected from the API (its address is not
+    where it answers), LinkRefused from a file host."""
     server = reply(300, {"id": "r"}, {"Content-Type": "image/png"})
-    assert type(failure(server, "create_run", JOB)) is BadRequest
-    assert type(failure(server, "get_run", "r")) is TransientError
+    assert type(failure(server, "create_run", JOB)) is Redirected
+    assert type(failure(server, "get_run", "r")) is Redirected
     failed, saved = download_failure(reply(300, PNG))
     assert type(failed) is LinkRefused and saved == b""
 

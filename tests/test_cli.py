@@ -114,6 +114,27 @@ def test_wrong_key_exits_4_and_is_never_printed(tmp_path, serve):
             assert API_KEY.encode() not in path.read_bytes(), path
 
 
+def test_an_api_that_moved_stops_the_batch_naming_its_new_address(tmp_path, serve):
+    """The API answers 308 to another address: batchgen does not follow it (the key would go along).
+    Exit 2 with the new address and RUNBASE_BASE_URL named, no request reaches the new host, no job
+    is failed; run again at the new address and every job is made once."""
+    new = serve()
+    old = serve(moved_to=new.base_url)
+    manifest = write_jobs(tmp_path / "m.yaml", [f"item {i}" for i in range(6)])
+    out = tmp_path / "out"
+    result = run_cli(manifest, out, "--concurrency", "2", env=env_for(old))
+    assert result.returncode == 2, result.stderr
+    assert no_traceback(result)
+    assert f"redirects to {new.base_url}/runs" in result.stderr
+    assert "RUNBASE_BASE_URL" in result.stderr and "6 job(s) wait" in result.stderr
+    assert 1 <= old.simulator.stats()["moved"] <= 2
+    assert requests_seen(new) == 0
+    assert all(record["state"] == "pending" for record in export_records(out))
+    again = run_cli(manifest, out, env=env_for(new))
+    assert again.returncode == 0, again.stderr
+    assert_saved_as_served(out, new.simulator.stats(), succeeded=6)
+
+
 def test_output_folder_that_is_a_file_exits_5(tmp_path, serve):
     """--output naming a regular file: exit 5 with a message naming it, no traceback, nothing sent."""
     server = serve()

@@ -50,7 +50,7 @@ API_PREFIX = "/api/v1"
 COUNTERS = (
     "create_requests", "gets", "downloads", "rate_limited_creates", "rate_limited_gets", "unauthorized",
     "payment_required", "forbidden", "bad_requests", "lost_create_answers", "auth_on_files", "adopted",
-    "reference_checks",
+    "reference_checks", "moved",
 )  # fmt: skip
 REFERENCE_PNG = png(4, 4, b"reference image", b"reference")
 NO_EXPIRY = 32503680000.0  # the `expires` of links when output_ttl is None: the year 3000
@@ -153,7 +153,11 @@ class Simulator:
             return  # no lifespan or websockets: servers treat a returning app as "unsupported"
         req = await read_request(scope, receive, self.now())
         path, method = req.segments, req.method
-        if path[:1] == ("files",) and method == "GET":
+        if self.config.moved_to and path[: len(API)] == API:  # the API lives elsewhere now: 308, keep the method
+            self._counts["moved"] += 1
+            target = self.config.moved_to.rstrip("/") + req.path.removeprefix(API_PREFIX)
+            await Response.error(308, "moved", [(b"location", target.encode())]).send(send)
+        elif path[:1] == ("files",) and method == "GET":
             await self._download(req, send)
         elif path == (*API, "runs") and method == "POST":
             await self._create(req, send)

@@ -40,6 +40,7 @@ class SimConfig:
     violation_grace: float = 0.0  # seconds after a 429 during which requests count as in flight
     credits: int | None = None  # runs that can still be created before 402; None: unlimited
     forbidden: bool = False  # every create answers 403 (spend cap)
+    moved_to: str | None = None  # every API request answers 308 to this base URL (the API has moved)
     api_key: str | None = None  # None: any non-empty bearer token is accepted
     output_ttl: float | None = None  # seconds an output link stays valid once handed out
     outputs_per_run: int | str = 1  # images per run, or "MIN-MAX" drawn per run
