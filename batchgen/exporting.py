@@ -18,6 +18,7 @@ import io
 import json
 import os
 from collections.abc import Iterator
+from itertools import islice
 from json.encoder import encode_basestring
 from typing import Any, TextIO
 
@@ -91,7 +92,11 @@ def split_spec(spec_json: str) -> tuple[str, str]:
 
 
 def write_jsonl(ledger: Ledger, out: TextIO) -> int:
-    q, lines, written = encode_basestring, [], 0
+    return _write(_jsonl_lines(ledger), out)
+
+
+def _jsonl_lines(ledger: Ledger) -> Iterator[str]:
+    q = encode_basestring
     tail, model = "", ""  # the end of the last spec cut by split_spec, and its model: most jobs share them
     for job, present, missing in _jobs(ledger.export_chunks(), _base(ledger)):
         job_id, state, run_id, error, kind, attempts, unknown, source, spec, metadata = job[:WIDTH]
@@ -119,13 +124,7 @@ def write_jsonl(ledger: Ledger, out: TextIO) -> int:
         )
         if missing:
             line += f',"missing_outputs":[{",".join(q(f[1]) for f in missing)}]'
-        lines.append(line + "}\n")
-        if len(lines) >= BATCH:
-            out.write("".join(lines))
-            written += len(lines)
-            lines = []
-    out.write("".join(lines))
-    return written + len(lines)
+        yield line + "}\n"
 
 
 def write_csv(ledger: Ledger, out: TextIO) -> int:
@@ -136,7 +135,12 @@ def write_csv(ledger: Ledger, out: TextIO) -> int:
     and only the others are quoted field by field."""
     keys = [k for k in ledger.metadata_keys() if k not in FIXED_COLUMNS and k not in INPUT_COLUMNS]
     header = FIXED_COLUMNS + INPUT_COLUMNS + keys
-    width, lines, written, base = len(header), [_csv_line(header) + "\n"], 0, _base(ledger)
+    out.write(_csv_line(header) + "\n")
+    return _write(_csv_lines(ledger, keys, len(header)), out)
+
+
+def _csv_lines(ledger: Ledger, keys: list[str], width: int) -> Iterator[str]:
+    base = _base(ledger)
     loads = json.JSONDecoder().raw_decode  # json.loads less its checks for surrounding whitespace
     for job, present, _ in _jobs(ledger.export_chunks(), base):
         job_id, state, run_id, error, _, attempts, unknown, _, spec, metadata = job[:WIDTH]
@@ -171,13 +175,16 @@ def write_csv(ledger: Ledger, out: TextIO) -> int:
         if line.count(",") != width - 1 or '"' in line or "\n" in line or "\r" in line:
             fields = [job_id, state, run_id, outputs, error, attempts, unknown, prompt, ratio, quality, urls, *extra]
             line = _csv_line([_text(value) for value in fields])
-        lines.append(line + "\n")
-        if len(lines) >= BATCH:
-            out.write("".join(lines))
-            written += len(lines)
-            lines = []
-    out.write("".join(lines))
-    return written + len(lines) - 1
+        yield line + "\n"
+
+
+def _write(lines: Iterator[str], out: TextIO) -> int:
+    """Write the lines BATCH at a time; how many there were."""
+    written = 0
+    while batch := list(islice(lines, BATCH)):
+        out.write("".join(batch))
+        written += len(batch)
+    return written
 
 
 def _text(value: Any) -> str:

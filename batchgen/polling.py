@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -175,26 +176,12 @@ class Poller:
         except RateLimited as exc:
             self.stats.rate_limited += 1
             pause = self.throttle.rate_limited(exc.retry_after, create=False, ticket=ticket)
-            self.events.emit(
-                "throttled",
-                what="poll",
-                job_id=run.job.spec.job_id,
-                run_id=run.run_id,
-                pause=pause,
-                **self.throttle.state(),
-            )
+            self._emit("throttled", run, pause=pause, **self.throttle.state())
             self.schedule(run, pause + 0.01)
             return
         except TransientError as exc:
             run.errors += 1
-            self.events.emit(
-                "retried",
-                what="poll",
-                job_id=run.job.spec.job_id,
-                run_id=run.run_id,
-                error=exc,
-                tries=run.errors,
-            )
+            self._emit("retried", run, error=exc, tries=run.errors)
             self.stats.retries += 1
             if self._clock() - run.created_at > self.run_timeout:
                 return self._on_failed(run, f"no answer about run {run.run_id} for {self.run_timeout:.0f} s")
@@ -223,6 +210,10 @@ class Poller:
             self.throttle.done(ticket)  # any other answer tells the pace nothing
         self.stats.polls += 1
         self.answered(run, info)
+
+    def _emit(self, event: str, run: Run, **fields: Any) -> None:
+        """An event about one poll of ``run``."""
+        self.events.emit(event, what="poll", job_id=run.job.spec.job_id, run_id=run.run_id, **fields)
 
     def answered(self, run: Run, info: RunInfo) -> None:
         """What a run's status says: save it, fail the attempt, or poll again later."""
