@@ -58,7 +58,7 @@ from .errors import (
     Unauthorized,
 )
 from .images import IMAGE_TYPES, SNIFF_BYTES, looks_like, sniff_image
-from .models import JobSpec, RunInfo
+from .models import DEFAULT_BASE_URL, JobSpec, RunInfo
 from .text import server_text
 
 if TYPE_CHECKING:
@@ -83,7 +83,6 @@ __all__ = [  # what other modules take from here; the rest of the answers' vocab
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://runbase.net/api/v1"
 MAX_REDIRECTS = 5
 MAX_STATUS_LENGTH = 40
 # A download may take as long as the API deadline plus this many seconds per byte received:

@@ -13,6 +13,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+LEDGER_NAME = "batchgen.sqlite"  # the ledger's file in the output folder
+DEFAULT_BASE_URL = "https://runbase.net/api/v1"  # the API's address when none is given
+
 DEFAULT_MODEL = "openai/gpt-image-1.5"
 ASPECT_RATIOS = ("1:1", "3:2", "2:3")
 QUALITIES = ("medium", "high")

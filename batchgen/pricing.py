@@ -19,10 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 
 from .errors import UsageError
+from .manifest import read_manifest
 from .models import JobSpec
 
 
@@ -98,3 +100,9 @@ class Budget:
     def _wake(self) -> None:
         self._settled.set()
         self._settled = anyio.Event()
+
+
+def job_prices(manifest: Path, given: Mapping[str, float]) -> Prices:
+    """The manifest's ``pricing:``, with prices given on the command line taking precedence."""
+    pricing = read_manifest(manifest).pricing
+    return Prices(pricing.as_table() if pricing is not None else {}).merged(Prices(dict(given)))

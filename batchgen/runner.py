@@ -31,14 +31,14 @@ from .folder import STATE_DIR, OutputFolder
 from .ledger import Ledger
 from .ledger.reuse import ReuseIndex, default_index_path
 from .manifest import iter_jobs, read_manifest
-from .models import BatchStats, JobSpec, Outcome, SavedOutput
+from .models import LEDGER_NAME, BatchStats, JobSpec, Outcome, SavedOutput
 from .outcomes import (
     BatchResult as BatchResult,  # part of this module's interface, as before
     batch_result,
     local_error,
     manifest_message,
 )
-from .pricing import Budget, Prices
+from .pricing import Budget, job_prices
 from .progress import Progress
 from .recovery import check_files, needs_repair, repair, unknown_images
 from .references import ReferenceCheck
@@ -47,7 +47,6 @@ from .scheduler import INTERRUPT_GRACE, NOT_FOUND_GRACE, Scheduler, Stop
 from .syncing import ManifestSync
 from .throttle import Throttle
 
-LEDGER_NAME = "batchgen.sqlite"
 SIMULATED_BASE_URL = "http://api.runbase.test/api/v1"
 
 
@@ -394,12 +393,6 @@ def _check_priced(config: BatchConfig) -> None:
     if unpriced:
         kinds = ", ".join(f"{kind} ({n} job(s))" for kind, n in unpriced.most_common(3))
         raise UsageError(f"--max-credits: no price for {kinds}; add them to --price (or a 'default=' price)")
-
-
-def job_prices(manifest: Path, given: Mapping[str, float]) -> Prices:
-    """The manifest's ``pricing:``, with prices given on the command line taking precedence."""
-    pricing = read_manifest(manifest).pricing
-    return Prices(pricing.as_table() if pricing is not None else {}).merged(Prices(dict(given)))
 
 
 def _api_key(config: BatchConfig) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import batchgen
@@ -37,3 +39,27 @@ def test_an_unknown_name_is_an_attribute_error():
         assert "no_such_name" in str(exc)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_commands_that_send_nothing_load_no_http_stack(tmp_path):
+    """`--help`, `validate`, `run --dry-run` and `status` start without importing httpx, aiohttp or the runner
+    (hundreds of milliseconds at every start), and the CLI's copy of the ledger's name is the ledger's."""
+    from batchgen.cli import LEDGER_NAME
+    from batchgen.models import LEDGER_NAME as OWN_NAME
+
+    assert LEDGER_NAME == OWN_NAME
+    example = Path(__file__).resolve().parent.parent / "manifests" / "example.yaml"
+    for argv in (
+        ["--help"],
+        ["validate", str(example)],
+        ["run", str(example), "--dry-run", "--output", str(tmp_path / "out")],
+        ["status", "--output", str(tmp_path / "out")],
+    ):
+        probe = (
+            "import sys\nfrom batchgen.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted({'httpx', 'aiohttp', 'batchgen.runner', 'batchgen.api'} & set(sys.modules))\n"
+            "print('loaded:', heavy)"
+        )
+        done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60)
+        assert done.stdout.strip().endswith("loaded: []"), (argv, done.stdout[-500:], done.stderr[-500:])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 
-LEDGER_NAME = "batchgen.sqlite"  # runner.LEDGER_NAME; repeated so --help needs no heavy import
+LEDGER_NAME = "batchgen.sqlite"  # models.LEDGER_NAME; repeated so --help imports nothing more
 EXIT_USAGE, EXIT_LOCAL, EXIT_INTERRUPTED = 2, 5, 130
 
 

@@ -363,11 +363,11 @@ def _print_plan(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> Plan:
     """The plan of `run` (and `validate`) with these arguments; ManifestError if the manifest has problems."""
-    from ..api import DEFAULT_BASE_URL
     from ..ledger.reuse import ReuseIndex, default_index_path
     from ..manifest import read_manifest
+    from ..models import DEFAULT_BASE_URL, LEDGER_NAME
     from ..planning import plan_manifest
-    from ..runner import LEDGER_NAME, job_prices
+    from ..pricing import job_prices
 
     ledger = args.ledger or args.output / LEDGER_NAME
     index_path = getattr(args, "reuse_index", None) or default_index_path()
