@@ -85,7 +85,7 @@ def profile(args: list[str], env: dict[str, str], prof: Path, top: int = 10) -> 
     """The CLI once under cProfile: where its own time goes, by module or package and by function."""
     import pstats
 
-    from run import _group, _short  # bench/run.py's grouping, the same as scenario 5's profile
+    from profiles import group_of, short_name  # the grouping of scenario 5's profile (bench/run.py --profile)
 
     done = measure(args, env, profile_to=prof)
     assert done["exit"] == 0, done
@@ -93,9 +93,9 @@ def profile(args: list[str], env: dict[str, str], prof: Path, top: int = 10) -> 
     groups: dict[str, float] = {}
     functions = []
     for (filename, line, func), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        group = _group(filename, func)
+        group = group_of(filename, func)
         groups[group] = groups.get(group, 0.0) + tt
-        functions.append((tt, f"{_short(filename)}:{line}({func})"))
+        functions.append((tt, f"{short_name(filename)}:{line}({func})"))
     total = sum(groups.values()) or 1.0
     return {
         "command": "batchgen " + " ".join(args[:1]),
