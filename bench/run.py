@@ -360,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    """``--grid``: bench/grid.py's points, with this script's simulator, CLI runner and snapshot."""
+    """``--grid``: bench/grid.py's points, with the simulator, CLI runner and snapshot of bench/harness.py
+    (grid.py reads them from this module, which imports them)."""
     sys.path.insert(0, str(HERE))
     import grid
 
