@@ -228,7 +228,7 @@ class _Attempt:
         await self._creator.durable()
         # The commit may have taken a while: a 429 may have paused everyone since this create
         # got its slot, and other creates may be leaving with it.
-        if not await self._creator.throttle.sending(self._ticket):
+        if not await self._creator.throttle.may_send(self._ticket):
             raise _PauseBegan
 
     def answered(self) -> None:

@@ -172,7 +172,7 @@ class Poller:
     async def poll(self, run: Run) -> None:
         ticket = await self.throttle.wait_poll()
         try:
-            info = await self.client.get_run(run.run_id, before_send=lambda: self.throttle.leave(ticket))
+            info = await self.client.get_run(run.run_id, before_send=lambda: self.throttle.wait_to_send(ticket))
         except RateLimited as exc:
             self.stats.rate_limited += 1
             pause = self.throttle.rate_limited(exc.retry_after, create=False, ticket=ticket)

@@ -6,8 +6,9 @@
   pause, the pace, the cap on runs in flight) and a poll ``wait_poll()`` (the pause, and the
   pace once polls are seen to count against the limit). The last two return a ``Send``
   ticket that the caller hands back with what became of the request: ``accepted``,
-  ``rate_limited`` (a 429) or ``done`` (anything else); ``sending`` is awaited just
-  before the bytes leave, after whatever the request waited for since its slot.
+  ``rate_limited`` (a 429) or ``done`` (anything else). Just before the bytes leave, after
+  whatever the request awaited since its slot, a create asks ``may_send`` (False: a pause
+  began, it waits for a new slot) and a poll awaits ``wait_to_send`` (it waits the pause out).
   ``run_started`` / ``run_ended``
   keep the count of runs in flight. A 429 moves the shared pause later, never earlier (as
   Scrapy's AutoThrottle never shortens its delay on an error), so every sender stops
@@ -107,7 +108,7 @@ class Throttle:
                 await self._sleep(delay)
         return self.pacer.send(kind)
 
-    async def sending(self, ticket: Send) -> bool:
+    async def may_send(self, ticket: Send) -> bool:
         """Just before a request's bytes leave (after its slot, and whatever it awaited since):
         wait out the pace's spacing from the last request that left, so that a delay many
         requests shared (a commit) does not send them together. False, without waiting, if a
@@ -119,10 +120,10 @@ class Throttle:
         self.pacer.leaving(ticket)
         return True
 
-    async def leave(self, ticket: Send) -> None:
-        """A request that may be held back without cost (a poll): the same as ``sending``, but a
+    async def wait_to_send(self, ticket: Send) -> None:
+        """A request that may be held back without cost (a poll): as ``may_send``, but a
         pause that began since its slot is waited out rather than refused."""
-        while not await self.sending(ticket):
+        while not await self.may_send(ticket):
             await self.wait_api()
 
     def rate_limited(self, retry_after: float | None, *, create: bool, ticket: Send | None = None) -> float:

@@ -78,9 +78,9 @@ def test_a_create_whose_slot_came_before_a_pause_does_not_leave_during_it():
         poll = await throttle.wait_poll()
         other = await throttle.wait_create()
         throttle.rate_limited(2.0, create=True, ticket=other)
-        assert await throttle.sending(waiting) is False
+        assert await throttle.may_send(waiting) is False
         assert clock.now == 1 / START_PACE  # the second create's slot; nothing waited for the pause
-        await throttle.leave(poll)
+        await throttle.wait_to_send(poll)
         assert clock.now == 1 / START_PACE + 2.0
 
     anyio.run(main)
@@ -96,7 +96,7 @@ def test_creates_held_up_together_still_leave_a_slot_apart():
         clock.now += 1.0  # all four waited for the same commit
         left = []
         for ticket in tickets:
-            assert await throttle.sending(ticket)
+            assert await throttle.may_send(ticket)
             left.append(ticket.at)
         assert left == pytest.approx([1.3, 1.4, 1.5, 1.6])
 
