@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +72,57 @@ def run(tmp_path: Path, sim: Simulator) -> Callable[..., BatchResult]:
     return run_against
 
 
-def batchgen_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60):
-    """Run the real CLI in a subprocess, as a user would."""
+def cli_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any RUNBASE_ setting, plus ``env``: what the CLI subprocesses get."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBASE_")}
     full_env.update(env or {})
+    return full_env
+
+
+def batchgen_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60):
+    """Run the real CLI in a subprocess, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "batchgen", *args],
         capture_output=True,
         text=True,
-        env=full_env,
+        env=cli_environment(env),
         cwd=cwd,
         timeout=timeout,
     )
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None, stdout: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """Start the real CLI in a subprocess (environment as batchgen_cli's, stderr piped) without waiting for it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchgen", *args],
+        env=cli_environment(env),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@contextmanager
+def killed_at_end(process: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
+    """The process, killed at the end of the block if it still runs (its pipes closed): a failing test leaves
+    nothing behind."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def wait_while_running(
+    process: subprocess.Popen[Any], condition: Callable[[], bool], timeout: float, what: str
+) -> None:
+    """Wait for ``condition`` while ``process`` runs; fail with its output if it ends first."""
+    wait_until(lambda: condition() or process.poll() is not None, timeout, what)
+    assert process.poll() is None, process.communicate()
 
 
 def export_records(output_dir: Path) -> list[dict[str, Any]]:

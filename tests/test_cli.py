@@ -11,7 +11,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import select
 import signal
 import subprocess
@@ -28,7 +27,16 @@ import pytest
 from batchgen.manifest import load_jobs
 from batchgen.simulator import SimConfig, Simulator, SimulatorServer
 
-from .conftest import API_KEY, REPO, batchgen_cli, env_for, export_records, wait_until
+from .conftest import (
+    API_KEY,
+    REPO,
+    batchgen_cli,
+    env_for,
+    export_records,
+    killed_at_end,
+    start_cli,
+    wait_while_running,
+)
 from .served import assert_saved_as_served, simulated_stats
 
 EXAMPLE = REPO / "manifests" / "example.yaml"
@@ -333,30 +341,19 @@ def test_second_runner_on_the_same_folder_exits_at_once(tmp_path):
     manifest = write_jobs(tmp_path / "m.yaml", [f"held item {i}" for i in range(4)])
     out = tmp_path / "out"
     with SimulatorServer(app, startup_timeout=10) as server:  # type: ignore[arg-type]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBASE_")}
-        env.update(env_for(server))
-        first = subprocess.Popen(
-            [sys.executable, "-m", "batchgen", "run", str(manifest), "--output", str(out), "--no-progress"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            # The first holds the folder and waits for its first create's answer, which the server
-            # holds until the second has come and gone: the second cannot have waited for the first.
-            wait_until(lambda: app.held > 0 or first.poll() is not None, 30, "the first run's first create")
-            assert first.poll() is None, first.communicate()
-            second = run_cli(manifest, out, env=env_for(server), timeout=30)
-            watching = batchgen_cli("status", "--output", str(out), "--json")  # reading is fine meanwhile
-            assert first.poll() is None and app.held > 0
-            app.release.set()
-            _, first_err = first.communicate(timeout=60)
-        finally:
-            app.release.set()
-            if first.poll() is None:
-                first.kill()
-                first.communicate(timeout=10)
+        first = start_cli("run", str(manifest), "--output", str(out), "--no-progress", env=env_for(server))
+        with killed_at_end(first):
+            try:
+                # The first holds the folder and waits for its first create's answer, which the server
+                # holds until the second has come and gone: the second cannot have waited for the first.
+                wait_while_running(first, lambda: app.held > 0, 30, "the first run's first create")
+                second = run_cli(manifest, out, env=env_for(server), timeout=30)
+                watching = batchgen_cli("status", "--output", str(out), "--json")  # reading is fine meanwhile
+                assert first.poll() is None and app.held > 0
+                app.release.set()
+                _, first_err = first.communicate(timeout=60)
+            finally:
+                app.release.set()
         stats = app.simulator.stats()
     assert second.returncode == 5, second.stderr
     assert "another batchgen run" in second.stderr

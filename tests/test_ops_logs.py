@@ -17,9 +17,10 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ from batchgen.exitcodes import EXIT_CODES
 from batchgen.ledger import Ledger
 from batchgen.progress import LINE_INTERVAL
 
-from .conftest import REPO, batchgen_cli, env_for
+from .conftest import REPO, batchgen_cli, env_for, killed_at_end, start_cli, wait_while_running
 
 SECRET = "sk-live-Q7zv93TOPSECRETkey0xA1"  # distinctive: searched for in everything written
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
@@ -38,13 +39,6 @@ EXAMPLE = REPO / "manifests" / "example.yaml"
 def write_jobs(path: Path, prompts: list[str]) -> Path:
     path.write_text("jobs:\n" + "".join(f"  - prompt: {p}\n" for p in prompts), encoding="utf-8")
     return path
-
-
-def cli_env(server: Any, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBASE_")}
-    env.update(env_for(server, key=SECRET))
-    env.update(extra)
-    return env
 
 
 def everything_written(out: Path, *texts: str) -> str:
@@ -153,23 +147,13 @@ def test_an_overlapping_run_exits_5_at_once_and_leaves_last_run_json_to_the_firs
     """A second run on a busy folder exits 5 at once; last-run.json ends up with the first run's summary."""
     server = serve(latency=3.0)
     manifest, out = write_jobs(tmp_path / "m.yaml", ["slow one", "slow two"]), tmp_path / "out"
-    first = subprocess.Popen(
-        [sys.executable, "-m", "batchgen", "run", str(manifest), "--output", str(out), "--no-progress"],
-        env=cli_env(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while server.simulator.stats()["creates"] == 0:
-            assert first.poll() is None and time.monotonic() < deadline, "the first run did not start"
-            time.sleep(0.02)
-        second = batchgen_cli("run", str(manifest), "--output", str(out), env=cli_env(server), timeout=20)
+    first = start_cli("run", str(manifest), "--output", str(out), "--no-progress", env=env_for(server, key=SECRET))
+    with killed_at_end(first):
+        wait_while_running(first, lambda: server.simulator.stats()["creates"] > 0, 30, "the first run's first create")
+        second = batchgen_cli("run", str(manifest), "--output", str(out), env=env_for(server, key=SECRET), timeout=20)
         assert first.poll() is None
         assert not (out / "last-run.json").exists()  # the refused run wrote no summary over the folder
         _, err = first.communicate(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate(timeout=10)
     assert second.returncode == 5 and "another batchgen run" in second.stderr
     assert first.returncode == 0, err
     assert json.loads((out / "last-run.json").read_text(encoding="utf-8"))["exit_code"] == 0
@@ -194,14 +178,21 @@ def read_until(fd: int, pattern: str, deadline: float) -> str:
     return seen.decode(errors="replace")
 
 
-def run_on_terminal(args: list[str], columns: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+@contextmanager
+def on_terminal(args: list[str], columns: int, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """The CLI on a new terminal ``columns`` wide: yields it and the terminal's end to read; at the end of the
+    block it is killed if it still runs, and the terminal closed."""
     main, child = pty.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     process = subprocess.Popen(
         [sys.executable, "-m", "batchgen", *args], stdin=child, stdout=child, stderr=child, env=env, close_fds=True
     )
     os.close(child)
-    return process, main
+    try:
+        with killed_at_end(process):
+            yield process, main
+    finally:
+        os.close(main)
 
 
 def test_a_terminal_reporting_0_columns_gets_status_lines_saying_why_it_waits(tmp_path):
@@ -213,8 +204,7 @@ def test_a_terminal_reporting_0_columns_gets_status_lines_saying_why_it_waits(tm
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBASE_")}
     env.update(COLUMNS="0", RUNBASE_API_KEY=SECRET, RUNBASE_BASE_URL=f"http://127.0.0.1:{port}/api/v1")
     manifest = write_jobs(tmp_path / "m.yaml", ["one", "two", "three"])
-    process, terminal = run_on_terminal(["run", str(manifest), "--output", str(tmp_path / "out")], 0, env)
-    try:
+    with on_terminal(["run", str(manifest), "--output", str(tmp_path / "out")], 0, env) as (process, terminal):
         seen = read_until(
             terminal,
             r"0/3 done.*API unreachable: connection refused, retrying \(\d+(st|nd|rd|th) time\)",
@@ -222,11 +212,6 @@ def test_a_terminal_reporting_0_columns_gets_status_lines_saying_why_it_waits(tm
         )
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 130
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        os.close(terminal)
     assert not re.search(STAMP, seen)  # a terminal: no timestamps
     assert SECRET not in seen
 
@@ -234,15 +219,10 @@ def test_a_terminal_reporting_0_columns_gets_status_lines_saying_why_it_waits(tm
 def test_a_terminal_with_a_width_gets_the_bar(tmp_path):
     """On a terminal that reports 80 columns, run draws a progress bar."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBASE_", "COLUMNS"))}
-    process, terminal = run_on_terminal(["run", str(EXAMPLE), "--simulate", "--output", str(tmp_path / "o")], 80, env)
-    try:
+    command = ["run", str(EXAMPLE), "--simulate", "--output", str(tmp_path / "o")]
+    with on_terminal(command, 80, env) as (process, terminal):
         seen = read_until(terminal, r"all jobs succeeded", time.monotonic() + 60)
         assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        os.close(terminal)
     assert re.search(r"\d+%\|", seen) and "8/8" in seen
 
 
@@ -250,22 +230,13 @@ def test_a_429_pause_is_named_on_the_status_line(tmp_path, serve):
     """While a 429's Retry-After holds every request, the cron status line says 'paused by 429 for N s'."""
     server = serve(create_rate="1", create_burst=1, retry_after="fixed:40")
     manifest = write_jobs(tmp_path / "m.yaml", [f"item {i}" for i in range(4)])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "batchgen", "run", str(manifest), "--output", str(tmp_path / "out")],
-        env=cli_env(server), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
+    command = ("run", str(manifest), "--output", str(tmp_path / "out"))
+    with killed_at_end(start_cli(*command, env=env_for(server, key=SECRET), stdout=subprocess.DEVNULL)) as process:
         assert process.stderr is not None
         seen = read_until(process.stderr.fileno(), STAMP + r" batchgen: \d/4 done.*paused by 429 for \d+ s",
                           time.monotonic() + LINE_INTERVAL + 30)  # fmt: skip
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 130
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        assert process.stderr is not None
-        process.stderr.close()
     assert server.simulator.stats()["rate_limited_creates"] >= 1
     assert SECRET not in seen
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from batchgen.ledger import Ledger
 from batchgen.simulator import SimulatorServer
 
-from .conftest import batchgen_cli, env_for
+from .conftest import batchgen_cli, env_for, killed_at_end, start_cli, wait_while_running
 
 RUNS_PER_JOB = 1
 
@@ -178,27 +175,12 @@ def test_retry_while_a_run_holds_the_folder_exits_5(tmp_path, serve):
     """retry while a run works on the folder exits 5 at once and changes nothing; the run ends normally."""
     server = serve(latency=3.0)
     manifest, out = write_jobs(tmp_path / "m.yaml", PROMPTS), tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBASE_")}
-    env.update(env_for(server))
-    running = subprocess.Popen(
-        [sys.executable, "-m", "batchgen", "run", str(manifest), "--output", str(out), "--no-progress"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while server.simulator.stats()["creates"] == 0:
-            assert running.poll() is None and time.monotonic() < deadline, "the run did not start"
-            time.sleep(0.02)
+    running = start_cli("run", str(manifest), "--output", str(out), "--no-progress", env=env_for(server))
+    with killed_at_end(running):
+        wait_while_running(running, lambda: server.simulator.stats()["creates"] > 0, 30, "the run's first create")
         busy = batchgen_cli("retry", "--output", str(out), "--ids", "a", timeout=20)
         assert running.poll() is None  # retry did not wait for the run
         _, err = running.communicate(timeout=60)
-    finally:
-        if running.poll() is None:
-            running.kill()
-            running.communicate(timeout=10)
     assert busy.returncode == 5, busy.stderr
     assert "another batchgen run" in busy.stderr
     assert running.returncode == 0, err
