@@ -11,13 +11,14 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from batchgen.errors import ManifestError, Problem
+from batchgen.errors import ManifestError
 from batchgen.manifest import load_jobs, read_manifest, validate
 from batchgen.manifest.catalogue import MAX_COUNT
 from batchgen.manifest.templates import MAX_REPEAT
 from batchgen.models import DEFAULT_MODEL
 
 from .conftest import REPO
+from .manifest_files import problems_of, write
 
 EXAMPLE = REPO / "manifests" / "catalogue.yaml"
 HEADER = "ID,Type,SKU,Name,Categories,Images,Image Src,Short description\n"
@@ -29,25 +30,10 @@ ROWS = (
 )
 
 
-def write(folder: Path, name: str, text: str | bytes) -> Path:
-    path = folder / name
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8", newline="")
-    return path
-
-
 def catalogue(folder: Path, body: str, rows: str = HEADER + ROWS, rows_name: str = "products.csv") -> Path:
     if not (folder / rows_name).exists():
         write(folder, rows_name, rows)
     return write(folder, "catalogue.yaml", f"rows: {rows_name}\n{body}")
-
-
-def problems_of(path: Path) -> list[Problem]:
-    with pytest.raises(ManifestError) as info:
-        load_jobs(path)
-    return info.value.problems
 
 
 # --- rows ---------------------------------------------------------------------------------

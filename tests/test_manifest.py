@@ -17,23 +17,10 @@ from batchgen.errors import ManifestError, Problem
 from batchgen.manifest import iter_jobs, jsonl_reader, load_jobs, validate, yaml_reader
 from batchgen.models import DEFAULT_MODEL, MAX_JOB_ID_LENGTH, MAX_PROMPT_LENGTH, JobSpec, image_input
 
+from .manifest_files import problems_of, write
+
 BAD_MANIFESTS = Path(__file__).parent / "bad_manifests"
 ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-
-
-def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
-    path = tmp_path / name
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content, encoding="utf-8", newline="")
-    return path
-
-
-def problems_of(path: Path) -> list[Problem]:
-    with pytest.raises(ManifestError) as info:
-        load_jobs(path)
-    return info.value.problems
 
 
 def only_problem(path: Path) -> Problem:

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from batchgen.errors import ManifestError, Problem
+from batchgen.errors import ManifestError
 from batchgen.manifest import iter_jobs, load_jobs, validate
 from batchgen.manifest.csv_reader import CHUNK_ROWS
 from batchgen.manifest.ids import Claims, FingerprintSet
 from batchgen.models import JobSpec, image_input
 
-
-def write(tmp_path, name, content):
-    path = tmp_path / name
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content, encoding="utf-8", newline="")
-    return path
-
-
-def problems_of(path) -> list[Problem]:
-    with pytest.raises(ManifestError) as info:
-        load_jobs(path)
-    return info.value.problems
+from .manifest_files import problems_of, write
 
 
 def test_known_columns_in_any_letter_case(tmp_path):
