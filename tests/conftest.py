@@ -18,6 +18,8 @@ import yaml
 from batchgen import BatchResult, run_batch
 from batchgen.simulator import SimConfig, Simulator, SimulatorServer
 
+from .simkit import FakeClock, api_client, create, files_client, finished
+
 API_KEY = "sk-test-0123456789abcdef"  # distinctive, so tests can search files for leaks
 BASE_URL = "http://api.runbase.test/api/v1"
 REPO = Path(__file__).resolve().parent.parent
@@ -148,6 +150,13 @@ def env_for(server: SimulatorServer, key: str | None = API_KEY) -> dict[str, str
     if key is not None:
         env["RUNBASE_API_KEY"] = key
     return env
+
+
+async def outputs_of_one_run(sim: Simulator, clock: FakeClock) -> list[bytes]:
+    """Create one run on ``sim``, let it finish, and fetch each of its outputs as a correct client does."""
+    async with api_client(sim) as client, files_client(sim) as files:
+        run = await finished(client, clock, (await create(client)).json()["id"])
+        return [(await files.get(url)).content for url in run["output"]["urls"]]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from batchgen.models import DEFAULT_MODEL
 from batchgen.simulator import ServerError, SimConfig, Simulator, SimulatorServer
 
+from .conftest import outputs_of_one_run
 from .simkit import AUTH, api_client, create, files_client, finished, make, png_size
 
 
@@ -90,10 +91,7 @@ async def test_failed_and_stuck_runs():
 @pytest.mark.anyio
 async def test_outputs_per_run():
     """outputs_per_run controls how many output URLs a run has, each serving a different image."""
-    sim, clock = make(outputs_per_run=3)
-    async with api_client(sim) as client, files_client(sim) as files:
-        run = await finished(client, clock, (await create(client)).json()["id"])
-        images = [(await files.get(url)).content for url in run["output"]["urls"]]
+    images = await outputs_of_one_run(*make(outputs_per_run=3))
     assert len(images) == 3 and len(set(images)) == 3
 
 

@@ -29,6 +29,7 @@ from batchgen.simulator import (
 from batchgen.simulator.faults import ODD_ID_TEMPLATES
 from batchgen.simulator.wire import split_path
 
+from .conftest import outputs_of_one_run
 from .simkit import API_KEY, AUTH, PNG_SIGNATURE, api_client, create, files_client, finished, make, png_size
 
 ESC = "\x1b"
@@ -322,9 +323,7 @@ def test_run_faults_are_in_the_catalogue():
 async def test_saved_bytes_match_the_recorded_sha256():
     """What a clean fetch serves is recorded with its sha256, so tests can compare saved files with it."""
     sim, clock = make(outputs_per_run=2)
-    async with api_client(sim) as client, files_client(sim) as files:
-        run = await finished(client, clock, (await create(client)).json()["id"])
-        bodies = [(await files.get(url)).content for url in run["output"]["urls"]]
+    bodies = await outputs_of_one_run(sim, clock)
     files_seen = sim.stats()["runs"][0]["files"]
     assert [f["sha256"] for f in files_seen] == [hashlib.sha256(body).hexdigest() for body in bodies]
 

@@ -12,7 +12,7 @@ import pytest
 
 from batchgen.simulator import RateSchedule, default_burst, key_label
 
-from .simkit import API_KEY, api_client, create, make
+from .simkit import API_KEY, FakeClock, api_client, create, make
 
 
 @pytest.fixture
@@ -297,6 +297,13 @@ async def test_runtime_config_changes_are_in_the_limit_timeline():
 # --- Retry-After violations ---
 
 
+async def refused_then_wait(client: httpx.AsyncClient, clock: FakeClock, seconds: float) -> None:
+    """Spend the one token, have a second create refused (429), then let ``seconds`` pass."""
+    await create(client)
+    await create(client, "b")
+    clock.advance(seconds)
+
+
 @pytest.mark.anyio
 async def test_a_request_before_the_advertised_time_is_a_violation():
     """After a 429 saying 'Retry-After: 2', a poll at +0.5 s and a create at +1.9 s are violations; later ones not."""
@@ -327,16 +334,12 @@ async def test_violations_are_per_key_and_need_an_advertised_time():
     """Another key's requests are not violations; a 429 without Retry-After advertises nothing to violate."""
     sim, clock = make(create_rate=0.5, create_burst=1)
     async with api_client(sim) as client:
-        await create(client)
-        await create(client, "b")
-        clock.advance(0.5)
+        await refused_then_wait(client, clock, 0.5)
         await create(client, "c", headers={"Authorization": "Bearer other-key"})
     assert sim.stats()["retry_after_violations"] == 0
     sim, clock = make(create_rate=0.5, create_burst=1, retry_after="none")
     async with api_client(sim) as client:
-        await create(client)
-        await create(client, "b")
-        clock.advance(0.5)
+        await refused_then_wait(client, clock, 0.5)
         await create(client, "c")
     assert sim.stats()["retry_after_violations"] == 0
 
@@ -410,9 +413,7 @@ async def test_violation_grace_takes_late_arrivals_as_in_flight():
     """With violation_grace=0.2, a request 0.1 s after a 429 was sent counts as in flight; one at 0.3 s counts."""
     sim, clock = make(create_rate=0.2, create_burst=1, violation_grace=0.2)
     async with api_client(sim) as client:
-        await create(client)
-        await create(client, "b")
-        clock.advance(0.1)
+        await refused_then_wait(client, clock, 0.1)
         await create(client, "c")
         assert sim.stats()["retry_after_violations"] == 0
         clock.advance(0.2)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 from batchgen import BatchConfig, ExitCode, run_batch_async
@@ -67,20 +68,25 @@ def edited(run_id: str) -> str:
     return "run_" + base64.b32encode(bytes(raw)).decode().rstrip("=").lower()
 
 
+async def made_and_linked(client: httpx.AsyncClient, clock: FakeClock, seconds: float) -> tuple[str, str]:
+    """Create a run, let ``seconds`` pass, and return its id and its first output link."""
+    run_id = (await create(client)).json()["id"]
+    clock.advance(seconds)
+    return run_id, (await client.get(f"/runs/{run_id}")).json()["output"]["urls"][0]
+
+
 @pytest.mark.anyio
 async def test_forged_and_foreign_ids_are_unknown():
     """An id with a character changed or its facts edited, or made under another seed, is an unknown run (404)."""
     first, clock = make(seed=1)
-    other, _ = make(clock, seed=2)
     async with api_client(first) as client, files_client(first) as files:
-        run_id = (await create(client)).json()["id"]
-        clock.advance(5)
-        url = (await client.get(f"/runs/{run_id}")).json()["output"]["urls"][0]
+        run_id, url = await made_and_linked(client, clock, 5)
         tampered = run_id[:-1] + ("a" if run_id[-1] != "a" else "b")
         assert (await client.get(f"/runs/{tampered}")).status_code == 404
         assert (await files.get(url.replace(run_id, tampered))).status_code == 404
         assert (await client.get("/runs/run_" + "a" * 50)).status_code == 404
         assert (await client.get(f"/runs/{edited(run_id)}")).status_code == 404
+    other, _ = make(clock, seed=2)  # another process, under another seed
     async with api_client(other) as client, files_client(other) as files:
         assert (await client.get(f"/runs/{run_id}")).status_code == 404
         assert (await files.get(url)).status_code == 404
@@ -93,9 +99,7 @@ async def test_output_links_expire_on_the_wall_clock_in_any_process():
     first, clock = make(output_ttl=5.0)
     second, _ = make(clock, output_ttl=5.0)
     async with api_client(first) as client, files_client(second) as files:
-        run_id = (await create(client)).json()["id"]
-        clock.advance(1)
-        url = (await client.get(f"/runs/{run_id}")).json()["output"]["urls"][0]
+        _, url = await made_and_linked(client, clock, 1)
         clock.advance(4.5)
         assert (await files.get(url)).status_code == 200
         clock.advance(1)
