@@ -31,7 +31,7 @@ import yaml
 from batchgen.scheduler import INTERRUPT_GRACE
 from batchgen.simulator import SimConfig, Simulator, SimulatorServer
 
-from .conftest import API_KEY, batchgen_cli, export_records
+from .conftest import API_KEY, batchgen_cli, cli_environment, export_records, start_cli, wait_until
 from .served import sha256
 
 LEDGER = "batchgen.sqlite"
@@ -122,14 +122,6 @@ def serve(create_answer: float = 0.0, file_body: float = 0.0, **config: Any) -> 
         yield app, server.base_url
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
 def write_manifest(path: Path, jobs: int) -> Path:
     entries = [{"id": f"item-{i:03d}", "prompt": f"studio photo of catalogue item {i}"} for i in range(jobs)]
     path.write_text(yaml.safe_dump({"jobs": entries}, sort_keys=False), encoding="utf-8")
@@ -137,9 +129,7 @@ def write_manifest(path: Path, jobs: int) -> Path:
 
 
 def run_env(base_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBASE_")}
-    env.update(RUNBASE_BASE_URL=base_url, RUNBASE_API_KEY=API_KEY)
-    return env
+    return cli_environment({"RUNBASE_BASE_URL": base_url, "RUNBASE_API_KEY": API_KEY})
 
 
 _started: list[subprocess.Popen[str]] = []
@@ -157,14 +147,7 @@ def _no_run_outlives_its_test() -> Iterator[None]:
 
 
 def start_run(manifest: Path, out: Path, base_url: str, *extra: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "batchgen", "run", str(manifest), "--output", str(out), "--no-progress"]
-    proc = subprocess.Popen(
-        [*command, *extra],
-        env=run_env(base_url),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli("run", str(manifest), "--output", str(out), "--no-progress", *extra, env=run_env(base_url))
     _started.append(proc)
     return proc
 
@@ -264,7 +247,7 @@ class KillLog:
     def note(self, app: Laggy, before: dict[str, Any], first_seen: int, out: Path, started: float) -> None:
         """Tell from the server's records and the output folder what a kill interrupted, and account
         for every create the ledger holds as on the wire."""
-        wait_for(lambda: app.creates_in_progress == 0, 30, "the server to finish the killed run's creates")
+        wait_until(lambda: app.creates_in_progress == 0, 30, "the server to finish the killed run's creates")
         after = app.simulator.stats()
         if all(after[k] == before[k] for k in ("create_requests", "gets", "downloads")):
             self.cut["before any request (start-up, manifest load)"] += 1
@@ -326,7 +309,7 @@ def kill_again_and_again(
         proc = start_run(manifest, out, base_url, "--concurrency", str(CONCURRENCY))
         after_first_request, delay = delays[log.kills]
         if after_first_request:
-            wait_for(partial(first_request_seen, proc, app.simulator, before), timeout=60, what="the first request")
+            wait_until(partial(first_request_seen, proc, app.simulator, before), timeout=60, what="the first request")
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
@@ -396,7 +379,7 @@ def test_signal_mid_batch_exits_130_then_resumes(tmp_path, signum):
     out = tmp_path / "out"
     with serve(create_answer=0.3, file_body=0.2, latency=0.3) as (app, url):
         proc = start_run(manifest, out, url, "--concurrency", "6")
-        wait_for(
+        wait_until(
             lambda: app.simulator.stats()["creates"] >= 6 and app.held_creates > 0,
             timeout=30,
             what="a create in the air mid-batch",
@@ -426,7 +409,7 @@ def test_signal_while_a_big_manifest_loads_exits_130(tmp_path, signum):
     with serve(latency=0.3) as (app, url):
         proc = start_run(manifest, out, url)
         # The signal lands once the first chunk of jobs is in the ledger, with most of them still to read.
-        wait_for(
+        wait_until(
             lambda: ledger_rows(out, "SELECT 1 FROM jobs LIMIT 1"), timeout=30, what="the first jobs in the ledger"
         )
         proc.send_signal(signum)
@@ -454,13 +437,13 @@ def test_interrupt_does_not_wait_forever_for_an_unanswered_create(tmp_path, sign
     out = tmp_path / "out"
     with serve(latency=0.2) as (app, url):
         proc = start_run(manifest, out, url, "--concurrency", "4")
-        wait_for(lambda: app.simulator.stats()["creates"] >= 4, timeout=30, what="creates to flow")
+        wait_until(lambda: app.simulator.stats()["creates"] >= 4, timeout=30, what="creates to flow")
         app.create_answer = 60.0  # from now on the server makes the run but never answers in time
-        wait_for(lambda: app.held_creates > 0, timeout=30, what="a create left unanswered")
+        wait_until(lambda: app.held_creates > 0, timeout=30, what="a create left unanswered")
         proc.send_signal(signal.SIGINT)
         signalled = time.monotonic()
         if signals == 2:
-            wait_for(lambda: signal_delivered(proc.pid, signal.SIGINT), timeout=30, what="the first SIGINT delivered")
+            wait_until(lambda: signal_delivered(proc.pid, signal.SIGINT), timeout=30, what="the first SIGINT delivered")
             proc.send_signal(signal.SIGINT)
         # Either way the process ends long before the held answer would come (60 s).
         code, output = finish(proc, timeout=INTERRUPT_GRACE + 30)
