@@ -57,6 +57,12 @@ def no_traceback(result: subprocess.CompletedProcess[str]) -> bool:
     return "Traceback" not in result.stdout + result.stderr
 
 
+def assert_exit(result: subprocess.CompletedProcess[str], code: int) -> None:
+    """The command exited with ``code`` and printed no traceback."""
+    assert result.returncode == code, result.stdout + result.stderr
+    assert no_traceback(result)
+
+
 def pngs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.png"))
 
@@ -83,8 +89,7 @@ def test_run_example_with_simulate(tmp_path):
     elsewhere.mkdir()
     out = tmp_path / "out"
     result = batchgen_cli("run", str(EXAMPLE), "--simulate", "--output", str(out), cwd=elsewhere)
-    assert result.returncode == 0, result.stderr
-    assert no_traceback(result)
+    assert_exit(result, 0)
     assert "all jobs succeeded" in result.stderr
     expected = sorted(f"{job.job_id}.png" for job in load_jobs(EXAMPLE))
     assert len(expected) == 8
@@ -99,9 +104,8 @@ def test_run_without_key_exits_4_and_sends_nothing(tmp_path, serve):
     server = serve()
     manifest = write_jobs(tmp_path / "m.yaml", ["a lamp"])
     result = run_cli(manifest, tmp_path / "out", env=env_for(server, key=None))
-    assert result.returncode == 4, result.stderr
+    assert_exit(result, 4)
     assert "RUNBASE_API_KEY" in result.stderr
-    assert no_traceback(result)
     assert requests_seen(server) == 0
 
 
@@ -111,10 +115,9 @@ def test_wrong_key_exits_4_and_is_never_printed(tmp_path, serve):
     manifest = write_jobs(tmp_path / "m.yaml", [f"item {i}" for i in range(10)])
     out = tmp_path / "out"
     result = run_cli(manifest, out, "--concurrency", "8", env=env_for(server))
-    assert result.returncode == 4, result.stderr
+    assert_exit(result, 4)
     assert API_KEY not in result.stdout + result.stderr
     assert "RUNBASE_API_KEY" in result.stderr
-    assert no_traceback(result)
     stats = server.simulator.stats()
     assert stats["create_requests"] == 1 and stats["unauthorized"] == 1 and stats["creates"] == 0
     for path in out.rglob("*"):
@@ -131,8 +134,7 @@ def test_an_api_that_moved_stops_the_batch_naming_its_new_address(tmp_path, serv
     manifest = write_jobs(tmp_path / "m.yaml", [f"item {i}" for i in range(6)])
     out = tmp_path / "out"
     result = run_cli(manifest, out, "--concurrency", "2", env=env_for(old))
-    assert result.returncode == 2, result.stderr
-    assert no_traceback(result)
+    assert_exit(result, 2)
     assert f"redirects to {new.base_url}/runs" in result.stderr
     assert "RUNBASE_BASE_URL" in result.stderr and "6 job(s) wait" in result.stderr
     assert 1 <= old.simulator.stats()["moved"] <= 2
@@ -149,9 +151,8 @@ def test_output_folder_that_is_a_file_exits_5(tmp_path, serve):
     not_a_folder = tmp_path / "out"
     not_a_folder.write_text("I am a file\n", encoding="utf-8")
     result = run_cli(EXAMPLE, not_a_folder, env=env_for(server))
-    assert result.returncode == 5, result.stderr
+    assert_exit(result, 5)
     assert str(not_a_folder) in result.stderr
-    assert no_traceback(result)
     assert requests_seen(server) == 0
 
 
@@ -175,9 +176,8 @@ def test_invalid_option_values_exit_2(tmp_path, serve, option):
     server = serve()
     out = tmp_path / "out"
     result = run_cli(EXAMPLE, out, *option, env=env_for(server))
-    assert result.returncode == 2, result.stderr
+    assert_exit(result, 2)
     assert option[0] in result.stderr
-    assert no_traceback(result)
     assert not out.exists()
     assert requests_seen(server) == 0
 
@@ -207,12 +207,10 @@ def test_bad_manifest_is_refused_by_validate_and_run(tmp_path, serve, manifest):
         running = pool.submit(run_cli, manifest, out, env=env_for(server))
         checked, result = validating.result(), running.result()
 
-    assert checked.returncode == 2, checked.stdout + checked.stderr
-    assert no_traceback(checked)
+    assert_exit(checked, 2)
     assert manifest.name in checked.stderr
 
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert no_traceback(result)
+    assert_exit(result, 2)
     assert manifest.name in result.stderr
     assert "nothing was sent" in result.stderr
     assert requests_seen(server) == 0
@@ -233,8 +231,7 @@ def test_unusable_base_url_is_a_usage_error(tmp_path, url):
         "--no-progress",
         env={"RUNBASE_API_KEY": API_KEY},
     )
-    assert result.returncode == 2, result.stderr
-    assert no_traceback(result)
+    assert_exit(result, 2)
     assert "http(s) URL" in result.stderr
     assert not out.exists()
 
@@ -355,9 +352,8 @@ def test_second_runner_on_the_same_folder_exits_at_once(tmp_path):
             finally:
                 app.release.set()
         stats = app.simulator.stats()
-    assert second.returncode == 5, second.stderr
+    assert_exit(second, 5)
     assert "another batchgen run" in second.stderr
-    assert no_traceback(second)
     assert watching.returncode == 0, watching.stderr
     assert json.loads(watching.stdout)["jobs"]["pending"] + json.loads(watching.stdout)["jobs"]["running"] == 4
     assert first.returncode == 0, first_err
@@ -371,8 +367,7 @@ def test_out_of_credits_mid_batch_then_resume(tmp_path, serve):
     manifest = write_jobs(tmp_path / "m.yaml", [f"catalogue item {i}" for i in range(12)])
     out = tmp_path / "out"
     first = run_cli(manifest, out, "--concurrency", "4", env=env_for(server))
-    assert first.returncode == 3, first.stderr
-    assert no_traceback(first)
+    assert_exit(first, 3)
     assert "credits" in first.stderr.lower()
     assert "run the same command again" in first.stderr
     assert "Runs already created were collected" in first.stderr
@@ -399,8 +394,7 @@ def test_failed_jobs_exit_1_then_retry_failed_finishes(tmp_path, serve):
     manifest = write_jobs(tmp_path / "m.yaml", [f"fragile item {i}" for i in range(3)])
     out = tmp_path / "out"
     first = run_cli(manifest, out, "--max-attempts", "2", env=env_for(server))
-    assert first.returncode == 1, first.stderr
-    assert no_traceback(first)
+    assert_exit(first, 1)
     assert "batchgen retry --failed" in first.stderr
     records = export_records(out)
     assert [r["state"] for r in records] == ["failed"] * 3
