@@ -127,6 +127,15 @@ def wait_while_running(
     assert process.poll() is None, process.communicate()
 
 
+def bench_command(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``bench/<script>`` with ``args`` from the repository (at most 280 s); it must exit 0."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args], cwd=REPO, capture_output=True, text=True, timeout=280
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 def export_records(output_dir: Path) -> list[dict[str, Any]]:
     result = batchgen_cli("export", "--output", str(output_dir))
     assert result.returncode == 0, result.stderr

@@ -8,38 +8,19 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from .conftest import bench_command
 
 
 @pytest.mark.timeout(300)
 def test_grid_quick_completes_and_computes_every_figure(tmp_path: Path) -> None:
     """Each quick grid point runs the CLI to the end and reports T/T*, 429s, settle times and violations."""
     out = tmp_path / "grid.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "run.py"),
-            "--grid",
-            "--quick",
-            "--json",
-            str(out),
-            "--workdir",
-            str(tmp_path / "work"),
-            "--figures",
-            str(tmp_path / "figures"),
-        ],  # fmt: skip
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    bench_command("run.py", "--grid", "--quick", "--json", str(out), "--workdir", str(tmp_path / "work"),
+                  "--figures", str(tmp_path / "figures"))  # fmt: skip
     report = json.loads(out.read_text())
     points = {p["name"]: p for p in report["points"]}
     assert len(points) == 4

@@ -10,37 +10,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from .conftest import REPO, bench_command
 
 
 @pytest.mark.timeout(300)
 def test_bench_quick_completes_and_computes_ratios(tmp_path: Path) -> None:
+    """`bench/run.py --quick`: every scenario ends for both clients, with its ratios and counters computed."""
     out = tmp_path / "bench.json"
     md = tmp_path / "bench.md"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "run.py"),
-            "--quick",
-            "--json",
-            str(out),
-            "--markdown",
-            str(md),
-            "--workdir",
-            str(tmp_path / "work"),
-        ],  # fmt: skip
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    bench_command("run.py", "--quick", "--json", str(out), "--markdown", str(md), "--workdir", str(tmp_path / "work"))
     report = json.loads(out.read_text())
 
     rows = {(r["scenario"], r["client"]): r for r in report["rows"]}
@@ -73,11 +56,8 @@ def test_bench_quick_completes_and_computes_ratios(tmp_path: Path) -> None:
 def test_bench_profile_summarises_scenario_5_by_kind(tmp_path: Path) -> None:
     """`bench/run.py --profile` profiles scenario 5 and splits its own time by kind, per job and per request."""
     out = tmp_path / "profile.json"
-    cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--scenarios", "5", "--clients", "batchgen",
-           "--profile", "--json", str(out), "--markdown", str(tmp_path / "p.md"),
-           "--workdir", str(tmp_path / "work")]  # fmt: skip
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    bench_command("run.py", "--quick", "--scenarios", "5", "--clients", "batchgen", "--profile", "--json", str(out),
+                  "--markdown", str(tmp_path / "p.md"), "--workdir", str(tmp_path / "work"))  # fmt: skip
     profile = json.loads(out.read_text())["profile"]
     summary = profile["summary"]
     assert summary["jobs"] == profile["n"] and summary["requests"] >= 3 * profile["n"]  # create, poll, download
@@ -92,14 +72,7 @@ def test_bench_profile_summarises_scenario_5_by_kind(tmp_path: Path) -> None:
 @pytest.mark.timeout(300)
 def test_scale_quick_measures_every_step(tmp_path: Path) -> None:
     """`bench/scale.py --quick` (20,000 rows, nothing saved): start, resume, status and export all measured."""
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "scale.py"), "--quick", "--work", str(tmp_path / "work")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = bench_command("scale.py", "--quick", "--work", str(tmp_path / "work"))
     rows = {row["what"]: row for row in (json.loads(line) for line in done.stdout.splitlines() if line.startswith("{"))}
     assert set(rows) == {
         "start: first create", "resume a finished batch", "status", "status --json", "export jsonl", "export csv",
