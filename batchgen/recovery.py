@@ -5,7 +5,7 @@
   — is put back: a run the ledger forgot is polled again (or, when its images
   are all in the folder with the bytes recorded, adopted) instead of paid for
   twice; a create whose answer never came is counted as a possible double
-  charge.
+  charge, and one the API refused (a 429) is forgotten, as it would have been.
 * ``unknown_images``: with a ledger that has never seen a job, images in the
   folder that its journal does not list are someone else's: the runner
   refuses to write among them unless told to.
@@ -71,6 +71,7 @@ def repair(ledger: Ledger, folder: OutputFolder) -> Repair:
     folder_id = folder.folder_id
     begun: dict[int, dict[str, Any]] = {}
     answered: set[int] = set()
+    voided: dict[int, str] = {}  # attempt id -> its job: refused before any run was made
     runs: dict[str, dict[str, Any]] = {}  # run id -> its run line
     files: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)  # run id -> n -> file line
     highest, end = 0, ledger.journal_offset(folder_id)
@@ -85,11 +86,13 @@ def repair(ledger: Ledger, folder: OutputFolder) -> Repair:
             answered.add(attempt)
             if entry.event == "run" and isinstance(data.get("run"), str):
                 runs[data["run"]] = data
+            elif entry.event == "void" and isinstance(data.get("job"), str):
+                voided[attempt] = data["job"]
         elif entry.event == "file" and isinstance(data.get("run"), str) and isinstance(data.get("n"), int):
             files[data["run"]][data["n"]] = data
     report = Repair()
     ledger.reserve_attempt_ids(highest)  # before anything below hands out an attempt id
-    known = ledger.attempts_by_id([*begun, *(line["a"] for line in runs.values())])
+    known = ledger.attempts_by_id([*begun, *voided, *(line["a"] for line in runs.values())])
     jobs = ledger.jobs_by_id([*(line["job"] for line in begun.values()), *(line["job"] for line in runs.values())])
     output_dir = Path(ledger.output_dir or folder.path)
     for run_id, line in runs.items():
@@ -107,6 +110,9 @@ def repair(ledger: Ledger, folder: OutputFolder) -> Repair:
             ledger.reopen_run(line["job"], line["h"], line["a"], run_id, float(line.get("t", 0.0)))
             report.runs_reopened += 1
         report.examples.append(line["job"])
+    for attempt, job_id in voided.items():
+        if known.get(attempt, ("", None))[0] == "creating":  # committed, then refused: no run to count as unknown
+            ledger.not_created(attempt, job_id)
     for attempt, line in begun.items():
         job = jobs.get(line["job"])
         if attempt in answered or attempt in known or job is None or job[0] != line.get("h"):

@@ -246,9 +246,9 @@ def test_every_money_event_reaches_the_folder_journal_before_it_is_queued(ledger
         ("attempt", {"a": first, "job": "j0", "h": a.spec_hash()}),
         ("run", {"a": first, "job": "j0", "h": a.spec_hash(), "run": "run-a"}),
         ("attempt", {"a": second, "job": "j1", "h": b.spec_hash()}),
-        ("void", {"a": second}),
+        ("void", {"a": second, "job": "j1"}),  # with its job: a run after a kill forgets it too
         ("attempt", {"a": third, "job": "j2", "h": c.spec_hash()}),
-        ("void", {"a": third}),
+        ("void", {"a": third, "job": "j2"}),
         ("attempt", {"a": fourth, "job": "j0", "h": a.spec_hash()}),  # a failed run made a run: no void
     ]
 

@@ -99,6 +99,47 @@ def test_a_ledger_rolled_back_polls_the_runs_it_forgot(write_manifest, tmp_path,
     files_match_their_own_runs(out, sim)
 
 
+KILLED_AFTER_A_REFUSAL = """
+import os, sys
+from pathlib import Path
+from batchgen.folder import OutputFolder
+from batchgen.ledger import Ledger
+from batchgen.manifest import iter_jobs
+
+out, manifest = Path(sys.argv[1]), Path(sys.argv[2])
+folder, ledger = OutputFolder(out), Ledger(out / "batchgen.sqlite")
+ledger.sync_manifest(str(manifest), iter_jobs(manifest), output_dir=str(out.resolve()))
+ledger.journal = folder.note
+ledger.before_flush = lambda: ledger.set_journal_offset(folder.folder_id, folder.write_journal())
+job = next(iter_jobs(manifest))
+attempt = ledger.begin_attempt(job)
+ledger.flush()  # the attempt is durable: its create may go
+ledger.not_created(attempt, job.job_id)  # answered 429: forgotten, in the journal first...
+folder.write_journal()
+os._exit(9)  # ...and killed before the ledger commits that
+"""
+
+
+def test_a_refused_create_the_ledger_did_not_forget_before_a_kill_is_no_possible_double_charge(
+    write_manifest, tmp_path, run, sim
+):
+    """A create answered 429, journalled as refused but killed before the ledger forgot it: the next run
+    forgets it too (no run was made), so it is not reported as a possible double charge."""
+    manifest, out = write_manifest(2), tmp_path / "out"
+    out.mkdir()
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_A_REFUSAL, str(out), str(manifest)], timeout=60)
+    assert killed.returncode == 9
+    with Ledger(out / "batchgen.sqlite", readonly=True) as ledger:
+        assert ledger.attempt_counts() == {"creating": 1}  # as the kill left it
+    result = run(manifest)
+    assert result.exit_code == ExitCode.OK, result.message
+    assert result.unknown_creates_total == 0
+    assert sim.stats()["creates"] == 2
+    with Ledger(out / "batchgen.sqlite", readonly=True) as ledger:
+        assert ledger.attempt_counts() == {"succeeded": 2}
+    files_match_their_own_runs(out, sim)
+
+
 def test_a_new_ledger_refuses_a_folder_of_unknown_images(write_manifest, tmp_path, serve):
     """Images batchgen has no record of: a new batch refuses the folder (exit 5) until told otherwise."""
     server = serve()

@@ -211,7 +211,7 @@ class LedgerWrites:
     def not_created(self, attempt_id: int, job_id: str) -> None:
         """The create certainly made no run (refused before it was made): forget the attempt."""
         if self.journal is not None:
-            self.journal("void", a=attempt_id)
+            self.journal("void", a=attempt_id, job=job_id)
         self._queue("DELETE FROM attempts WHERE attempt_id = ?", (attempt_id,))
         self._queue(
             "UPDATE jobs SET state = 'pending', attempts = max(0, attempts - 1) WHERE job_id = ?",
@@ -231,7 +231,7 @@ class LedgerWrites:
         """An attempt ended without outputs: ``unknown``, ``failed`` or ``rejected``."""
         now = time.time()
         if status is AttemptStatus.REJECTED and self.journal is not None:
-            self.journal("void", a=attempt_id)  # answered: no run was made
+            self.journal("void", a=attempt_id, job=job_id)  # answered: no run was made
         self._queue(
             "UPDATE attempts SET status = ?, error = ?, error_kind = ?, finished_at = ? WHERE attempt_id = ?",
             (str(status), error, kind, now, attempt_id),
