@@ -47,6 +47,7 @@ from .errors import (
     BadRequest,
     Forbidden,
     LinkRefused,
+    Misaddressed,
     NotAnImage,
     OutOfCredits,
     OutputUnusable,
@@ -429,6 +430,12 @@ class RunbaseClient:
             raise RateLimited(message, retry_after=parse_retry_after(response.headers.get("retry-after")))
         if 300 <= status < 400:
             raise self._redirected(response)
+        if creating and status in (404, 405):  # no create here: the address is wrong, not the job
+            raise Misaddressed(
+                f"{message}; {self._url(str(response.request.url))} does not take creates: the base URL is wrong. "
+                f"Set --base-url or RUNBASE_BASE_URL to the API's address (by default {DEFAULT_BASE_URL})",
+                status=status,
+            )
         if status == 404 and not creating:
             raise RunNotFound(message, status=status)
         if status >= 500 or status in (408, 425) or not creating:

@@ -17,7 +17,8 @@ Every error batchgen raises on purpose is a ``BatchgenError``::
         │   ├── Unauthorized     401
         │   ├── OutOfCredits     402
         │   ├── Forbidden        403
-        │   └── Redirected       3xx: the base URL is not where the API answers (never followed)
+        │   └── Misaddressed     the base URL is not where the API answers: 404/405 on create
+        │       └── Redirected   3xx on any API request (never followed: it carries the key)
         └── JobError             about one job or run; the batch goes on
             ├── BadRequest       400 on create: the job fails for good
             ├── RunNotFound      404 on a poll: the run is gone, try a new one
@@ -144,7 +145,11 @@ class Forbidden(AccountError):
     """403: IP not allowed, or the key's spending cap is reached."""
 
 
-class Redirected(AccountError):
+class Misaddressed(AccountError):
+    """The base URL is not where the API answers (404 or 405 to a create): no job is at fault."""
+
+
+class Redirected(Misaddressed):
     """A 3xx from the API: its base URL is not where the API answers. Never followed, since the
     request carries the key; ``location`` is where the server pointed (without its query)."""
 

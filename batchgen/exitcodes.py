@@ -13,7 +13,7 @@ import textwrap
 class ExitCode(enum.IntEnum):
     OK = 0
     JOBS_FAILED = 1
-    USAGE = 2  # usage or manifest error: nothing was submitted; or the API's address redirects
+    USAGE = 2  # usage or manifest error: nothing was submitted; or a wrong base URL
     ACCOUNT = 3  # 402 / 403: resumable
     UNAUTHORIZED = 4  # the key is missing or refused
     LOCAL = 5  # the ledger or output folder cannot be used (disk full, busy, permissions)
@@ -32,7 +32,7 @@ EXIT_CODES: dict[ExitCode, tuple[str, str]] = {
         "alert someone to look, not urgently",
     ),
     ExitCode.USAGE: (
-        "usage or manifest error (nothing was sent), or a base URL that redirects",
+        "usage or manifest error (nothing was sent), or a wrong base URL (a redirect, or no API there)",
         "fix what the message names; alert: the job will fail every night until fixed",
     ),
     ExitCode.ACCOUNT: (

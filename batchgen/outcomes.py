@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BatchgenError, LedgerError, ManifestError, Redirected
+from .errors import BatchgenError, LedgerError, ManifestError, Misaddressed
 from .exitcodes import ExitCode
 from .ledger import Ledger
 from .models import BatchStats, Outcome
@@ -108,11 +108,11 @@ def batch_result(
         code, message = _done_message(counts.get("failed", 0), stats)
     elif outcome is Outcome.MANIFEST and isinstance(error, ManifestError):
         code, message = ExitCode.USAGE, manifest_message(error, sent=stats.created + stats.unknown_creates > 0)
-    elif isinstance(error, Redirected):  # not the account's doing: the address is wrong, fix it and go on
+    elif isinstance(error, Misaddressed):  # not the account's doing: the address is wrong, fix it and go on
         code, message = (
             ExitCode.USAGE,
             (
-                f"stopped: {error}. Nothing was created at the redirect; runs already created were collected, "
+                f"stopped: {error}. Nothing was created there; runs already created were collected, "
                 f"{left} job(s) wait. Run the same command again once the address is right."
             ),
         )

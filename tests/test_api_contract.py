@@ -37,6 +37,7 @@ from batchgen.errors import (
     BadRequest,
     Forbidden,
     LinkRefused,
+    Misaddressed,
     NotAnImage,
     OutOfCredits,
     OutputUnusable,
@@ -287,8 +288,8 @@ STATUSES: dict[int, tuple[type[ApiError], bool, type[ApiError]]] = {
     401: (Unauthorized, False, Unauthorized),
     402: (OutOfCredits, False, OutOfCredits),
     403: (Forbidden, False, Forbidden),
-    404: (BadRequest, False, RunNotFound),
-    405: (BadRequest, False, TransientError),
+    404: (Misaddressed, False, RunNotFound),
+    405: (Misaddressed, False, TransientError),
     408: (TransientError, False, TransientError),
     409: (BadRequest, False, TransientError),
     410: (BadRequest, False, TransientError),
@@ -307,12 +308,17 @@ STATUSES: dict[int, tuple[type[ApiError], bool, type[ApiError]]] = {
 
 @pytest.mark.parametrize("status", sorted(STATUSES))
 def test_each_status_on_create_is_one_exception_with_its_status(status):
-    """4xx → BadRequest; 401/402/403 → account errors; 408/425/5xx → TransientError (504/524: maybe created)."""
+    """4xx → BadRequest; 401/402/403 → account errors; 404/405 → Misaddressed (no create at that address: the
+    base URL is wrong, no job is); 408/425/5xx → TransientError (504/524: maybe created)."""
     expected, maybe, _ = STATUSES[status]
     error = failure(reply(status, {"error": {"message": "nope"}}), "create_run", JOB)
     assert type(error) is expected
     assert error.status == status
-    assert error.message == f"HTTP {status}: nope"
+    if expected is Misaddressed:
+        assert error.message.startswith(f"HTTP {status}: nope; {BASE_URL}/runs does not take creates")
+        assert "RUNBASE_BASE_URL" in error.message
+    else:
+        assert error.message == f"HTTP {status}: nope"
     assert getattr(error, "maybe_created", False) is maybe
 
 

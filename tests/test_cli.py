@@ -145,6 +145,23 @@ def test_an_api_that_moved_stops_the_batch_naming_its_new_address(tmp_path, serv
     assert_saved_as_served(out, new.simulator.stats(), succeeded=6)
 
 
+def test_a_base_url_without_the_api_stops_at_the_first_create(tmp_path, serve):
+    """A base URL missing its /api/v1: the first create is answered 404. The batch stops, no job failed, exit 2
+    naming RUNBASE_BASE_URL; with the address fixed, the same command finishes the batch."""
+    server = serve()
+    manifest = write_jobs(tmp_path / "m.yaml", [f"item {i}" for i in range(5)])
+    out = tmp_path / "out"
+    wrong = {**env_for(server), "RUNBASE_BASE_URL": origin(server)}
+    result = run_cli(manifest, out, "--concurrency", "4", env=wrong)
+    assert_exit(result, 2)
+    assert "does not take creates: the base URL is wrong" in result.stderr and "RUNBASE_BASE_URL" in result.stderr
+    assert requests_seen(server) == 0  # the one create went to a path the API does not serve
+    assert all(record["state"] == "pending" for record in export_records(out))
+    again = run_cli(manifest, out, env=env_for(server))
+    assert_exit(again, 0)
+    assert_saved_as_served(out, server.simulator.stats(), succeeded=5)
+
+
 def test_output_folder_that_is_a_file_exits_5(tmp_path, serve):
     """--output naming a regular file: exit 5 with a message naming it, no traceback, nothing sent."""
     server = serve()
