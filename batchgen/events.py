@@ -18,6 +18,8 @@ Kinds emitted during a batch (``KINDS``), with their fields:
   against the limit, from now), ``fitted`` ([lowest, highest] create rate the answers so far
   allow, or null) and ``running_limit`` (the cap on runs in flight found, or null).
 * ``stopped``: the batch stopped creating runs: ``reason``, ``error``.
+* ``kept``: an output's name held a file with other bytes, moved aside rather than overwritten:
+  ``job_id``, ``path`` (the name), ``kept`` (where the earlier file is now, in the output folder).
 
 The command line adds ``started``, ``note``, ``progress`` and ``finished`` (see cli/run.py).
 
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
-KINDS = ("created", "succeeded", "failed", "retried", "throttled", "stopped")
+KINDS = ("created", "succeeded", "failed", "retried", "throttled", "stopped", "kept")
 REDACTED = "[redacted]"
 _BEARER = re.compile(r"(?i)\b(bearer|authorization:?)(\s+)[^\s\"'<>,;)}\]]+")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -175,6 +177,9 @@ def describe(event: Event) -> str | None:
     if event.kind == "failed":
         run = f" (run {f['run_id']})" if f.get("run_id") else ""
         return f"job {f.get('job_id')} failed for good{run}: {f.get('error')}"
+    if event.kind == "kept":
+        path, kept, job = f.get("path"), f.get("kept"), f.get("job_id")
+        return f"{path} already held other bytes: kept as {kept} before job {job}'s image took its name"
     if event.kind == "stopped":
         error = f": {f['error']}" if f.get("error") else ""
         return f"stopped creating runs ({f.get('reason')}){error}"

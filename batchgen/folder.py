@@ -19,6 +19,10 @@ only the part a ledger may lack.
 Lines are JSON, one event each, appended with ``O_APPEND`` in one write, so a
 killed process leaves at most one partial last line (skipped when read).
 
+An output never overwrites a file with other bytes: whatever held its name (the user's
+own file, the image of a job's earlier prompt, an image changed in place) is moved to
+``<folder>/.batchgen/replaced/`` first, and the run's log says so.
+
 Partial downloads a crashed run left are removed by the next run. Looking for them
 reads the whole folder (seconds at a million images), so a run that ends cleanly
 leaves a mark, ``<folder>/.batchgen/clean``, saying that no partial file is left;
@@ -31,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +44,7 @@ from typing import Any
 
 from .errors import LedgerBusy, OutputError
 from .models import SavedOutput
-from .outputs import TEMP_PREFIX, TEMP_SUFFIX
+from .outputs import TEMP_PREFIX, TEMP_SUFFIX, file_sha256, output_path
 
 try:
     import fcntl
@@ -47,6 +52,7 @@ except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
 
 STATE_DIR = ".batchgen"
+REPLACED_DIR = "replaced"  # in STATE_DIR: files an output's name held before it (keep_aside)
 CLEAN_MARK = "clean"  # in STATE_DIR: the last run to hold the lock left no partial file (module docstring)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 
@@ -223,6 +229,32 @@ class OutputFolder:
                 pass
         self._clean = self._lock_fd is not None
         return removed
+
+    def keep_aside(self, saved: SavedOutput) -> str | None:
+        """Before ``saved`` takes its name: a file already there with other bytes (the user's own, an image
+        of the job's earlier prompt, one changed in place) is moved to ``.batchgen/replaced/<its name>``
+        (``name.vN.ext`` when that is taken) rather than overwritten. Returns where it went, relative to the
+        folder; None when the name was free or held these very bytes."""
+        final = output_path(self.path, saved.path)
+        try:
+            found = os.lstat(final)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISDIR(found.st_mode):
+            return None  # a folder by that name: the rename fails and says so
+        if stat.S_ISREG(found.st_mode) and found.st_size == saved.bytes and file_sha256(final) == saved.sha256:
+            return None
+        target = output_path(self.state / REPLACED_DIR, saved.path)
+        candidate, number = target, 1
+        while os.path.lexists(candidate):
+            number += 1
+            candidate = target.with_name(f"{target.stem}.v{number}{target.suffix}")
+        try:
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(final, candidate)
+        except OSError as exc:
+            raise OutputError(f"cannot keep {final} aside in {candidate.parent}: {exc.strerror or exc}") from exc
+        return candidate.relative_to(self.path).as_posix()
 
     def images(self) -> Iterator[str]:
         """Every image file under the folder, as a path relative to it (batchgen's own state left out)."""

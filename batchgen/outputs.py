@@ -135,6 +135,15 @@ class PartialFile:
         self.discard()
 
 
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def remove_stale_partials(output_dir: Path) -> int:
     """Delete ``.part`` files a crashed run left behind; only call while holding the run lock."""
     removed = 0

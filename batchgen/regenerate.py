@@ -33,7 +33,7 @@ from .errors import OutputError, UsageError
 from .folder import STATE_DIR
 from .ledger import Ledger
 from .models import JobState
-from .outputs import UnsafeName, output_path
+from .outputs import UnsafeName, file_sha256, output_path
 
 VERSIONS_DIR = "versions"  # under STATE_DIR
 
@@ -117,7 +117,7 @@ def mark(ledger: Ledger, output_dir: Path, job_ids: list[str], *, dry_run: bool 
             result.gone.append(recorded["path"])
             continue
         size = source.stat().st_size
-        sha256 = recorded["sha256"] if size == recorded["bytes"] else _sha256(source)
+        sha256 = recorded["sha256"] if size == recorded["bytes"] else file_sha256(source)
         target, rel, present = _free_place(output_dir, target, rel, size, sha256)
         result.versions.append({**recorded, "path": rel, "bytes": size, "sha256": sha256})
         if not present:
@@ -165,7 +165,7 @@ def _free_place(output_dir: Path, target: Path, rel: str, size: int, sha256: str
     """``target``, or the first ``name.vN.ext`` not taken; True when the same bytes are already there."""
     candidate, number = target, 1
     while candidate.exists() or candidate.is_symlink():
-        if candidate.is_file() and candidate.stat().st_size == size and _sha256(candidate) == sha256:
+        if candidate.is_file() and candidate.stat().st_size == size and file_sha256(candidate) == sha256:
             return candidate, candidate.relative_to(output_dir).as_posix(), True
         number += 1
         candidate = target.with_name(f"{target.stem}.v{number}{target.suffix}")
@@ -185,11 +185,3 @@ def _is_file(output_dir: Path, path: str) -> bool:
         return output_path(output_dir, path).is_file()
     except UnsafeName:
         return False
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

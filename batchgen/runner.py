@@ -166,8 +166,9 @@ def _prepare(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> tuple
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise OutputError(
                 f"the output folder {config.output_dir} already holds {len(foreign)} image(s) that batchgen "
-                f"has no record of ({shown}); a new batch could overwrite them. Use another --output, "
-                "or pass --allow-unknown-files to write among them"
+                f"has no record of ({shown}); a job could be named like one of them. Use another --output, "
+                "or pass --allow-unknown-files to write among them (a file under a job's name is then moved "
+                "to .batchgen/replaced/, never overwritten)"
             )
     folder.remove_stale_partials()
     repairing = needs_repair(ledger, folder)
@@ -254,8 +255,8 @@ async def _run_scheduler(
         max_connections=min(16, max(4, config.concurrency)),  # see bench/RESULTS.md
         max_download_bytes=config.max_download_bytes,
     )
-    reuser = _reuser(config, ledger, folder)
     events = config.events if config.events is not None else Events()
+    reuser = _reuser(config, ledger, folder, events)
     async with client:
         scheduler = Scheduler(
             ledger=ledger,
@@ -268,7 +269,7 @@ async def _run_scheduler(
             backoff_base=config.backoff_base,
             reading_manifest=sync is not None and not sync.done,
             not_found_grace=config.not_found_grace,
-            on_file=_journal_file(folder),
+            on_file=_journal_file(folder, events),
             reuser=reuser,
             budgets=_budgets(config),
             sidecars=config.sidecar,
@@ -310,14 +311,20 @@ def _budgets(config: BatchConfig) -> list[tuple[Budget, Callable[[JobSpec], floa
     return budgets
 
 
-def _journal_file(folder: OutputFolder) -> Callable[[JobSpec, str, SavedOutput], None]:
+def _journal_file(folder: OutputFolder, events: Events) -> Callable[[JobSpec, str, SavedOutput], None]:
+    """What happens just before an output takes its name: the journal hears of it, and a file with other
+    bytes under that name is kept aside (``OutputFolder.keep_aside``), never overwritten."""
+
     def record(spec: JobSpec, run_id: str, saved: SavedOutput) -> None:
         folder.record_file(spec.job_id, spec.spec_hash(), run_id, saved)
+        kept = folder.keep_aside(saved)
+        if kept is not None:
+            events.emit("kept", job_id=spec.job_id, path=saved.path, kept=kept)
 
     return record
 
 
-def _reuser(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> Reuser | None:
+def _reuser(config: BatchConfig, ledger: Ledger, folder: OutputFolder, events: Events) -> Reuser | None:
     if not config.reuse:
         return None
     # Images are reused only from the same service: never a simulator's image for a real request.
@@ -326,7 +333,7 @@ def _reuser(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> Reuser
         index = ReuseIndex(config.reuse_index or default_index_path(), service)
     except LedgerError:
         return None  # an optimisation: without it every job simply gets its own run
-    return Reuser(index, ledger, config.output_dir, _journal_file(folder))
+    return Reuser(index, ledger, config.output_dir, _journal_file(folder, events))
 
 
 async def _read_rest(sync: ManifestSync, scheduler: Scheduler, progress: Progress | None) -> None:

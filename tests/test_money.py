@@ -154,6 +154,32 @@ def test_a_new_ledger_refuses_a_folder_of_unknown_images(write_manifest, tmp_pat
     assert (out / "holiday.jpg").read_bytes() == b"\xff\xd8\xff not really"
 
 
+def test_an_output_never_overwrites_a_file_with_other_bytes(write_manifest, tmp_path, serve):
+    """The user's own file under a job's name (--allow-unknown-files), then the image of a job whose prompt
+    changed: each earlier file is moved to .batchgen/replaced/ with its bytes, the log says where, and the
+    new image is the one the server sent."""
+    server = serve()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "job-000.png").write_bytes(b"the user's own photo")
+    first = write_manifest(2)
+    result = cli_run(first, out, server, "--allow-unknown-files", "--no-reuse")
+    assert result.returncode == 0, result.stderr
+    assert "job-000.png already held other bytes: kept as .batchgen/replaced/job-000.png" in result.stderr
+    assert (out / ".batchgen" / "replaced" / "job-000.png").read_bytes() == b"the user's own photo"
+    files_match_their_own_runs(out, server.simulator)
+    paid_for = (out / "job-001.png").read_bytes()
+    changed = write_manifest(jobs=[{"id": "job-000", "prompt": "product photo number 0"},
+                                   {"id": "job-001", "prompt": "the same product, from above"}])  # fmt: skip
+    result = cli_run(changed, out, server, "--no-reuse")
+    assert result.returncode == 0, result.stderr
+    assert "kept as .batchgen/replaced/job-001.png" in result.stderr
+    assert (out / ".batchgen" / "replaced" / "job-001.png").read_bytes() == paid_for
+    assert (out / "job-001.png").read_bytes() != paid_for
+    files_match_their_own_runs(out, server.simulator)
+    assert sorted(p.name for p in (out / ".batchgen" / "replaced").iterdir()) == ["job-000.png", "job-001.png"]
+
+
 # -- identical requests ---------------------------------------------------------------------
 
 

@@ -150,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
     events.output = log
     refused = _Counter(events)
     if not args.quiet:
-        kinds = None if json_lines else ("failed", "stopped")
+        kinds = None if json_lines else ("failed", "stopped", "kept")
         events.listen(log.event, kinds)
     progress = "none" if args.no_progress or args.quiet else ("lines" if log_file is not None else args.progress)
     started = time.time()
