@@ -136,6 +136,10 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
             return batch_result(Outcome.DONE, ledger, BatchStats(), started, config.output_dir, notes=notes)
         session = ledger.session_started(str(config.manifest))
         scheduler, outcome = await _run_scheduler(config, ledger, folder, api_key, sync)
+        try:  # creates still unanswered now never will be (an interrupt's grace ran out): count them at once
+            scheduler.stats.unknown_creates += ledger.recover()
+        except LedgerError:
+            pass  # the ledger is what failed: the next run counts them
         if scheduler.references is not None and scheduler.references.dead:
             dead = scheduler.references.dead
             url, why = next(iter(dead.items()))

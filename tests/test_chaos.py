@@ -472,11 +472,14 @@ def test_interrupt_does_not_wait_forever_for_an_unanswered_create(tmp_path, sign
             # The one comparison with the clock left: ended before the grace a single signal waits.
             assert elapsed < INTERRUPT_GRACE
         assert not list(out.glob(".batchgen-*.part"))
+        # The interrupted run already owns up to the creates it left unanswered, and so does status.
+        assert "never answered" in output
+        assert status(out)["attempts"].get("unknown", 0) == app.held_creates
+        assert status(out)["attempts"].get("creating", 0) == 0
 
         app.create_answer = 0.0
         code, output = finish(start_run(manifest, out, url, "--concurrency", "4"))
         assert code == 0, output
-        assert "never answered" in output  # the summary owns up to possible double charges
         outcome = assert_batch_complete_and_paid_once(out, app.simulator, jobs)
     assert outcome["unknown"] >= 1
 
