@@ -176,6 +176,10 @@ def settle_times(
     return result
 
 
+class PointFailed(RuntimeError):
+    """A grid point's run did not create every job: no figure can come from it."""
+
+
 def run_point(point: Point, work: Path, seq: int, bench: ModuleType) -> Measured:
     manifest = bench.write_manifest(work / f"grid-{point.n}.csv", point.n)
     tag = "".join(c if c.isalnum() else "_" for c in point.name)
@@ -186,9 +190,12 @@ def run_point(point: Point, work: Path, seq: int, bench: ModuleType) -> Measured
         cmd = [*bench.batchgen_cmd(manifest, out, point.concurrency), "--log-format", "json", "--log-file", str(events)]
         done = bench.run_measured(cmd, bench.client_env(sim.base_url), work / f"{out.name}.log")
         stats = sim.stats()
-    if done.returncode != 0:
-        raise RuntimeError(f"batchgen failed at grid point {point.name} (exit {done.returncode}):\n{done.stderr_tail}")
     accepted = [t for t, status, *_ in stats["create_log"] if status == 201]
+    if done.returncode != 0 or len(accepted) < point.n:
+        raise PointFailed(
+            f"grid point {point.name}: exit {done.returncode}, {len(accepted)} of {point.n} creates accepted:\n"
+            f"{done.stderr_tail}"
+        )
     settle = (
         settle_times(accepted, point.schedule(), max(accepted))
         if point.rate is not None and not point.polls_count
@@ -297,15 +304,22 @@ def run_grid(args: Any, work: Path, info: dict[str, Any], bench: ModuleType) -> 
     wanted = [p for p in points(args.quick) if not args.points or args.points in p.name]
     results: list[tuple[Point, Measured]] = []
     raw: dict[str, list[dict[str, Any]]] = {}
+    failed: dict[str, list[str]] = {}
     for point in wanted:
         samples = []
         for k in range(args.repeat):
-            m = run_point(point, work, k, bench)
+            try:
+                m = run_point(point, work, k, bench)
+            except PointFailed as exc:  # told and kept; the other points still run
+                print(f"  {exc}", flush=True)
+                failed.setdefault(point.name, []).append(str(exc)[-2000:])
+                continue
             samples.append(m)
             print(f"  {point.name} #{k + 1}: T={m.t:.1f} s T/T*={m.ratio:.3f} 429={m.refused_creates} "
                   f"settle={m.settle} violations={m.violations}", flush=True)  # fmt: skip
         raw[point.name] = [asdict(s) for s in samples]
-        results.append((point, median(samples)))
+        if samples:
+            results.append((point, median(samples)))
     print()
     print(table(results))
     commit = info.get("commit", "worktree")
@@ -332,6 +346,7 @@ def run_grid(args: Any, work: Path, info: dict[str, Any], bench: ModuleType) -> 
         "points": [asdict(p) for p in wanted],
         "medians": {p.name: asdict(m) | {"meets": meets(m, p.max_running is not None)} for p, m in results},
         "samples": raw,
+        "failed": failed,
         "figures": figures,
         "markdown": table(results),
     }

@@ -209,8 +209,10 @@ def batchgen_prefix(client: str = "batchgen") -> list[str]:
 def batchgen_cmd(
     manifest: Path, output: Path, concurrency: int, rate: float | None = None, client: str = "batchgen"
 ) -> list[str]:
+    # --no-reuse: every job is created. Otherwise the user's reuse index (keyed by the base URL, whose
+    # port a later simulator may get again) can hand a run an earlier run's images, and it creates nothing.
     cmd = [*batchgen_prefix(client), "run", str(manifest), "--output", str(output), "--no-progress",
-           "--concurrency", str(concurrency)]  # fmt: skip
+           "--concurrency", str(concurrency), "--no-reuse"]  # fmt: skip
     if rate:
         cmd += ["--rate", repr(rate)]
     return cmd
