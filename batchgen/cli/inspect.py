@@ -32,10 +32,20 @@ def add_parsers(commands: Any) -> None:
     )
     status.set_defaults(handler=_status)
 
-    export = commands.add_parser("export", help="one record per job, to standard output")
+    export = commands.add_parser(
+        "export",
+        help="one record per job, to standard output",
+        description="One record per job of the current manifest, in manifest order: its state, run id, saved files "
+        "(with their sha256), error, attempts, possible double charges, input and metadata. Reads the ledger "
+        "only; works while a run is going and on a read-only folder.",
+    )
     add_location(export)
     export.add_argument(
-        "--format", choices=("jsonl", "csv"), default="jsonl", help="jsonl: one JSON object a line (default: jsonl)"
+        "--format",
+        choices=("jsonl", "csv"),
+        default="jsonl",
+        help="jsonl: one JSON object a line; csv: one row a job, a column per input field and per metadata key, "
+        "several files joined by | (default: jsonl)",
     )
     export.set_defaults(handler=_export)
 
@@ -104,7 +114,7 @@ def _print_status(report: dict[str, Any]) -> None:
     jobs, attempts = report["jobs"], report["attempts"]
     total = sum(jobs.values())
     print(f"ledger:   {report['ledger']}")
-    print(f"manifest: {report['manifest']}")
+    print(f"manifest: {report['manifest'] or '(none yet: no run has read one into this ledger)'}")
     print(
         f"jobs:     {total} — {jobs['succeeded']} succeeded, {jobs['failed']} failed, "
         f"{jobs['pending'] + jobs['running']} pending ({jobs['running']} with a run in flight)"

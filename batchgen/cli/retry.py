@@ -41,7 +41,7 @@ def add_parsers(commands: Any) -> None:
         ),
         epilog="examples:\n"
         "  batchgen retry --failed --error-kind rate-limit --error-kind server-error\n"
-        "  batchgen retry --ids lamp-01,vase-07\n"
+        "  batchgen retry --ids thr-1005-1x1,mug-0303-3x2\n"
         "  batchgen retry --ids-from bad.txt      (one id a line; the report's 'copy ids' pastes here)\n"
         "  batchgen retry --missing\n\n"
         "exit codes: 0 marked (or nothing matched), 2 usage (unknown id or kind), "

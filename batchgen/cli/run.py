@@ -307,9 +307,9 @@ def _validate(args: argparse.Namespace) -> int:
         plan = _plan(args)  # one pass: the plan reads, and checks, every job
     except ManifestError as exc:
         return _problems(args, exc)
-    print(f"{args.manifest}: {plan.jobs} job{'s' if plan.jobs != 1 else ''}, valid")
     if args.check_urls and _print_dead_links(args):
         return EXIT_USAGE
+    print(f"{args.manifest}: {plan.jobs} job{'s' if plan.jobs != 1 else ''}, valid")
     from ..planning import describe
 
     print("\n".join(describe(plan)[1:]))
@@ -341,7 +341,8 @@ def _print_dead_links(args: argparse.Namespace) -> int:
         print(f"dead reference image: {url} ({link.reason}); used by {', '.join(link.jobs)}{more}", file=sys.stderr)
     if dead:
         print(
-            f"batchgen: {len(dead)} reference image URL(s) do not answer: their jobs would be paid for and fail",
+            f"batchgen: {len(dead)} reference image URL(s) of {args.manifest} do not answer: `run` would fail "
+            "their jobs without paying for them; fix those URLs",
             file=sys.stderr,
         )
     return len(dead)
