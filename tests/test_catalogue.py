@@ -14,6 +14,7 @@ import pytest
 from batchgen.errors import ManifestError
 from batchgen.manifest import load_jobs, read_manifest, validate
 from batchgen.manifest.catalogue import MAX_COUNT
+from batchgen.manifest.csv_reader import UNCLOSED_QUOTE
 from batchgen.manifest.templates import MAX_REPEAT
 from batchgen.models import DEFAULT_MODEL
 
@@ -60,6 +61,16 @@ def test_rows_delimiter_is_named_when_a_row_does_not_fit(tmp_path):
     (problem,) = problems_of(path)
     assert (problem.line, problem.field) == (1, "rows")
     assert "products.csv row 3" in problem.message and "semicolons" in problem.message
+
+
+def test_a_rows_cell_whose_quote_never_closes_is_named_not_swallowing_rows(tmp_path):
+    """A product export with a quote opened and never closed: the problem names that row, rather than its
+    description taking in every later product."""
+    rows = 'SKU,Name\nA/1,Lamp\nB/2,"Mug 12"" tall\nC/3,Vase\nD/4,Chair\n'
+    path = catalogue(tmp_path, 'job: {id: "{{ SKU | slug }}", prompt: "{{ Name }}"}\n', rows=rows)
+    (problem,) = problems_of(path)
+    assert (problem.line, problem.field) == (1, "rows")
+    assert problem.message == f"products.csv row 3: {UNCLOSED_QUOTE}"
 
 
 def test_rows_jsonl_and_xlsx(tmp_path):

@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 from batchgen.errors import ManifestError, Problem
 from batchgen.manifest import iter_jobs, jsonl_reader, load_jobs, validate, yaml_reader
+from batchgen.manifest.csv_reader import UNCLOSED_QUOTE
 from batchgen.models import DEFAULT_MODEL, MAX_JOB_ID_LENGTH, MAX_PROMPT_LENGTH, JobSpec, image_input
 
 from .manifest_files import problems_of, write
@@ -594,6 +595,13 @@ def test_file_level_problems(tmp_path, name, setup, expected):
         path.write_text("")
     problem = only_problem(path)
     assert problem.line is None and expected in problem.message and str(path) in str(problem)
+
+
+def test_a_quote_never_closed_is_a_problem_at_its_row_not_rows_swallowed_into_a_prompt():
+    """A CSV cell whose quote is never closed would take every later row into its prompt (the csv module
+    ends it silently at the end of the file): it is a problem at the row that opened it."""
+    unclosed = only_problem(BAD_MANIFESTS / "csv_unclosed_quote.csv")
+    assert (unclosed.line, unclosed.message) == (3, UNCLOSED_QUOTE)
 
 
 def test_binary_garbage_and_bad_encodings_name_the_line(tmp_path):

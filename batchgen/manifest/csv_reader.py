@@ -119,6 +119,7 @@ class _Progress:
         self.layout: _Layout | None = None
         self.records = 0  # CSV records handled (header and blank rows included)
         self.last_line = 0
+        self.last_row: list[str] | None = None  # the file's last record, once read
         self.reported = [False]  # undecodable bytes are reported once, at their first row
 
 
@@ -139,11 +140,33 @@ def read_csv(path: str, problems: Problems) -> Iterator[Record | Batch]:
         try:
             with opened.file as file:
                 yield from _read_csv(file, opened.delimiter, progress, problems, strict, careful)
+            last = progress.last_row
+            if last is not None and line_breaks(last) and quote_left_open(path, opened.delimiter):
+                problems.add(progress.records, None, UNCLOSED_QUOTE)
             return
         except UnicodeDecodeError:
             strict, careful = False, True
         except csv.Error:
             careful = True
+
+
+UNCLOSED_QUOTE = (
+    "a quoted cell is never closed: it runs to the end of the file, taking every later line in; "
+    'close its quote ("), or double each quote inside it ("")'
+)
+
+
+def quote_left_open(path: str, delimiter: str) -> bool:
+    """True when the file ends inside a quoted cell: the csv module ends such a cell silently at the end of the
+    file, so a quote opened by mistake takes every later row into one cell. Read again strictly, only when the
+    last record spans lines; another fault a strict reading meets first is left as it was."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
+        try:
+            for _ in csv.reader(file, delimiter=delimiter, strict=True):
+                pass
+        except csv.Error as error:
+            return "unexpected end of data" in str(error)
+    return False
 
 
 class _Ignored(Problems):
@@ -171,6 +194,7 @@ def _read_csv(
             break
     if not careful:
         while chunk := list(itertools.islice(reader, CHUNK_ROWS)):
+            progress.last_row = chunk[-1]
             yield from _chunk(chunk, progress, delimiter, problems, decoded)
             progress.last_line = reader.line_num
         return
@@ -178,6 +202,7 @@ def _read_csv(
     try:
         for row in reader:
             chunk.append(row)
+            progress.last_row = row
             if len(chunk) == CHUNK_ROWS:
                 yield from _chunk(chunk, progress, delimiter, problems, decoded)
                 progress.last_line = reader.line_num

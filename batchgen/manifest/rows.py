@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .csv_reader import DELIMITER_NAMES, line_breaks, open_csv, undecodable_byte
+from .csv_reader import DELIMITER_NAMES, UNCLOSED_QUOTE, line_breaks, open_csv, quote_left_open, undecodable_byte
 from .jsonl_reader import MAX_JSONL_LINE_BYTES, bounded_lines
 from .problems import Problems, describe, not_utf8
 from .templates import Row
@@ -81,10 +81,10 @@ def _csv_rows(rows: RowsFile, problems: Problems) -> Iterator[tuple[int, Row]]:
         delimiter = "\t" if rows.path.suffix.lower() == ".tsv" else opened.delimiter
         reader = csv.reader(file, delimiter=delimiter)
         header: list[str] | None = None
-        number = 0
+        number, last = 0, None
         try:
             for cells in reader:
-                number += 1
+                number, last = number + 1, cells
                 if not any(cells):
                     continue
                 if not all(map(str.isascii, cells)) and (byte := undecodable_byte(cells)) is not None:
@@ -105,6 +105,9 @@ def _csv_rows(rows: RowsFile, problems: Problems) -> Iterator[tuple[int, Row]]:
                 yield number, Row(zip(header, cells + [""] * (len(header) - len(cells)), strict=False))
         except csv.Error as error:
             problems.add(rows.line, "rows", f"{rows.shown} row {number + 1}: cannot read the CSV: {error}")
+        else:
+            if last is not None and line_breaks(last) and quote_left_open(str(rows.path), delimiter):
+                problems.add(rows.line, "rows", f"{rows.shown} row {number}: {UNCLOSED_QUOTE}")
         if header is None:
             problems.add(rows.line, "rows", f"{rows.shown}: the file has no header row")
 
