@@ -83,7 +83,7 @@ def _done_message(failed: int, stats: BatchStats) -> tuple[int, str]:
             f"{failed} job(s) failed for good; `batchgen status` says why, and `batchgen retry --failed` "
             "marks them to be made again by the next run"
         )
-    if stats.created == 0 and stats.downloads == 0:
+    if stats.created == 0 and stats.downloads == 0 and stats.reused == 0:
         return ExitCode.OK, "nothing to do: every job in the manifest has already succeeded"
     return ExitCode.OK, "all jobs succeeded"
 

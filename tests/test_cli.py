@@ -163,13 +163,17 @@ def test_a_base_url_without_the_api_stops_at_the_first_create(tmp_path, serve):
 
 
 def test_output_folder_that_is_a_file_exits_5(tmp_path, serve):
-    """--output naming a regular file: exit 5 with a message naming it, no traceback, nothing sent."""
+    """--output naming a regular file, or a folder below one: exit 5 with a message naming the file, no traceback,
+    nothing sent."""
     server = serve()
     not_a_folder = tmp_path / "out"
     not_a_folder.write_text("I am a file\n", encoding="utf-8")
     result = run_cli(EXAMPLE, not_a_folder, env=env_for(server))
     assert_exit(result, 5)
     assert str(not_a_folder) in result.stderr
+    below = run_cli(EXAMPLE, not_a_folder / "images", env=env_for(server))  # a file on the way to the folder
+    assert_exit(below, 5)
+    assert f"{not_a_folder} is a file, not a folder" in below.stderr
     assert requests_seen(server) == 0
 
 

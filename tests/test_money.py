@@ -204,6 +204,7 @@ def test_a_second_folder_reuses_the_first_ones_images(write_manifest, run, tmp_p
     assert run(manifest, sim, output_dir=tmp_path / "a").exit_code == ExitCode.OK
     result = run(manifest, sim, output_dir=tmp_path / "b")
     assert result.exit_code == ExitCode.OK and result.stats.reused == 5 and result.stats.created == 0
+    assert result.message == "all jobs succeeded"  # five jobs were done now, by copying: not "nothing to do"
     assert sim.stats()["creates"] == 5
     for image in (tmp_path / "a").glob("*.png"):
         assert (tmp_path / "b" / image.name).read_bytes() == image.read_bytes()

@@ -133,6 +133,9 @@ class Ledger(LedgerReads, LedgerExports, LedgerWrites):
 
     def _cannot_open(self, exc: BaseException) -> str:
         folder = self.path.parent
+        file_on_the_way = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if file_on_the_way is not None:
+            return f"cannot make the folder {folder} for the ledger: {file_on_the_way} is a file, not a folder"
         if not os.access(folder, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
             return f"cannot write the ledger {self.path}: the folder {folder} is read-only or not writable"
         if isinstance(exc, OSError):
