@@ -16,6 +16,7 @@ before deciding that the cap is reached.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import anyio
 
 from .errors import UsageError
 from .manifest import read_manifest
-from .models import JobSpec
+from .models import DEFAULT_MODEL, QUALITIES, JobSpec
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,23 @@ def parse_prices(text: str) -> Prices:
             raise UsageError(
                 f"--price takes KEY=CREDITS pairs separated by commas (high=2,medium=1), not {item.strip()!r}"
             )
-        table[key.strip()] = price
+        table[_price_key(key.strip())] = price
     return Prices(table)
+
+
+def _price_key(key: str) -> str:
+    """A key a job can be priced by: a quality, ``default``, a model (``owner/name``) or ``model:quality``;
+    anything else (a typo such as ``hihg``) would price nothing, so it is refused."""
+    model, colon, quality = key.rpartition(":") if "/" in key else ("", "", key)
+    named = key in (*QUALITIES, "default") or (not colon and "/" in key)
+    if named or (colon and "/" in model and quality in QUALITIES):
+        return key
+    close = difflib.get_close_matches(quality, [*QUALITIES, "default"], n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise UsageError(
+        f"--price {key!r} would price no job: a key is a quality ({', '.join(QUALITIES)}), 'default', a model "
+        f"(such as {DEFAULT_MODEL}) or model:quality{hint}"
+    )
 
 
 class Budget:

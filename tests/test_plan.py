@@ -60,6 +60,20 @@ def test_prices_parse_and_look_up_by_model_quality_then_quality_then_default():
             parse_prices(bad)
 
 
+def test_a_price_key_that_would_price_no_job_is_refused_with_the_likely_one():
+    """A typo or an unknown quality (hihg, ultra, model:hgh) would silently price nothing: refused, naming the
+    key and, when one is close, the key meant. Models (with their owner/) and 'default' are keys."""
+    assert parse_prices("someone/else=1, default=2, someone/else:medium=3").table.keys() == {
+        "someone/else", "default", "someone/else:medium"
+    }  # fmt: skip
+    for bad, meant in (("hihg=2", "high"), ("ultra=2", None), ("openai/gpt-image-1.5:hgh=2", "high")):
+        with pytest.raises(UsageError) as refused:
+            parse_prices(bad)
+        message = str(refused.value)
+        assert repr(bad.partition("=")[0]) in message
+        assert (f"did you mean {meant!r}" in message) if meant else ("did you mean" not in message)
+
+
 def test_dry_run_counts_only_what_would_be_paid_now(write_manifest, tmp_path, run):
     """The plan leaves out jobs done, identical ones and reusable ones, prices the rest, and sends nothing."""
     sim = Simulator(SimConfig(latency=0.05))
