@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import json
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -141,3 +144,24 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def error_texts(response: httpx.Response) -> Iterator[str]:
+    """What an error answer says, best first, as the server wrote it (to be scrubbed): the message of a
+    JSON error body, else the body's words (an HTML page from a proxy without its tags), else the reason."""
+    try:
+        data = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error", data.get("message", data.get("detail")))
+        if isinstance(error, dict):
+            error = error.get("message", error)
+        if error:
+            yield str(error)
+            return
+    text = response.text if response.content else ""
+    if "<" in text and ">" in text:  # an HTML page from a proxy: keep its words only
+        text = re.sub(r"<[^>]*>", " ", text)
+    yield text
+    yield response.reason_phrase

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,7 @@ from .answers import (
     check_base_url,
     check_run_id,
     content_length,
+    error_texts,
     output_urls,
     parse_retry_after,
     run_path,
@@ -501,22 +501,8 @@ class RunbaseClient:
         return self._text(str(error))
 
     def _error_text(self, response: httpx.Response) -> str:
-        """The most useful short text in an error body, whatever the body is."""
-        try:
-            data = json.loads(response.content)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            data = None
-        if isinstance(data, dict):
-            error = data.get("error", data.get("message", data.get("detail")))
-            if isinstance(error, dict):
-                error = error.get("message", error)
-            if error:
-                return self._text(str(error))
-        text = response.text if response.content else ""
-        if "<" in text and ">" in text:  # an HTML page from a proxy: keep its words only
-            text = re.sub(r"<[^>]*>", " ", text)
-        text = self._text(text)
-        return text or self._text(response.reason_phrase) or "no details"
+        """The most useful short text in an error body, whatever the body is, scrubbed."""
+        return next(filter(None, map(self._text, error_texts(response))), "no details")
 
     def _check_download_url(self, url: str) -> None:
         parts = urlsplit(url)
