@@ -70,9 +70,11 @@ class ReferenceCheck:
         return self._answers[url]
 
 
-async def check_all(client: RunbaseClient, jobs: Iterable[JobSpec], *, examples: int = 5) -> dict[str, DeadLink]:
+async def check_all(
+    client: RunbaseClient, jobs: Iterable[JobSpec], *, examples: int = 5
+) -> tuple[dict[str, DeadLink], int]:
     """Every distinct reference URL of ``jobs`` asked once (16 at a time); the dead ones with the jobs
-    that use them (the first few ids, and how many)."""
+    that use them (the first few ids, and how many), and how many URLs could not be told."""
     check = ReferenceCheck(client)
     users: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
@@ -92,7 +94,7 @@ async def check_all(client: RunbaseClient, jobs: Iterable[JobSpec], *, examples:
     async with anyio.create_task_group() as tg:
         for url in users:
             tg.start_soon(ask, url)
-    return dead
+    return dead, check.unknown
 
 
 @dataclass(frozen=True)

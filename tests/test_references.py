@@ -49,6 +49,18 @@ def test_a_link_that_cannot_be_told_does_not_block_its_job(write_manifest, run, 
     assert server.simulator.stats()["creates"] == 1
 
 
+def test_validate_check_urls_says_which_links_it_could_not_tell(write_manifest, serve):
+    """A reference URL nobody answers at (refused connection) is no dead link, since the API may reach it;
+    validate --check-urls says how many it could not check, and the manifest stays valid."""
+    server = serve()
+    host = server.base_url.removesuffix("/api/v1")
+    urls = {"a": "http://127.0.0.1:9/lamp.png", "b": f"{host}/img/here.png"}
+    result = batchgen_cli("validate", str(write_manifest(jobs=jobs_with(urls))), "--check-urls")
+    assert result.returncode == 0, result.stderr
+    assert "1 reference image URL(s) could not be checked from here" in result.stderr
+    assert "2 jobs, valid" in result.stdout
+
+
 def test_validate_check_urls_lists_dead_links_with_their_jobs(write_manifest, serve):
     """validate --check-urls asks each URL once and names the jobs using a dead one; exit 2."""
     server = serve(dead_links=("gone",))

@@ -331,11 +331,17 @@ def _print_dead_links(args: argparse.Namespace) -> int:
     from ..manifest import iter_jobs
     from ..references import check_all
 
-    async def check() -> dict[str, Any]:
+    async def check() -> tuple[dict[str, Any], int]:
         async with RunbaseClient(DEFAULT_BASE_URL, "not-used") as client:  # only its key-less file client
             return await check_all(client, iter_jobs(args.manifest))
 
-    dead = anyio.run(check)
+    dead, unknown = anyio.run(check)
+    if unknown:
+        print(
+            f"batchgen: {unknown} reference image URL(s) could not be checked from here (no answer, a timeout or "
+            "a server error); run will try them, as the API may reach them",
+            file=sys.stderr,
+        )
     for url, link in dead.items():
         more = f" and {link.uses - len(link.jobs)} more" if link.uses > len(link.jobs) else ""
         print(f"dead reference image: {url} ({link.reason}); used by {', '.join(link.jobs)}{more}", file=sys.stderr)
