@@ -299,6 +299,22 @@ def test_catalogue_and_jobs_are_exclusive_and_both_halves_are_needed(tmp_path):
 # --- variants, copies, file names ---------------------------------------------------------
 
 
+def test_variants_of_one_row_given_one_file_name_are_told_so(tmp_path):
+    """A filename: template without the variant gives a row's variants one file: the problem says they are
+    variants of the same row, rather than naming the row as its own earlier user."""
+    body = (
+        "where: {Type: simple}\n"
+        'variants: {aspect_ratio: ["1:1", "3:2"]}\n'
+        'job: {id: "{{ SKU | slug }}", prompt: "{{ Name }}", filename: "{{ SKU | slug }}"}\n'
+    )
+    (problem,) = problems_of(catalogue(tmp_path, body))
+    assert problem.field == "filename"
+    assert problem.message == (
+        "products.csv row 2: file name 'thr-1005' is already used on products.csv row 2 "
+        "(another variant or copy of this same row: make filename differ by variant)"
+    )
+
+
 def test_variants_and_count_give_stable_suffixes_and_distinct_specs(tmp_path):
     """Each variant combination and copy gets a suffix from its values; copies differ only by sample."""
     body = (

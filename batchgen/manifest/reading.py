@@ -99,7 +99,11 @@ def _resolve(
             continue
         repeats, fine = claims.resolve(_keys_again(records, field, problems.where_kind))
         for suspect, where, spelling in repeats:
-            problems.add(suspect.line, field, suspect.prefix + repeat_message(kind, suspect.key, spelling, where))
+            message = repeat_message(kind, suspect.key, spelling, where)
+            row = suspect.prefix.rstrip(": ")
+            if row and (where == row or where.endswith(" " + row)):  # two jobs of one row: its variants or copies
+                message += f" (another variant or copy of this same row: make {field} differ by variant)"
+            problems.add(suspect.line, field, suspect.prefix + message)
             repeated.add(id(suspect.payload))
         cleared += fine
     released: set[int] = set()
