@@ -132,9 +132,10 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
             return BatchResult(Outcome.MANIFEST, ExitCode.USAGE, manifest_message(exc))
         except (BatchgenError, OSError) as exc:
             return BatchResult(Outcome.ERROR, ExitCode.LOCAL, local_error(exc, config.output_dir))
-        if (sync is None or sync.done) and ledger.summary().to_do == 0:
-            return batch_result(Outcome.DONE, ledger, BatchStats(), started, config.output_dir, notes=notes)
         session = ledger.session_started(str(config.manifest))
+        if (sync is None or sync.done) and ledger.summary().to_do == 0:
+            result = batch_result(Outcome.DONE, ledger, BatchStats(), started, config.output_dir, notes=notes)
+            return _finish_session(ledger, session, result)
         scheduler, outcome = await _run_scheduler(config, ledger, folder, api_key, sync)
         try:  # creates still unanswered now never will be (an interrupt's grace ran out): count them at once
             scheduler.stats.unknown_creates += ledger.recover()
@@ -150,12 +151,17 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
         result = batch_result(
             outcome, ledger, scheduler.stats, started, config.output_dir, scheduler.error, notes=notes
         )
-        try:
-            ledger.session_finished(session, result.outcome.value, result.exit_code, json.dumps(asdict(result.stats)))
-            ledger.flush()
-        except (LedgerError, OutputError):
-            ledger.rollback()  # the ledger may be what failed (disk full); the result already says so
-        return result
+        return _finish_session(ledger, session, result)
+
+
+def _finish_session(ledger: Ledger, session: int, result: BatchResult) -> BatchResult:
+    """Record how this run ended (status's "last run" reads it), a run with nothing to do included."""
+    try:
+        ledger.session_finished(session, result.outcome.value, result.exit_code, json.dumps(asdict(result.stats)))
+        ledger.flush()
+    except (LedgerError, OutputError):
+        ledger.rollback()  # the ledger may be what failed (disk full); the result already says so
+    return result
 
 
 def _prepare(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> tuple[ManifestSync | None, list[str]]:

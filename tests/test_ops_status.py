@@ -86,7 +86,8 @@ def test_status_shows_retryable_failures_and_several_distinct_errors(tmp_path, s
 
 
 def test_attempts_of_jobs_dropped_from_the_manifest_are_not_counted(tmp_path, serve):
-    """After the manifest drops a job, status counts only the current manifest's jobs and their attempts."""
+    """After the manifest drops a job, status counts only the current manifest's jobs and their attempts, and
+    its last run is the one that found nothing to do."""
     server = serve()
     out = tmp_path / "out"
     manifest = write_jobs(tmp_path / "m.yaml", ["one", "two", "three"])
@@ -99,6 +100,9 @@ def test_attempts_of_jobs_dropped_from_the_manifest_are_not_counted(tmp_path, se
     )
     status = json.loads(batchgen_cli("status", "--output", str(out), "--json").stdout)
     assert status["jobs"]["succeeded"] == 2 and status["attempts"] == {"succeeded": 2}
+    # The second run had nothing to do, and is still the last run status tells of.
+    last = status["last_session"]
+    assert (last["session"], last["outcome"], last["exit_code"], last["stats"]["created"]) == (2, "done", 0, 0)
 
 
 def _shell(command: str, cwd: Path, env: dict[str, str]):
