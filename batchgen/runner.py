@@ -124,6 +124,7 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
         return BatchResult(Outcome.ERROR, ExitCode.LOCAL, str(exc))
     with ledger, OutputFolder(config.output_dir) as folder:
         try:
+            left_behind = ledger.images_left_behind()
             sync, notes = _prepare(config, ledger, folder)
         except ManifestError as exc:
             ledger.close()
@@ -134,6 +135,7 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
             return BatchResult(Outcome.ERROR, ExitCode.LOCAL, local_error(exc, config.output_dir))
         session = ledger.session_started(str(config.manifest))
         if (sync is None or sync.done) and ledger.summary().to_do == 0:
+            notes += _left_behind(ledger, left_behind, config)
             result = batch_result(Outcome.DONE, ledger, BatchStats(), started, config.output_dir, notes=notes)
             return _finish_session(ledger, session, result)
         scheduler, outcome = await _run_scheduler(config, ledger, folder, api_key, sync)
@@ -148,10 +150,26 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
                 f"{len(dead)} reference image URL(s) did not answer, so their jobs failed unpaid "
                 f"(e.g. {url}: {why}); fix them and run `batchgen retry --failed --error-kind reference`"
             )
+        notes += _left_behind(ledger, left_behind, config)
         result = batch_result(
             outcome, ledger, scheduler.stats, started, config.output_dir, scheduler.error, notes=notes
         )
         return _finish_session(ledger, session, result)
+
+
+def _left_behind(ledger: Ledger, before: int, config: BatchConfig) -> list[str]:
+    """A note when this manifest leaves out jobs whose images the folder holds (another manifest's, or
+    rows since removed): they stay, but status, export and report now show this manifest's jobs only."""
+    try:
+        dropped = ledger.images_left_behind() - before
+    except LedgerError:
+        return []
+    if dropped <= 0:
+        return []
+    return [
+        f"{dropped} job(s) with images in {config.output_dir} are not in {config.manifest} (an earlier or "
+        "another manifest's): their images stay there, but status, export and report show this manifest's jobs"
+    ]
 
 
 def _finish_session(ledger: Ledger, session: int, result: BatchResult) -> BatchResult:

@@ -86,8 +86,8 @@ def test_status_shows_retryable_failures_and_several_distinct_errors(tmp_path, s
 
 
 def test_attempts_of_jobs_dropped_from_the_manifest_are_not_counted(tmp_path, serve):
-    """After the manifest drops a job, status counts only the current manifest's jobs and their attempts, and
-    its last run is the one that found nothing to do."""
+    """After the manifest drops a job, the run says its image stays but is no longer shown; status counts only
+    the current manifest's jobs and their attempts, and its last run is the latest, which had nothing to do."""
     server = serve()
     out = tmp_path / "out"
     manifest = write_jobs(tmp_path / "m.yaml", ["one", "two", "three"])
@@ -95,14 +95,16 @@ def test_attempts_of_jobs_dropped_from_the_manifest_are_not_counted(tmp_path, se
         batchgen_cli("run", str(manifest), "--output", str(out), "--no-progress", env=env_for(server)).returncode == 0
     )
     write_jobs(manifest, ["one", "two"])
-    assert (
-        batchgen_cli("run", str(manifest), "--output", str(out), "--no-progress", env=env_for(server)).returncode == 0
-    )
+    again = batchgen_cli("run", str(manifest), "--output", str(out), "--no-progress", env=env_for(server))
+    assert again.returncode == 0
+    assert f"1 job(s) with images in {out} are not in {manifest}" in again.stderr  # told once, when dropped
+    once_more = batchgen_cli("run", str(manifest), "--output", str(out), "--no-progress", env=env_for(server))
+    assert "are not in" not in once_more.stderr
     status = json.loads(batchgen_cli("status", "--output", str(out), "--json").stdout)
     assert status["jobs"]["succeeded"] == 2 and status["attempts"] == {"succeeded": 2}
-    # The second run had nothing to do, and is still the last run status tells of.
+    # The later runs had nothing to do; the latest is still the last run status tells of.
     last = status["last_session"]
-    assert (last["session"], last["outcome"], last["exit_code"], last["stats"]["created"]) == (2, "done", 0, 0)
+    assert (last["session"], last["outcome"], last["exit_code"], last["stats"]["created"]) == (3, "done", 0, 0)
 
 
 def _shell(command: str, cwd: Path, env: dict[str, str]):

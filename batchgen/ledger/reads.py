@@ -134,6 +134,13 @@ class LedgerReads:
             counts[str(status)] -= int(n)
         return {status: n for status, n in counts.items() if n}
 
+    def images_left_behind(self) -> int:
+        """Jobs with images that the current manifest no longer has (an earlier or another manifest's)."""
+        row = self._query(
+            "SELECT count(*) FROM jobs WHERE generation < ? AND state = 'succeeded'", (self.generation,)
+        ).fetchone()
+        return int(row[0])
+
     def recent_errors(self, limit: int = 5) -> list[tuple[str, str]]:
         rows = self._query(
             """SELECT job_id, error FROM jobs WHERE generation = ? AND state IN ('failed', 'pending', 'running')
