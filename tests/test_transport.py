@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from batchgen.api import RunbaseClient, Timeouts
-from batchgen.errors import OutputUnusable, RunIdRefused, TransientError
+from batchgen.errors import OutputUnusable, Redirected, RunIdRefused, TransientError
 from batchgen.models import JobSpec, image_input
 from batchgen.simulator import API_PREFIX, SimConfig, Simulator, SimulatorServer
 from batchgen.transport import AiohttpNetworkTransport, network_transport
@@ -189,14 +189,15 @@ def test_whole_run_over_sockets_and_no_key_reaches_the_files_host(network):
 
 
 def test_the_api_client_follows_no_redirect(network):
-    """A 302 from the API is an error; its Location is never requested (the key would go with it)."""
+    """A 302 from the API is Redirected (the base URL is wrong); its Location is never requested (the key would
+    go with it)."""
     with RawServer(answer(302, b"", {"Location": "/elsewhere"})) as server:
 
         async def main() -> None:
             async with client_for(network, server.base_url) as client:
                 await client.get_run("run_1")
 
-        with pytest.raises(TransientError, match="HTTP 302"):
+        with pytest.raises(Redirected, match="HTTP 302: the API at .* redirects to http://127.0.0.1:[0-9]+/elsewhere"):
             anyio.run(main)
         assert server.request_lines() == [f"GET {API_PREFIX}/runs/run_1 HTTP/1.1"]
 
