@@ -44,7 +44,7 @@ from typing import Any
 
 from .errors import LedgerBusy, OutputError
 from .models import SavedOutput
-from .outputs import TEMP_PREFIX, TEMP_SUFFIX, file_sha256, output_path
+from .outputs import TEMP_PREFIX, TEMP_SUFFIX, file_sha256, numbered, output_path
 
 try:
     import fcntl
@@ -245,10 +245,7 @@ class OutputFolder:
         if stat.S_ISREG(found.st_mode) and found.st_size == saved.bytes and file_sha256(final) == saved.sha256:
             return None
         target = output_path(self.state / REPLACED_DIR, saved.path)
-        candidate, number = target, 1
-        while os.path.lexists(candidate):
-            number += 1
-            candidate = target.with_name(f"{target.stem}.v{number}{target.suffix}")
+        candidate = next(place for place in numbered(target) if not os.path.lexists(place))
         try:
             candidate.parent.mkdir(parents=True, exist_ok=True)
             os.rename(final, candidate)

@@ -19,11 +19,12 @@ the API chooses to return.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -133,6 +134,13 @@ class PartialFile:
     def __exit__(self, *exc_info: object) -> None:
         # Runs on success too: after commit the temp name no longer exists.
         self.discard()
+
+
+def numbered(target: Path) -> Iterator[Path]:
+    """``target``, then ``name.v2.ext``, ``name.v3.ext``, ...: the places an earlier version may be kept."""
+    yield target
+    for number in itertools.count(2):
+        yield target.with_name(f"{target.stem}.v{number}{target.suffix}")
 
 
 def file_sha256(path: Path) -> str:

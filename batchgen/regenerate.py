@@ -33,7 +33,7 @@ from .errors import OutputError, UsageError
 from .folder import STATE_DIR
 from .ledger import Ledger
 from .models import JobState
-from .outputs import UnsafeName, file_sha256, output_path
+from .outputs import UnsafeName, file_sha256, numbered, output_path
 
 VERSIONS_DIR = "versions"  # under STATE_DIR
 
@@ -163,13 +163,12 @@ def _places(output_dir: Path, recorded: dict[str, Any]) -> tuple[Path, Path, str
 
 def _free_place(output_dir: Path, target: Path, rel: str, size: int, sha256: str) -> tuple[Path, str, bool]:
     """``target``, or the first ``name.vN.ext`` not taken; True when the same bytes are already there."""
-    candidate, number = target, 1
-    while candidate.exists() or candidate.is_symlink():
+    for candidate in numbered(target):
+        if not os.path.lexists(candidate):
+            return candidate, candidate.relative_to(output_dir).as_posix(), False
         if candidate.is_file() and candidate.stat().st_size == size and file_sha256(candidate) == sha256:
             return candidate, candidate.relative_to(output_dir).as_posix(), True
-        number += 1
-        candidate = target.with_name(f"{target.stem}.v{number}{target.suffix}")
-    return candidate, candidate.relative_to(output_dir).as_posix(), False
+    raise AssertionError("numbered() never ends")
 
 
 def _put_back(done: list[tuple[Path, Path]]) -> None:

@@ -297,7 +297,7 @@ async def _run_scheduler(
             backoff_base=config.backoff_base,
             reading_manifest=sync is not None and not sync.done,
             not_found_grace=config.not_found_grace,
-            on_file=_journal_file(folder, events),
+            on_file=_before_rename(folder, events),
             reuser=reuser,
             budgets=_budgets(config),
             sidecars=config.sidecar,
@@ -339,7 +339,7 @@ def _budgets(config: BatchConfig) -> list[tuple[Budget, Callable[[JobSpec], floa
     return budgets
 
 
-def _journal_file(folder: OutputFolder, events: Events) -> Callable[[JobSpec, str, SavedOutput], None]:
+def _before_rename(folder: OutputFolder, events: Events) -> Callable[[JobSpec, str, SavedOutput], None]:
     """What happens just before an output takes its name: the journal hears of it, and a file with other
     bytes under that name is kept aside (``OutputFolder.keep_aside``), never overwritten."""
 
@@ -361,7 +361,7 @@ def _reuser(config: BatchConfig, ledger: Ledger, folder: OutputFolder, events: E
         index = ReuseIndex(config.reuse_index or default_index_path(), service)
     except LedgerError:
         return None  # an optimisation: without it every job simply gets its own run
-    return Reuser(index, ledger, config.output_dir, _journal_file(folder, events))
+    return Reuser(index, ledger, config.output_dir, _before_rename(folder, events))
 
 
 async def _read_rest(sync: ManifestSync, scheduler: Scheduler, progress: Progress | None) -> None:
