@@ -5,6 +5,7 @@
     python bench/run.py --grid --repeat 3        # medians of 3: the committed figures (quiet machine)
     python bench/run.py --grid --quick           # four short points: the CI smoke version
     python bench/run.py --grid --points cap      # the points whose name contains "cap"
+    python bench/grid.py --merge A.json B.json --json OUT.json   # runs at one commit as medians over all
 
 Points: create rate R ∈ {2, 10, 40, 150}/s × bucket ∈ {1, R/4, R} × Retry-After ∈ {precise
 (whole seconds, as the header carries them), fixed 1 s, absent}; caps of 4 and 16 runs in
@@ -322,8 +323,22 @@ def run_grid(args: Any, work: Path, info: dict[str, Any], bench: ModuleType) -> 
             results.append((point, median(samples)))
     print()
     print(table(results))
+    return payload(info, args.quick, args.repeat, wanted, results, raw, failed, args.figures or work)
+
+
+def payload(
+    info: dict[str, Any],
+    quick: bool,
+    repeat: int,
+    wanted: list[Point],
+    results: list[tuple[Point, Measured]],
+    raw: dict[str, list[dict[str, Any]]],
+    failed: dict[str, list[str]],
+    figures_dir: Path,
+) -> dict[str, Any]:
+    """The JSON payload of a grid (raw samples included), with its pictures drawn into ``figures_dir``."""
     commit = info.get("commit", "worktree")
-    pictures = QUICK_PICTURES if args.quick else PICTURES
+    pictures = QUICK_PICTURES if quick else PICTURES
     figures = {}
     try:
         import matplotlib  # noqa: F401
@@ -333,15 +348,15 @@ def run_grid(args: Any, work: Path, info: dict[str, Any], bench: ModuleType) -> 
     for point, m in results:
         if point.name in pictures and m.accepted_at:
             slug = "".join(c if c.isalnum() else "_" for c in point.name)
-            path = (args.figures or work) / f"grid_{slug}_{commit}.png"
+            path = figures_dir / f"grid_{slug}_{commit}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             picture(point, m, path)
             figures[point.name] = str(path)
             print(f"picture: {path}")
     return {
         "machine": info,
-        "quick": args.quick,
-        "repeat": args.repeat,
+        "quick": quick,
+        "repeat": repeat,
         "violation_grace": VIOLATION_GRACE,
         "points": [asdict(p) for p in wanted],
         "medians": {p.name: asdict(m) | {"meets": meets(m, p.max_running is not None)} for p, m in results},
@@ -350,3 +365,58 @@ def run_grid(args: Any, work: Path, info: dict[str, Any], bench: ModuleType) -> 
         "figures": figures,
         "markdown": table(results),
     }
+
+
+def merge(paths: list[Path], figures_dir: Path, command: str) -> dict[str, Any]:
+    """Runs of the grid at one commit (each file from ``bench/run.py --grid --json``) as one: every
+    sample kept, the medians taken over all of them, the pictures drawn again for the median runs.
+    Files that measured different commits, or a quick grid with a full one, are refused."""
+    runs = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    commits = {run["machine"].get("commit") for run in runs}
+    if len(commits) != 1 or None in commits or len({run["quick"] for run in runs}) != 1:
+        raise SystemExit(f"grid merge: the files measured different commits or grids: {sorted(map(str, commits))}")
+    wanted = [Point(**p) for p in runs[0]["points"]]
+    results: list[tuple[Point, Measured]] = []
+    raw: dict[str, list[dict[str, Any]]] = {}
+    failed: dict[str, list[str]] = {}
+    for point in wanted:
+        samples = [Measured(**s) for run in runs for s in run["samples"].get(point.name, [])]
+        raw[point.name] = [asdict(s) for s in samples]
+        for run in runs:
+            failed.setdefault(point.name, []).extend(run.get("failed", {}).get(point.name, []))
+        if samples:
+            results.append((point, median(samples)))
+    info = dict(runs[0]["machine"])
+    info.update(
+        date=max(run["machine"]["date"] for run in runs),
+        command=command,
+        merged=[{key: run["machine"].get(key) for key in ("command", "date", "snapshot_sha256")} for run in runs],
+    )
+    failed = {name: texts for name, texts in failed.items() if texts}
+    print(table(results))
+    return payload(
+        info, runs[0]["quick"], sum(run["repeat"] for run in runs), wanted, results, raw, failed, figures_dir
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import shlex
+    import sys
+
+    parser = argparse.ArgumentParser(description="Merge runs of the grid at one commit into medians over every run.")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, required=True, help="grid JSON files (bench/run.py --grid --json)"
+    )
+    parser.add_argument("--json", type=Path, required=True, help="where the merged grid goes")
+    parser.add_argument("--figures", type=Path, default=Path("bench/results"), help="where the pictures go")
+    args = parser.parse_args(argv)
+    command = "python bench/grid.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    merged = merge(args.merge, args.figures, command)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(merged, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import bench_command
+from .conftest import REPO, bench_command
 
 
 @pytest.mark.timeout(300)
@@ -36,3 +38,18 @@ def test_grid_quick_completes_and_computes_every_figure(tmp_path: Path) -> None:
         if points[name]["rate"] is not None:
             assert len(m["settle"]) == points[name]["rate"].count(",") + 1
     assert report["markdown"].startswith("| point |")
+
+    # Runs at one commit merge into medians over all of them (bench/grid.py --merge); other commits are refused.
+    merged = tmp_path / "merged.json"
+    bench_command("grid.py", "--merge", str(out), str(out), "--json", str(merged), "--figures", str(tmp_path / "f2"))
+    both = json.loads(merged.read_text())
+    assert both["repeat"] == 2 * report["repeat"] and len(both["machine"]["merged"]) == 2
+    for name, samples in both["samples"].items():
+        assert samples == report["samples"][name] * 2
+        assert both["medians"][name]["ratio"] == report["medians"][name]["ratio"]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**report, "machine": {**report["machine"], "commit": "0000000"}}))
+    merge = [sys.executable, str(REPO / "bench" / "grid.py"), "--merge", str(out), str(other)]
+    refused = subprocess.run([*merge, "--json", str(tmp_path / "no.json")], capture_output=True, text=True)
+    assert refused.returncode != 0 and "different commits" in refused.stderr
+    assert not (tmp_path / "no.json").exists()
