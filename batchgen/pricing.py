@@ -16,7 +16,6 @@ before deciding that the cap is reached.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import anyio
 
 from .errors import UsageError
 from .manifest import read_manifest
+from .manifest.pricing import likely
 from .models import DEFAULT_MODEL, QUALITIES, JobSpec
 
 
@@ -51,9 +51,11 @@ class Prices:
 
 
 def parse_prices(text: str) -> Prices:
-    """``high=2,medium=1`` (also ``default=1``, ``openai/gpt-image-1.5:high=2``) into Prices."""
+    """``high=2,medium=1`` (also ``default=1``, ``openai/gpt-image-1.5:high=2``) into Prices; a lone
+    number (``--price 2``) is every run's price, as ``pricing: 2`` is in a manifest."""
     table: dict[str, float] = {}
-    for item in text.split(","):
+    lone = "=" not in text
+    for item in [f"default={text}"] if lone else text.split(","):
         key, sep, value = item.strip().rpartition("=")
         try:
             price = float(value)
@@ -61,7 +63,8 @@ def parse_prices(text: str) -> Prices:
             price = math.nan
         if not sep or not key.strip() or not math.isfinite(price) or price < 0:
             raise UsageError(
-                f"--price takes KEY=CREDITS pairs separated by commas (high=2,medium=1), not {item.strip()!r}"
+                "--price takes a number of credits per run (2) or KEY=CREDITS pairs separated by commas "
+                f"(high=2,medium=1), not {text.strip() if lone else item.strip()!r}"
             )
         table[_price_key(key.strip())] = price
     return Prices(table)
@@ -74,11 +77,9 @@ def _price_key(key: str) -> str:
     named = key in (*QUALITIES, "default") or (not colon and "/" in key)
     if named or (colon and "/" in model and quality in QUALITIES):
         return key
-    close = difflib.get_close_matches(quality, [*QUALITIES, "default"], n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
     raise UsageError(
         f"--price {key!r} would price no job: a key is a quality ({', '.join(QUALITIES)}), 'default', a model "
-        f"(such as {DEFAULT_MODEL}) or model:quality{hint}"
+        f"(such as {DEFAULT_MODEL}) or model:quality{likely(quality)}"
     )
 
 

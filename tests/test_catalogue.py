@@ -485,27 +485,19 @@ def test_pricing_forms(tmp_path, pricing, job, credits):
 
 @pytest.mark.parametrize(
     ("pricing", "expected"),
-    [("-1", "0 or more"), ("{}", "empty"), ("{ultra: 2}", "'ultra' is not a quality"), ("{high: x}", "number")],
+    [
+        ("-1", "0 or more"),
+        ("{}", "empty"),
+        ("{ultra: 2}", "'ultra' is not a quality"),
+        ("{hihg: 2}", "did you mean 'high'?"),
+        ("{high: x}", "number"),
+    ],
 )
 def test_bad_pricing_is_a_problem_on_its_line(tmp_path, pricing, expected):
     """A negative, empty, unknown-quality or non-numeric price is a problem at the 'pricing:' line."""
     path = write(tmp_path, "m.yaml", f"jobs: [{{prompt: a}}]\npricing: {pricing}\n")
     (problem,) = problems_of(path)
     assert (problem.line, problem.field) == (2, "pricing") and expected in problem.message
-
-
-def test_price_option_reads_pairs_or_one_number():
-    """--price high=2,medium=1 and --price 2 give the same tables as the manifest forms; junk is refused."""
-    from batchgen.manifest import Pricing
-    from batchgen.manifest.problems import Invalid
-    from batchgen.models import JobSpec, image_input
-
-    job = JobSpec("a", image_input("a", quality="medium"))
-    assert Pricing.from_option("high=2, medium=1", DEFAULT_MODEL).credits(job) == 1.0
-    assert Pricing.from_option("2", DEFAULT_MODEL).credits(job) == 2.0
-    for junk in ("high", "high=", "=2", "high=two"):
-        with pytest.raises(Invalid):
-            Pricing.from_option(junk, DEFAULT_MODEL)
 
 
 def test_catalogue_jobs_stream_before_a_later_problem(tmp_path):

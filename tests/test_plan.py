@@ -55,7 +55,8 @@ def test_prices_parse_and_look_up_by_model_quality_then_quality_then_default():
     plain = JobSpec("p", image_input("p"))
     assert (prices.of(high), prices.of(other), prices.of(plain)) == (3, 2, 0.5)
     assert Prices({}).of(plain) is None
-    for bad in ("high", "high=-1", "=2", "high=two", "high=nan"):
+    assert parse_prices(" 2 ").table == {"default": 2.0}  # a lone number prices every run, as pricing: 2 does
+    for bad in ("high", "two", "-1", "high=-1", "=2", "high=two", "high=nan"):
         with pytest.raises(UsageError):
             parse_prices(bad)
 

@@ -113,7 +113,8 @@ def _add_plan_options(parser: argparse.ArgumentParser) -> None:
         "--price",
         type=_prices,
         metavar="KEY=CREDITS,...",
-        help="credits per run, by quality or model:quality (e.g. high=2,medium=1,default=1); "
+        help="credits per run, by quality or model:quality (e.g. high=2,medium=1,default=1), or one number "
+        "for every run; "
         "adds to (and overrides) the manifest's pricing (default: the manifest's pricing, if any)",
     )
 

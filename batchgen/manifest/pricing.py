@@ -14,6 +14,7 @@ table does not say (the plan then shows those runs as unpriced).
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -55,19 +56,11 @@ class Pricing:
             return cls({str(key): _by_quality(item, f"pricing of {key}", str(key)) for key, item in value.items()})
         return cls({model: _by_quality(value, "pricing", model)})
 
-    @classmethod
-    def from_option(cls, text: str, model: str) -> Pricing:
-        """From ``--price high=2,medium=1`` (or ``--price 2``), for the manifest's model."""
-        text = text.strip()
-        if "=" not in text:
-            return cls.parse(_number(text, "--price"), model)
-        table: dict[str, Any] = {}
-        for part in text.split(","):
-            name, _, amount = part.partition("=")
-            if not name.strip() or not amount.strip():
-                raise Invalid(f"--price takes QUALITY=CREDITS pairs separated by commas, not {part!r}")
-            table[name.strip()] = _number(amount.strip(), f"--price {name.strip()}")
-        return cls.parse(table, model)
+
+def likely(key: str) -> str:
+    """The hint "; did you mean 'high'?" when a quality or 'default' is close to ``key`` (a typo), else nothing."""
+    close = difflib.get_close_matches(key, [*QUALITIES, DEFAULT], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _number(value: Any, where: str) -> float:
@@ -88,6 +81,8 @@ def _by_quality(value: Any, where: str, model: str) -> dict[str, float]:
         known = (*QUALITIES, DEFAULT)
         unknown = [str(key) for key in value if model == DEFAULT_MODEL and key not in known]
         if unknown:
-            raise Invalid(f"{where}: {unknown[0]!r} is not a quality of {model}; use {', '.join(known)}")
+            raise Invalid(
+                f"{where}: {unknown[0]!r} is not a quality of {model}; use {', '.join(known)}{likely(unknown[0])}"
+            )
         return {str(key): _number(amount, f"{where}, {key}") for key, amount in value.items()}
     return {DEFAULT: _number(value, where)}
