@@ -270,6 +270,16 @@ def test_every_option_says_its_default_and_unit(command):
             assert "MiB" in action.help, action.option_strings
 
 
+def test_every_command_says_what_it_does():
+    """Each command has a line in `batchgen --help` and a description at the top of its own --help."""
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if a.dest == "command"]
+    listed = {choice.dest: choice.help for choice in commands._choices_actions}
+    for name, sub in commands.choices.items():
+        assert listed.get(name), f"`batchgen --help` lists {name} without a line"
+        assert sub.description and len(sub.description) > 30, f"`batchgen {name} --help` has no description"
+
+
 def test_the_readme_exit_code_table_is_the_code_table():
     """The README's exit-code table says, code for code, what batchgen/exitcodes.py says (and --help prints)."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")

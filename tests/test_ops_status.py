@@ -146,3 +146,13 @@ def test_status_reads_a_ledger_no_run_has_upgraded_yet(tmp_path, serve):
     db = sqlite3.connect(out / "batchgen.sqlite")
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     db.close()
+
+
+def test_status_of_a_ledger_no_run_has_read_a_manifest_into(tmp_path):
+    """A ledger made by a run stopped before it read its manifest: status says so in words, not `None`."""
+    out = tmp_path / "out"
+    out.mkdir()
+    Ledger(out / "batchgen.sqlite").close()
+    result = batchgen_cli("status", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "manifest: (none yet" in result.stdout and "None" not in result.stdout
