@@ -29,45 +29,60 @@ class BucketFit:
         self.refusals = 0
 
     def accept(self, t: float, eps: float = 0.0) -> None:
-        """An answer 'accepted' to a request that reached the server at ``t`` ± ``eps``."""
+        """An answer 'accepted' to a request that reached the server at ``t`` ± ``eps``.
+
+        Every candidate is looked at for every answer, so the loop keeps to arithmetic on local
+        lists: candidates ruled out are collected and removed afterwards (seldom), rather than
+        the survivors appended to a new list (at every answer, for each of hundreds)."""
         tau, count, full = t - self.t0, self.count, self.full
-        keep = []
+        peak, peak_at, b_lo, b_hi = self.peak, self.peak_at, self.b_lo, self.b_hi
+        slack = SPREAD * tau + eps
+        out = []
         for i in self.alive:
             r = GRID[i]
             v = r * tau - count
-            if not full and v < -r * (SPREAD * tau + eps):
-                continue  # from an empty bucket, this rate could not have earned the token
+            if not full and v < -r * slack:
+                out.append(i)  # from an empty bucket, this rate could not have earned the token
+                continue
             # How far below the last full bucket, at least: the times of both ends may be off.
-            drawdown = self.peak[i] - v - r * (SPREAD * (t - self.peak_at[i]) + eps)
-            if v > self.peak[i]:
-                self.peak[i], self.peak_at[i] = v, t
-            if 1 + drawdown > self.b_lo[i]:
-                self.b_lo[i] = 1 + drawdown
-                if self.b_lo[i] >= self.b_hi[i]:
-                    continue
-            keep.append(i)
-        self.alive = keep
+            top = peak[i]
+            drawdown = top - v - r * (SPREAD * (t - peak_at[i]) + eps)
+            if v > top:
+                peak[i], peak_at[i] = v, t
+            if 1 + drawdown > b_lo[i]:
+                b_lo[i] = 1 + drawdown
+                if b_lo[i] >= b_hi[i]:
+                    out.append(i)
+        if out:
+            self._rule_out(out)
         self.count += 1
 
     def refuse(self, t: float, eps: float = 0.0) -> None:
         """A 429 (of the rate) to a request that reached the server at ``t`` ± ``eps``."""
         tau, count, full = t - self.t0, self.count, self.full
-        keep = []
+        peak, peak_at, b_lo, b_hi = self.peak, self.peak_at, self.b_lo, self.b_hi
+        slack = SPREAD * tau + eps
+        out = []
         for i in self.alive:
             r = GRID[i]
             v = r * tau - count
             # How far below the last full bucket, at most (0: it may have been full).
-            drawdown = max(0.0, self.peak[i] - v + r * (SPREAD * (t - self.peak_at[i]) + eps))
-            if full or v >= 1 + r * (SPREAD * tau + eps):  # (else the bucket may simply not have refilled)
-                if 1 + drawdown < self.b_hi[i]:
-                    self.b_hi[i] = 1 + drawdown
-                    if self.b_hi[i] <= self.b_lo[i]:
+            drawdown = max(0.0, peak[i] - v + r * (SPREAD * (t - peak_at[i]) + eps))
+            if full or v >= 1 + r * slack:  # (else the bucket may simply not have refilled)
+                if 1 + drawdown < b_hi[i]:
+                    b_hi[i] = 1 + drawdown
+                    if b_hi[i] <= b_lo[i]:
+                        out.append(i)
                         continue
-            keep.append(i)
-            self.peak[i], self.peak_at[i] = 0.0, t
-        self.alive = keep
+            peak[i], peak_at[i] = 0.0, t
+        if out:
+            self._rule_out(out)
         self.t0, self.count, self.full = t, 0, False
         self.refusals += 1
+
+    def _rule_out(self, out: list[int]) -> None:
+        gone = set(out)
+        self.alive = [i for i in self.alive if i not in gone]
 
     def bounds(self) -> tuple[float, float] | None:
         """(lowest, highest) rate still possible; None when no bucket fits."""
