@@ -158,6 +158,7 @@ class RunbaseClient:
         )
         # Built once: what httpx's client would merge into every request (headers, timeouts).
         self._api_url = self.base_url + "/"
+        self._runs_url = httpx.URL(self._api_url + "runs")  # parsed once: httpx parses a string URL per request
         self._extensions = {"timeout": timeouts.as_httpx().as_dict()}
 
     def __repr__(self) -> str:
@@ -197,7 +198,7 @@ class RunbaseClient:
                     await before_send()
                 sent = True
                 request = httpx.Request(
-                    "POST", self._api_url + "runs", headers=self._api.headers, json=body, extensions=self._extensions
+                    "POST", self._runs_url, headers=self._api.headers, json=body, extensions=self._extensions
                 )
                 response = await self._send(self._api, self._api_transport, request)
         self._raise_for_status(response, creating=True)

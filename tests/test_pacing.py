@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from batchgen.pacing import QUIET_MIN, REFUSAL_BUDGET, SPREAD, BucketFit, Kind, Pacer
+from batchgen.pacing import QUIET_MIN, REFUSAL_BUDGET, SPREAD, BucketFit, Kind, Pacer, Result, Send
 from tests.pacing_model import Limits, convergence, paces, run_model, schedule_of
 
 # Issue 9's targets.
@@ -224,6 +224,40 @@ def test_a_cap_on_running_runs_is_found_and_held(cap):
     assert out.max_unfinished <= cap
     assert out.refused_share <= MAX_REFUSED_CAPPED
     assert out.ratio <= MAX_RATIO
+
+
+def test_a_cap_of_two_taken_from_a_rate_limit_is_dropped_when_a_429_comes_below_it():
+    """At 2/s with a bucket of one and 1 s runs, two runs are in flight whenever a 429 comes, so the
+    rate's 429s can pass for a cap of two (seen in a grid run: every later 429 was then put down to
+    that cap, the rate fit never restarted and a 1 s pause came every 1.3 s). A 429 with only one
+    run in flight cannot be a cap of two: it is the rate's, and the cap, still on trial, is dropped."""
+    clock = [0.0]
+    pacer = Pacer(clock=lambda: clock[0])
+
+    def create(at: float, answer: float | None) -> Send:
+        clock[0] = at
+        send = pacer.send(Kind.CREATE)
+        if answer is None:
+            pacer.accepted(send)
+        else:
+            pacer.refused(send, answer)
+        return send
+
+    create(0.0, None)
+    create(0.1, None)
+    create(0.2, 1.0)  # two in flight: a cap of two is suspected
+    clock[0] = 1.5
+    pacer.run_ended()
+    create(1.5, None)
+    assert create(1.6, 1.0).result is Result.CAPPED  # two in flight again, after a run ended
+    assert pacer.running_limit == 2
+    clock[0] = 3.0
+    pacer.run_ended()
+    pacer.run_ended()
+    create(3.0, None)
+    below = create(3.1, 1.0)  # one in flight: no cap of two refuses this
+    assert below.result is Result.REFUSED
+    assert pacer.running_limit is None
 
 
 def test_ten_minutes_of_a_limit_that_moves_are_followed():

@@ -61,7 +61,8 @@ class RunningLimit:
         self.probing = self.probing and not send.probe
         self.repeat = False
         if self.cap is not None:
-            if n < self.cap - 1:
+            # Below cap - 1, or below two (the least cap held), no cap explains it: the rate's.
+            if n < self.cap - 1 or n < 2:
                 if send.at < self.trial_until:  # the cap was the rate's doing after all
                     self.cap = None
                 return Result.REFUSED
