@@ -149,8 +149,7 @@ def check_folder_quiet(out: Path, stats: dict[str, Any]) -> dict[str, int]:
     bad = sum(
         1
         for path, n, sha, run_id in outputs
-        if not (out / path).is_file()
-        or hashlib.sha256((out / path).read_bytes()).hexdigest() != served.get(run_id, {}).get(n)
+        if (digest := file_sha256(out / path)) is None or digest != served.get(run_id, {}).get(n)
     )
     listed = {path for path, *_ in outputs}
     stray = [
