@@ -17,12 +17,13 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from json.encoder import encode_basestring
 from typing import Any, TextIO
 
 from .ledger import Ledger
+from .outputs import sizes_in
 
 BATCH = 2000  # lines written per write call
 
@@ -44,7 +45,13 @@ def _jobs(chunks: Iterator[list[Row]], base: str) -> Iterator[tuple[Row, list[Fi
     """Group the rows (one per file, in lists) by job: (the row of its first file, present files,
     missing files), each file as (n, absolute path, sha256), in order of n. A file is present when
     it is there with the bytes recorded."""
-    stat = os.stat
+    with sizes_in(base) as size_of:
+        yield from _grouped(chunks, base, size_of)
+
+
+def _grouped(
+    chunks: Iterator[list[Row]], base: str, size_of: Callable[[str], int]
+) -> Iterator[tuple[Row, list[File], list[File]]]:
     job: tuple[Any, ...] | None = None
     present: list[File] = []
     missing: list[File] = []
@@ -63,12 +70,12 @@ def _jobs(chunks: Iterator[list[Row]], base: str) -> Iterator[tuple[Row, list[Fi
                 several = True
             if row[WIDTH] is None:
                 continue
-            full = base + row[WIDTH + 3]
+            path = row[WIDTH + 3]
             try:
-                here = stat(full).st_size == row[WIDTH + 1]
+                here = size_of(path) == row[WIDTH + 1]
             except OSError:
                 here = False
-            (present if here else missing).append((row[WIDTH], full, row[WIDTH + 2]))
+            (present if here else missing).append((row[WIDTH], base + path, row[WIDTH + 2]))
     if job is not None:
         if several:
             present.sort()

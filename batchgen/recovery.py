@@ -26,6 +26,7 @@ from typing import Any
 from .folder import OutputFolder
 from .ledger import Ledger
 from .models import AttemptStatus, JobState, SavedOutput
+from .outputs import sizes_in
 
 HASH_CHUNK = 1 << 20
 
@@ -171,20 +172,21 @@ class FileCheck:
 def check_files(ledger: Ledger, output_dir: Path) -> FileCheck:
     """Stat every file the ledger lists for a succeeded job; reopen the runs of those missing or changed.
 
-    One pass over the outputs table alone, each file stat-ed by its path as a string: at a
+    One pass over the outputs table alone, each file stat-ed by its path below the folder
+    (``outputs.sizes_in``): at a
     million files the ``stat`` calls are most of the time, and joining every file with its job
     (to leave out files of jobs no longer succeeded, or no longer in the manifest, a few at most)
     cost as much again; those are left out afterwards, from the few files found missing or changed."""
     check = FileCheck()
     suspects: list[tuple[str, str, bool]] = []  # (job id, path, missing)
-    base, stat = os.fspath(output_dir).rstrip(os.sep) + os.sep, os.stat
-    for job_id, path, size in ledger.output_files():
-        try:
-            if stat(base + path).st_size == size:
-                continue
-            suspects.append((job_id, path, False))
-        except OSError:
-            suspects.append((job_id, path, True))
+    with sizes_in(os.fspath(output_dir)) as size_of:
+        for job_id, path, size in ledger.output_files():
+            try:
+                if size_of(path) == size:
+                    continue
+                suspects.append((job_id, path, False))
+            except OSError:
+                suspects.append((job_id, path, True))
     check.checked = ledger.counts()["succeeded"]
     if not suspects:
         return check

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from batchgen import ExitCode
 from batchgen.folder import CLEAN_MARK, STATE_DIR
+from batchgen.outputs import sizes_in
 
 
 def sha256(data: bytes) -> str:
@@ -38,3 +41,19 @@ def test_files_of_jobs_no_longer_in_the_manifest_are_not_fetched_again(write_man
     assert not any("missing" in note for note in result.notes), result.notes
     assert not (out / "job-002.png").exists()
     assert sim.stats()["create_requests"] == 3
+
+
+def test_file_sizes_are_read_below_the_folder_and_a_missing_folder_leaves_every_file_missing(tmp_path):
+    """``sizes_in`` gives the size of a file by its path below the folder, subfolders included; a
+    file, or the whole folder, that is not there raises OSError (export lists it as missing, a run
+    fetches it again) rather than ending the command."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.png").write_bytes(b"12345")
+    (tmp_path / "b.png").write_bytes(b"")
+    with sizes_in(str(tmp_path)) as size_of:
+        assert size_of("sub/a.png") == 5 and size_of("b.png") == 0
+        with pytest.raises(OSError):
+            size_of("gone.png")
+    with sizes_in(str(tmp_path / "moved")) as size_of:
+        with pytest.raises(OSError):
+            size_of("b.png")
