@@ -8,7 +8,9 @@ header carries them), precise in milliseconds, fixed, or absent.
 
 The client is batchgen's scheduler reduced to what pacing sees: C slots, creates that wait for
 the pacer, runs polled once they should be finished, a 429'd job put back in the queue. Every
-request crosses a network of ``one_way`` seconds each way (plus optional jitter), and the server
+request crosses a network of ``one_way`` seconds each way (plus optional jitter), the server may
+stall now and then (a busy event loop, a garbage collection: every request that reaches it
+meanwhile is decided together when the stall ends, as a real server's bunch), and the server
 records each request that arrives before a 429 said it may, counting only those sent after the
 client had read that 429 (the others were already on the wire).
 
@@ -196,6 +198,7 @@ def run_model(
     one_way: float = 0.005,
     jitter: float = 0.0,
     seed: int = 0,
+    stall: tuple[float, float] = (0.0, 0.0),
     pacer: Pacer | None = None,
     clock: list[float] | None = None,
     horizon: float = 3600.0,
@@ -221,6 +224,19 @@ def run_model(
 
     def wire() -> float:
         return one_way + (rng.uniform(0, jitter) if jitter else 0.0)
+
+    busy = [0.0]
+
+    def reach(t: float) -> float:
+        """When the server gets to a request that arrives at t: after a stall it is in, or one
+        that begins (with chance stall[0], up to stall[1] s), every request waiting meanwhile
+        taken at its end."""
+        if t < busy[0]:
+            return busy[0]
+        if stall[0] and rng.random() < stall[0]:
+            busy[0] = t + rng.uniform(0, stall[1])
+            return busy[0]
+        return t
 
     def wake(t: float) -> None:
         t = max(t, clock[0] + 1e-6)  # a slot due within float rounding of now
@@ -279,7 +295,7 @@ def run_model(
                 out.refused_creates += 1
                 at(back, lambda: create_refused(ticket, advertised))
 
-        at(arrival, arrive)
+        at(reach(arrival), arrive)
 
     def created(ticket: Send, ends: float) -> None:
         now = clock[0]
@@ -313,7 +329,7 @@ def run_model(
                 out.refused_polls += 1
                 at(back, lambda: poll_refused(ticket, advertised, created_at, ends))
 
-        at(sent + wire(), arrive)
+        at(reach(sent + wire()), arrive)
 
     def polled(ticket: Send, created_at: float, ends: float, finished: bool) -> None:
         now = clock[0]

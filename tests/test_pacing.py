@@ -327,3 +327,38 @@ if __name__ == "__main__":  # python -m tests.test_pacing: the grid's figures on
             f"| {point.name} | {out.ratio:.3f} | {out.refused_creates} ({out.refused_share:.1%}) | {settle or 'n/a'} "
             f"| {out.violations} | {out.max_unfinished} | {status} |"
         )
+
+
+# A server that stalls: 5 % of requests find it begin a pause of up to 20 ms, and every request
+# that reaches it meanwhile is decided when the pause ends (tests/pacing_model.py).
+STALLS = (0.05, 0.02)
+STALLED = ("40/s burst R/4 precise", "10/s burst 1 none", "cap 16 precise", "30/s halved 10-20 s none")
+
+
+@pytest.mark.parametrize("point", [p for p in grid() if p.name in STALLED], ids=lambda p: p.name)
+def test_retry_after_holds_when_the_server_stalls(point: Point):
+    """Against a server that now and then stops and then decides a bunch of requests at once:
+    however the pace fares, no request goes before a 429's advertised time, and the batch ends."""
+    out = run_model(
+        point.limits, n=point.n, latency=point.latency, concurrency=point.concurrency, jitter=JITTER, stall=STALLS
+    )
+    assert out.refused_creates > 0
+    assert out.violations == 0
+    assert out.finished_at < math.inf
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the fit rules a bucket out on one answer: requests a stall bunched are refused where no bucket the "
+    "client's send times describe would refuse them, so the fit concludes the limit fell (and cuts the pace) or, "
+    "on accepts, that it rose (and probes into a whole-second pause); the real grid's 40/s points show the same",
+)
+def test_the_pace_keeps_near_the_limit_when_the_server_stalls_longer():
+    """40/s with a bucket of 10 and whole-second Retry-After, against a server whose stalls last up
+    to 50 ms: over five seeds, the median batch ends within 10 % of the best time."""
+    limits = Limits(rate=40, burst=10, retry_after="precise")
+    ratios = [
+        run_model(limits, n=1160, latency=1.0, concurrency=64, jitter=JITTER, stall=(0.05, 0.05), seed=seed).ratio
+        for seed in range(5)
+    ]
+    assert sorted(ratios)[2] <= MAX_RATIO, ratios
