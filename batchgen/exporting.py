@@ -17,13 +17,13 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from itertools import islice
 from json.encoder import encode_basestring
 from typing import Any, TextIO
 
 from .ledger import Ledger
-from .outputs import sizes_in
+from .outputs import lookup_below
 
 BATCH = 2000  # lines written per write call
 
@@ -45,13 +45,14 @@ def _jobs(chunks: Iterator[list[Row]], base: str) -> Iterator[tuple[Row, list[Fi
     """Group the rows (one per file, in lists) by job: (the row of its first file, present files,
     missing files), each file as (n, absolute path, sha256), in order of n. A file is present when
     it is there with the bytes recorded."""
-    with sizes_in(base) as size_of:
-        yield from _grouped(chunks, base, size_of)
+    with lookup_below(base) as (prefix, fd):
+        yield from _grouped(chunks, base, prefix, fd)
 
 
 def _grouped(
-    chunks: Iterator[list[Row]], base: str, size_of: Callable[[str], int]
+    chunks: Iterator[list[Row]], base: str, prefix: str, fd: int | None
 ) -> Iterator[tuple[Row, list[File], list[File]]]:
+    stat = os.stat
     job: tuple[Any, ...] | None = None
     present: list[File] = []
     missing: list[File] = []
@@ -72,7 +73,7 @@ def _grouped(
                 continue
             path = row[WIDTH + 3]
             try:
-                here = size_of(path) == row[WIDTH + 1]
+                here = stat(prefix + path, dir_fd=fd).st_size == row[WIDTH + 1]
             except OSError:
                 here = False
             (present if here else missing).append((row[WIDTH], base + path, row[WIDTH + 2]))

@@ -26,7 +26,7 @@ from typing import Any
 from .folder import OutputFolder
 from .ledger import Ledger
 from .models import AttemptStatus, JobState, SavedOutput
-from .outputs import sizes_in
+from .outputs import lookup_below
 
 HASH_CHUNK = 1 << 20
 
@@ -173,20 +173,22 @@ def check_files(ledger: Ledger, output_dir: Path) -> FileCheck:
     """Stat every file the ledger lists for a succeeded job; reopen the runs of those missing or changed.
 
     One pass over the outputs table alone, each file stat-ed by its path below the folder
-    (``outputs.sizes_in``): at a
+    (``outputs.lookup_below``): at a
     million files the ``stat`` calls are most of the time, and joining every file with its job
     (to leave out files of jobs no longer succeeded, or no longer in the manifest, a few at most)
     cost as much again; those are left out afterwards, from the few files found missing or changed."""
     check = FileCheck()
     suspects: list[tuple[str, str, bool]] = []  # (job id, path, missing)
-    with sizes_in(os.fspath(output_dir)) as size_of:
-        for job_id, path, size in ledger.output_files():
-            try:
-                if size_of(path) == size:
-                    continue
-                suspects.append((job_id, path, False))
-            except OSError:
-                suspects.append((job_id, path, True))
+    stat = os.stat
+    with lookup_below(os.fspath(output_dir)) as (prefix, fd):
+        for rows in ledger.output_files():
+            for job_id, path, size in rows:
+                try:
+                    if stat(prefix + path, dir_fd=fd).st_size == size:
+                        continue
+                    suspects.append((job_id, path, False))
+                except OSError:
+                    suspects.append((job_id, path, True))
     check.checked = ledger.counts()["succeeded"]
     if not suspects:
         return check

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
 from batchgen import ExitCode
 from batchgen.folder import CLEAN_MARK, STATE_DIR
-from batchgen.outputs import sizes_in
+from batchgen.outputs import lookup_below
 
 
 def sha256(data: bytes) -> str:
@@ -43,17 +44,18 @@ def test_files_of_jobs_no_longer_in_the_manifest_are_not_fetched_again(write_man
     assert sim.stats()["create_requests"] == 3
 
 
-def test_file_sizes_are_read_below_the_folder_and_a_missing_folder_leaves_every_file_missing(tmp_path):
-    """``sizes_in`` gives the size of a file by its path below the folder, subfolders included; a
-    file, or the whole folder, that is not there raises OSError (export lists it as missing, a run
-    fetches it again) rather than ending the command."""
+def test_files_are_looked_up_below_the_folder_and_a_missing_folder_leaves_every_file_missing(tmp_path):
+    """``lookup_below`` finds a file by its path below the folder, subfolders included; a file, or
+    the whole folder, that is not there raises OSError (export lists it as missing, a run fetches
+    it again) rather than ending the command."""
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.png").write_bytes(b"12345")
     (tmp_path / "b.png").write_bytes(b"")
-    with sizes_in(str(tmp_path)) as size_of:
-        assert size_of("sub/a.png") == 5 and size_of("b.png") == 0
+    with lookup_below(str(tmp_path)) as (prefix, fd):
+        assert os.stat(prefix + "sub/a.png", dir_fd=fd).st_size == 5
+        assert os.stat(prefix + "b.png", dir_fd=fd).st_size == 0
         with pytest.raises(OSError):
-            size_of("gone.png")
-    with sizes_in(str(tmp_path / "moved")) as size_of:
+            os.stat(prefix + "gone.png", dir_fd=fd)
+    with lookup_below(str(tmp_path / "moved")) as (prefix, fd):
         with pytest.raises(OSError):
-            size_of("b.png")
+            os.stat(prefix + "b.png", dir_fd=fd)

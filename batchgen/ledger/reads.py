@@ -183,10 +183,11 @@ class LedgerReads:
             (self.generation,),
         )
 
-    def output_files(self) -> Iterator[tuple[str, str, int]]:
+    def output_files(self) -> Iterator[list[tuple[str, str, int]]]:
         """(job_id, path, bytes) of every file the outputs table lists, whatever its job's state or
-        generation (recovery.check_files leaves those out afterwards), in the table's order."""
-        yield from self._stream("SELECT job_id, path, bytes FROM outputs")
+        generation (recovery.check_files leaves those out afterwards), in the table's order, in lists
+        of FETCH rows (a generator layer per row is a tenth of the time at a million files)."""
+        yield from self._chunks("SELECT job_id, path, bytes FROM outputs")
 
     def versions(self, job_id: str) -> list[dict[str, Any]]:
         """Earlier images of a regenerated job, newest first."""
