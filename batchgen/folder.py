@@ -54,6 +54,7 @@ except ImportError:  # pragma: no cover - not on POSIX
 STATE_DIR = ".batchgen"
 REPLACED_DIR = "replaced"  # in STATE_DIR: files an output's name held before it (keep_aside)
 CLEAN_MARK = "clean"  # in STATE_DIR: the last run to hold the lock left no partial file (module docstring)
+MADE_BY = "made-by"  # in STATE_DIR: "api" or "simulator", what made the folder's images (OutputFolder.claim)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 
 
@@ -128,6 +129,32 @@ class OutputFolder:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    # -- what makes the images -------------------------------------------------
+
+    def claim(self, maker: str) -> str | None:
+        """Record that ``maker`` ("api" or "simulator") makes this folder's images. When an earlier run
+        recorded the other one and its images are still here, record nothing and return it: the caller
+        refuses, as a real run would take the simulator's placeholders for done, and a simulated one would
+        put placeholders among real images. A folder without images changes hands freely."""
+        path = self.state / MADE_BY
+        other = self.made_by_other(maker)
+        if other is not None:
+            return other
+        if _read_mark(path) != maker:
+            try:
+                path.write_text(maker + "\n", encoding="ascii")
+            except OSError as exc:
+                raise OutputError(f"cannot write to {path}: {exc.strerror or exc}") from exc
+        return None
+
+    def made_by_other(self, maker: str) -> str | None:
+        """What an earlier run recorded as making this folder's images, when that is not ``maker`` and its
+        images are still here (read only: ``--dry-run`` asks too)."""
+        recorded = _read_mark(self.state / MADE_BY)
+        if recorded and recorded != maker and next(self.images(), None) is not None:
+            return recorded
+        return None
 
     # -- journal ----------------------------------------------------------------
 
@@ -261,6 +288,13 @@ class OutputFolder:
             for name in files:
                 if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                     yield (base / name).as_posix()
+
+
+def _read_mark(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def _partials(top: str) -> Iterator[str]:

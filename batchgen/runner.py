@@ -131,6 +131,8 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
             folder.close()
             _remove_new(fresh_paths)  # a rejected manifest leaves nothing behind
             return BatchResult(Outcome.MANIFEST, ExitCode.USAGE, manifest_message(exc))
+        except UsageError as exc:
+            return BatchResult(Outcome.ERROR, ExitCode.USAGE, str(exc))
         except (BatchgenError, OSError) as exc:
             return BatchResult(Outcome.ERROR, ExitCode.LOCAL, local_error(exc, config.output_dir))
         session = ledger.session_started(str(config.manifest))
@@ -188,6 +190,7 @@ def _prepare(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> tuple
     ledger.lock_for_run()
     config.output_dir.mkdir(parents=True, exist_ok=True)
     folder.lock()
+    _claim(folder, config)
     if ledger.is_empty and not config.allow_unknown_files:
         foreign = unknown_images(folder)
         if foreign:
@@ -221,6 +224,28 @@ def _prepare(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> tuple
             + (f", {len(check.lost)} with no run to fetch from (`batchgen retry --missing`)" if check.lost else "")
         )
     return sync, notes
+
+
+def _claim(folder: OutputFolder, config: BatchConfig) -> None:
+    """One folder, one kind of image: never the simulator's placeholders mixed with (or taken for) real ones."""
+    simulated = config.simulate and config.transport is None
+    if folder.claim("simulator" if simulated else "api") is not None:
+        raise UsageError(mixed_folder(config.output_dir, simulated))
+
+
+def mixed_folder(out: Path, simulated: bool) -> str:
+    """Why a run refuses a folder whose images the other kind of run made (``OutputFolder.claim``)."""
+    if simulated:
+        return (
+            f"the output folder {out} holds images made through the API; --simulate would put the "
+            "simulator's placeholder images among them. Give the simulation a folder of its own "
+            "(--output simulated)"
+        )
+    return (
+        f"the output folder {out} holds images made by --simulate: placeholders, not real images, and a "
+        f"real run would take their jobs as done. Give the real batch a folder of its own (--output images), "
+        f"or delete {out} first"
+    )
 
 
 def _check_output_dir(output_dir: Path) -> None:

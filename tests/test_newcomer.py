@@ -1,0 +1,56 @@
+"""What a newcomer does when following the README, and off it: the real CLI in a subprocess.
+
+Each test is a trap someone new to batchgen walked into: the command as typed, and what
+they must see (a clear message, the right exit code, nothing sent or lost).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from batchgen.exitcodes import ExitCode
+
+from .conftest import REPO, batchgen_cli, env_for
+
+EXAMPLE = REPO / "manifests" / "example.yaml"
+
+
+def assert_exit(result: subprocess.CompletedProcess[str], code: int) -> None:
+    """The command exited with ``code`` and printed no traceback."""
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_real_run_refuses_a_folder_filled_by_simulate(tmp_path, serve):
+    """The README's quick start fills output/ with --simulate; a real run into that folder must not take the
+    simulator's placeholders as done: it exits 2 before any request, naming --simulate and --output."""
+    out = tmp_path / "output"
+    assert_exit(batchgen_cli("run", str(EXAMPLE), "--simulate", "--output", str(out), "--no-progress"), 0)
+    server = serve()
+    for dry_run in (["--dry-run"], []):
+        real = batchgen_cli("run", str(EXAMPLE), "--output", str(out), "--no-progress", *dry_run, env=env_for(server))
+        assert_exit(real, ExitCode.USAGE)
+        assert "--simulate" in real.stderr and "--output" in real.stderr, real.stderr
+    stats = server.simulator.stats()
+    assert stats["create_requests"] == stats["gets"] == 0
+
+
+def test_a_folder_without_images_changes_hands(tmp_path, serve):
+    """A real run that stopped before any image (here a refused key) leaves the folder free for --simulate."""
+    out = tmp_path / "output"
+    server = serve(api_key="the-one-right-key")
+    assert_exit(batchgen_cli("run", str(EXAMPLE), "--output", str(out), env=env_for(server)), ExitCode.UNAUTHORIZED)
+    assert_exit(batchgen_cli("run", str(EXAMPLE), "--simulate", "--output", str(out), "--no-progress"), 0)
+
+
+def test_simulate_refuses_a_folder_of_real_images(tmp_path, serve):
+    """The other way round: --simulate into a folder of images made through the API exits 2, so no
+    placeholder ever stands among (or in for) the real images."""
+    out = tmp_path / "images"
+    server = serve()
+    assert_exit(batchgen_cli("run", str(EXAMPLE), "--output", str(out), "--no-progress", env=env_for(server)), 0)
+    before = {path: path.read_bytes() for path in out.glob("*.png")}
+    simulated = batchgen_cli("run", str(EXAMPLE), "--simulate", "--output", str(out), "--no-progress", "--no-reuse")
+    assert_exit(simulated, ExitCode.USAGE)
+    assert "--simulate" in simulated.stderr and "--output" in simulated.stderr, simulated.stderr
+    assert {path: path.read_bytes() for path in out.glob("*.png")} == before
