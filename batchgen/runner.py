@@ -140,7 +140,7 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
             notes += _left_behind(ledger, left_behind, config)
             result = batch_result(Outcome.DONE, ledger, BatchStats(), started, config.output_dir, notes=notes)
             return _finish_session(ledger, session, result)
-        scheduler, outcome = await _run_scheduler(config, ledger, folder, api_key, sync)
+        scheduler, outcome = await _run_scheduler(config, ledger, folder, api_key, sync, notes)
         try:  # creates still unanswered now never will be (an interrupt's grace ran out): count them at once
             scheduler.stats.unknown_creates += ledger.recover()
         except LedgerError:
@@ -297,7 +297,12 @@ def _start_sync(config: BatchConfig, ledger: Ledger, *, head_start: float) -> Ma
 
 
 async def _run_scheduler(
-    config: BatchConfig, ledger: Ledger, folder: OutputFolder, api_key: str, sync: ManifestSync | None
+    config: BatchConfig,
+    ledger: Ledger,
+    folder: OutputFolder,
+    api_key: str,
+    sync: ManifestSync | None,
+    notes: list[str],
 ) -> tuple[Scheduler, Outcome]:
     assert config.base_url is not None
     client = RunbaseClient(
@@ -309,7 +314,7 @@ async def _run_scheduler(
         max_download_bytes=config.max_download_bytes,
     )
     events = config.events if config.events is not None else Events()
-    reuser = _reuser(config, ledger, folder, events)
+    reuser = _reuser(config, ledger, folder, events, notes)
     async with client:
         scheduler = Scheduler(
             ledger=ledger,
@@ -377,15 +382,22 @@ def _before_rename(folder: OutputFolder, events: Events) -> Callable[[JobSpec, s
     return record
 
 
-def _reuser(config: BatchConfig, ledger: Ledger, folder: OutputFolder, events: Events) -> Reuser | None:
+def _reuser(
+    config: BatchConfig, ledger: Ledger, folder: OutputFolder, events: Events, notes: list[str]
+) -> Reuser | None:
     if not config.reuse:
         return None
     # Images are reused only from the same service: never a simulator's image for a real request.
     service = "simulator" if config.simulate and config.transport is None else str(config.base_url)
     try:
         index = ReuseIndex(config.reuse_index or default_index_path(), service)
-    except LedgerError:
-        return None  # an optimisation: without it every job simply gets its own run
+    except LedgerError as exc:
+        # The batch goes on, every job with its own run, but the user is told: identical requests are paid again.
+        notes.append(
+            f"{exc}; identical requests were not looked up (each job got its own run): give --reuse-index a "
+            "writable place, or set BATCHGEN_CACHE_DIR"
+        )
+        return None
     return Reuser(index, ledger, config.output_dir, _before_rename(folder, events))
 
 

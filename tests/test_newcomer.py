@@ -54,3 +54,26 @@ def test_simulate_refuses_a_folder_of_real_images(tmp_path, serve):
     assert_exit(simulated, ExitCode.USAGE)
     assert "--simulate" in simulated.stderr and "--output" in simulated.stderr, simulated.stderr
     assert {path: path.read_bytes() for path in out.glob("*.png")} == before
+
+
+def test_simulate_with_a_base_url_is_refused(tmp_path):
+    """`--simulate --base-url URL` asks for two APIs at once: exit 2 naming both options, nothing made
+    (the URL used to be dropped without a word)."""
+    out = tmp_path / "out"
+    url = "http://127.0.0.1:9/api/v1"
+    both = batchgen_cli("run", str(EXAMPLE), "--simulate", "--base-url", url, "--output", str(out))
+    assert_exit(both, ExitCode.USAGE)
+    assert "--simulate" in both.stderr and "--base-url" in both.stderr, both.stderr
+    assert not out.exists()
+
+
+def test_an_unusable_reuse_index_is_said_not_silently_dropped(tmp_path):
+    """A reuse index that cannot be opened (its folder is a file, as with a service user whose home is not
+    writable) is named in the summary: identical requests will be paid again, so the user must know."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be\n")
+    index = blocker / "reuse.sqlite"
+    out = tmp_path / "out"
+    result = batchgen_cli("run", str(EXAMPLE), "--simulate", "--output", str(out), "--reuse-index", str(index))
+    assert_exit(result, 0)
+    assert f"reuse index {index}" in result.stderr, result.stderr

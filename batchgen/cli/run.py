@@ -132,6 +132,13 @@ def _prices(text: str) -> dict[str, float]:
 def _run(args: argparse.Namespace) -> int:
     from ..events import Events, Log
 
+    if args.simulate and args.base_url is not None:
+        print(
+            "batchgen: error: --simulate and --base-url name two different APIs: --simulate uses the built-in "
+            "simulator, --base-url a real one; give one of them",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if args.dry_run:
         return _print_plan(args)
 
