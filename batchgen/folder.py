@@ -290,6 +290,21 @@ class OutputFolder:
                     yield (base / name).as_posix()
 
 
+def mixed_folder(out: Path, simulated: bool) -> str:
+    """Why a run (or its --dry-run) refuses a folder whose images the other kind of run made (``claim``)."""
+    if simulated:
+        return (
+            f"the output folder {out} holds images made through the API; --simulate would put the "
+            "simulator's placeholder images among them. Give the simulation a folder of its own "
+            "(--output simulated)"
+        )
+    return (
+        f"the output folder {out} holds images made by --simulate: placeholders, not real images, and a "
+        f"real run would take their jobs as done. Give the real batch a folder of its own (--output images), "
+        f"or delete {out} first"
+    )
+
+
 def _read_mark(path: Path) -> str:
     try:
         return path.read_text(encoding="ascii").strip()

@@ -27,7 +27,7 @@ from .api import DEFAULT_BASE_URL, RunbaseClient, Timeouts, check_base_url
 from .errors import ApiError, BatchgenError, LedgerError, ManifestError, OutputError, Unauthorized, UsageError
 from .events import Events
 from .exitcodes import ExitCode
-from .folder import STATE_DIR, OutputFolder
+from .folder import STATE_DIR, OutputFolder, mixed_folder
 from .ledger import Ledger
 from .ledger.reuse import ReuseIndex, default_index_path
 from .manifest import iter_jobs, read_manifest
@@ -231,21 +231,6 @@ def _claim(folder: OutputFolder, config: BatchConfig) -> None:
     simulated = config.simulate and config.transport is None
     if folder.claim("simulator" if simulated else "api") is not None:
         raise UsageError(mixed_folder(config.output_dir, simulated))
-
-
-def mixed_folder(out: Path, simulated: bool) -> str:
-    """Why a run refuses a folder whose images the other kind of run made (``OutputFolder.claim``)."""
-    if simulated:
-        return (
-            f"the output folder {out} holds images made through the API; --simulate would put the "
-            "simulator's placeholder images among them. Give the simulation a folder of its own "
-            "(--output simulated)"
-        )
-    return (
-        f"the output folder {out} holds images made by --simulate: placeholders, not real images, and a "
-        f"real run would take their jobs as done. Give the real batch a folder of its own (--output images), "
-        f"or delete {out} first"
-    )
 
 
 def _check_output_dir(output_dir: Path) -> None:
