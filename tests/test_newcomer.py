@@ -77,3 +77,21 @@ def test_an_unusable_reuse_index_is_said_not_silently_dropped(tmp_path):
     result = batchgen_cli("run", str(EXAMPLE), "--simulate", "--output", str(out), "--reuse-index", str(index))
     assert_exit(result, 0)
     assert f"reuse index {index}" in result.stderr, result.stderr
+
+
+def test_a_misspelt_option_names_the_command_and_the_option_meant(tmp_path):
+    """`run M --concurency 3`: exit 2 with the usage of `run` (not the top level's) and 'did you mean
+    --concurrency?', nothing made."""
+    result = batchgen_cli("run", str(EXAMPLE), "--simulate", "--concurency", "3", "--output", str(tmp_path / "o"))
+    assert_exit(result, ExitCode.USAGE)
+    assert "usage: batchgen run " in result.stderr, result.stderr
+    assert "--concurency" in result.stderr and "did you mean --concurrency?" in result.stderr, result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_batchgen_alone_prints_the_commands():
+    """`batchgen` with no arguments lists the commands (the help), exit 2, instead of one terse line."""
+    result = batchgen_cli()
+    assert_exit(result, ExitCode.USAGE)
+    for command in ("run", "validate", "status", "report", "retry", "export", "simulate"):
+        assert f"    {command} " in result.stderr, result.stderr

@@ -42,7 +42,13 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    typed = sys.argv[1:] if argv is None else argv
+    if not typed:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _unknown_arguments(parser, args.command, unknown)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: last-run.json records it
     from ..errors import BatchgenError
 
@@ -57,6 +63,22 @@ def _main(argv: list[str] | None) -> int:
     except BatchgenError as exc:
         print(f"batchgen: error: {exc}", file=sys.stderr)
         return EXIT_LOCAL
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
+    """Exit 2 with the usage of the command typed (not the top level's) and the option a typo was meant to be."""
+    import difflib
+
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub: argparse.ArgumentParser = commands.choices[command]
+    known = [option for action in sub._actions for option in action.option_strings if option.startswith("--")]
+    hint = ""
+    for word in unknown:
+        close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1) if word.startswith("-") else []
+        if close:
+            hint = f"; did you mean {close[0]}?"
+            break
+    sub.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
 
 
 def build_parser() -> argparse.ArgumentParser:

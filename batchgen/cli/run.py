@@ -365,9 +365,8 @@ def _print_dead_links(args: argparse.Namespace) -> int:
 def _print_plan(args: argparse.Namespace) -> int:
     """What `run` would create now and what it would cost; nothing sent, nothing written."""
     from ..errors import ManifestError
-    from ..folder import OutputFolder
+    from ..folder import OutputFolder, mixed_folder
     from ..planning import describe
-    from ..runner import mixed_folder
 
     if OutputFolder(args.output).made_by_other("simulator" if args.simulate else "api") is not None:
         print(f"batchgen: error: {mixed_folder(args.output, args.simulate)}", file=sys.stderr)
