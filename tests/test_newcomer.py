@@ -95,3 +95,31 @@ def test_batchgen_alone_prints_the_commands():
     assert_exit(result, ExitCode.USAGE)
     for command in ("run", "validate", "status", "report", "retry", "export", "simulate"):
         assert f"    {command} " in result.stderr, result.stderr
+
+
+def test_a_column_with_a_space_in_a_template_is_explained_once(tmp_path):
+    """A Shopify export's `{{ Variant SKU }}`: one problem on the template's line saying how to write such a
+    column (row['Variant SKU']), and no second, made-up problem about the metadata holding 'a object'."""
+    (tmp_path / "shop.csv").write_text("Handle,Title,Variant SKU\nlinen-shirt,Linen Shirt,SH-1-S\n", encoding="utf-8")
+    manifest = tmp_path / "shop.yaml"
+    manifest.write_text(
+        'rows: shop.csv\njob:\n  id: "{{ Handle }}"\n  prompt: "Photo of {{ Title }}"\n'
+        '  metadata: {sku: "{{ Variant SKU }}"}\n',
+        encoding="utf-8",
+    )
+    result = batchgen_cli("validate", str(manifest))
+    assert_exit(result, ExitCode.USAGE)
+    problems = [line for line in result.stderr.splitlines() if line.startswith(str(manifest))]
+    assert len(problems) == 1, result.stderr
+    assert "line 5" in problems[0] and "row['Variant SKU']" in problems[0], problems
+
+
+def test_a_column_called_like_a_function_is_pointed_at(tmp_path):
+    """WooCommerce/Shopify's `Body (HTML)` written `{{ Body (HTML) }}` reads as a call of 'Body': the problem
+    names the column meant and how to write it."""
+    (tmp_path / "shop.csv").write_text("Handle,Body (HTML)\nlinen-shirt,<p>Linen</p>\n", encoding="utf-8")
+    manifest = tmp_path / "shop.yaml"
+    manifest.write_text('rows: shop.csv\njob:\n  id: "{{ Handle }}"\n  prompt: "{{ Body (HTML) | strip_html }}"\n')
+    result = batchgen_cli("validate", str(manifest))
+    assert_exit(result, ExitCode.USAGE)
+    assert "line 4" in result.stderr and "row['Body (HTML)']" in result.stderr, result.stderr

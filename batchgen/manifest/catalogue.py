@@ -60,10 +60,14 @@ class Tree:
     def value(self, context: dict[str, Any]) -> Any:
         if self.render is not None:
             return self.render(context)
+        # A part already reported (a template that did not compile) makes the whole value reported: one
+        # problem, not a second one about what the placeholder is.
         if self.items is not None:
-            return [item.value(context) for item in self.items]
+            items = [item.value(context) for item in self.items]
+            return REPORTED if any(item is REPORTED for item in items) else items
         if self.mapping is not None:
-            return {key: tree.value(context) for key, tree in self.mapping.items()}
+            mapping = {key: tree.value(context) for key, tree in self.mapping.items()}
+            return REPORTED if any(value is REPORTED for value in mapping.values()) else mapping
         return self.constant
 
 
@@ -325,12 +329,22 @@ class _MissingColumns:
             self.more[key] = self.more.get(key, 0) + 1
             return
         self.seen.add(key)
-        hint = close_names(column, columns) if column is not None else ""
+        hint = _column_hint(column, columns) if column is not None else ""
         self.problems.add(line, field, prefix + message + hint)
 
     def report_rest(self) -> None:
         for (line, key, _message), more in self.more.items():
             self.problems.add(line, key, f"... and the same on {more} more row(s)")
+
+
+def _column_hint(name: str, columns: list[str]) -> str:
+    """The column a missing name was meant to be: a close one, or one of several words it begins (``Body`` of
+    ``{{ Body (HTML) }}``), which a template writes ``row['Body (HTML)']``."""
+    hint = close_names(name, columns)
+    if hint:
+        return hint
+    longer = [column for column in columns if re.match(rf"{re.escape(name)}\W", column, re.IGNORECASE)]
+    return f"; did you mean {{{{ row[{longer[0]!r}] }}}}?" if longer else ""
 
 
 def _render(tree: Tree, context: dict[str, Any], field: str, prefix: str, number: int, missing: _MissingColumns) -> Any:
