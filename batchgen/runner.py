@@ -455,10 +455,13 @@ def _check_priced(config: BatchConfig) -> None:
 def _api_key(config: BatchConfig) -> str:
     if config.simulate and config.transport is None:
         return "simulated"  # the in-process simulator never sees a real key
-    key = config.api_key if config.api_key is not None else os.environ.get("RUNBASE_API_KEY", "")
-    key = key.strip()
+    given = config.api_key if config.api_key is not None else os.environ.get("RUNBASE_API_KEY")
+    key = (given or "").strip()
     if not key:
-        raise Unauthorized("RUNBASE_API_KEY is not set: export your Runbase API key, or use --simulate")
+        state = "is not set" if given is None else "is empty"
+        raise Unauthorized(f"RUNBASE_API_KEY {state}: export your Runbase API key, or use --simulate")
+    if key.lower().startswith("bearer "):
+        raise Unauthorized("RUNBASE_API_KEY starts with 'Bearer ': set it to the key alone (batchgen adds 'Bearer ')")
     if any(ch.isspace() or not ch.isprintable() for ch in key):
         raise Unauthorized("RUNBASE_API_KEY contains spaces or control characters; check how it was set")
     return key

@@ -123,3 +123,30 @@ def test_a_column_called_like_a_function_is_pointed_at(tmp_path):
     result = batchgen_cli("validate", str(manifest))
     assert_exit(result, ExitCode.USAGE)
     assert "line 4" in result.stderr and "row['Body (HTML)']" in result.stderr, result.stderr
+
+
+def test_a_key_set_empty_or_pasted_with_bearer_says_which(tmp_path, serve):
+    """RUNBASE_API_KEY set to nothing is called empty, not 'not set'; one pasted with its 'Bearer ' prefix is
+    told to drop it. Both exit 4 before any request, and the key is never echoed."""
+    server = serve()
+    manifest = EXAMPLE
+    for key, expected in (("  ", "RUNBASE_API_KEY is empty"), ("Bearer sk-0123456789", "'Bearer '")):
+        env = {**env_for(server), "RUNBASE_API_KEY": key}
+        result = batchgen_cli("run", str(manifest), "--output", str(tmp_path / "o"), "--no-progress", env=env)
+        assert_exit(result, ExitCode.UNAUTHORIZED)
+        assert expected in result.stderr, result.stderr
+        assert "sk-0123456789" not in result.stderr
+    assert server.simulator.stats()["create_requests"] == 0
+
+
+def test_a_report_that_cannot_be_written_says_where_else_it_can_go(tmp_path):
+    """`batchgen report` on a folder it cannot write into (here the page's name is a folder that cannot be
+    replaced) exits 5 naming --out, the option that writes the page elsewhere."""
+    out = tmp_path / "out"
+    assert_exit(batchgen_cli("run", str(EXAMPLE), "--simulate", "--output", str(out), "--quiet"), 0)
+    blocked = tmp_path / "blocked.html"
+    blocked.mkdir()
+    (blocked / "report.html").mkdir()  # `--out DIR` writes DIR/report.html: here a folder, so the write fails
+    result = batchgen_cli("report", "--output", str(out), "--out", str(blocked))
+    assert_exit(result, ExitCode.LOCAL)
+    assert "--out" in result.stderr, result.stderr
