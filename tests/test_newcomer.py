@@ -150,3 +150,18 @@ def test_a_report_that_cannot_be_written_says_where_else_it_can_go(tmp_path):
     result = batchgen_cli("report", "--output", str(out), "--out", str(blocked))
     assert_exit(result, ExitCode.LOCAL)
     assert "--out" in result.stderr, result.stderr
+
+
+def test_a_spreadsheet_export_given_as_the_manifest_says_how_to_use_it(tmp_path):
+    """A .tsv or .txt (Excel's 'Text (Tab delimited)') export, or an .xlsx, given straight to `validate` is
+    refused (exit 2) with the way to use it: rename a delimited file to .csv; read an .xlsx with `rows:`."""
+    for name, advice in (
+        ("products.tsv", "rename it to .csv"),
+        ("products.txt", "rename it to .csv"),
+        ("products.xlsx", "rows: products.xlsx"),
+    ):
+        path = tmp_path / name
+        path.write_bytes(b"id\tprompt\nlamp-1\tA lamp\n")
+        result = batchgen_cli("validate", str(path))
+        assert_exit(result, ExitCode.USAGE)
+        assert advice in result.stderr, result.stderr
