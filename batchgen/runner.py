@@ -312,7 +312,7 @@ async def _run_scheduler(
             backoff_base=config.backoff_base,
             reading_manifest=sync is not None and not sync.done,
             not_found_grace=config.not_found_grace,
-            on_file=_before_rename(folder, events),
+            on_file=_before_rename(folder, events, reuser.index if reuser is not None else None),
             reuser=reuser,
             budgets=_budgets(config),
             sidecars=config.sidecar,
@@ -354,14 +354,20 @@ def _budgets(config: BatchConfig) -> list[tuple[Budget, Callable[[JobSpec], floa
     return budgets
 
 
-def _before_rename(folder: OutputFolder, events: Events) -> Callable[[JobSpec, str, SavedOutput], None]:
+def _before_rename(
+    folder: OutputFolder, events: Events, index: ReuseIndex | None
+) -> Callable[[JobSpec, str, SavedOutput], None]:
     """What happens just before an output takes its name: the journal hears of it, and a file with other
-    bytes under that name is kept aside (``OutputFolder.keep_aside``), never overwritten."""
+    bytes under that name is kept aside (``OutputFolder.keep_aside``), never overwritten; the reuse index
+    follows it there, so a job changed back to that request gets it again unpaid."""
 
     def record(spec: JobSpec, run_id: str, saved: SavedOutput) -> None:
         folder.record_file(spec.job_id, spec.spec_hash(), run_id, saved)
         kept = folder.keep_aside(saved)
         if kept is not None:
+            if index is not None:
+                base = folder.path.resolve()
+                index.moved(base / saved.path, base / kept)
             events.emit("kept", job_id=spec.job_id, path=saved.path, kept=kept)
 
     return record
@@ -383,7 +389,7 @@ def _reuser(
             "writable place, or set BATCHGEN_CACHE_DIR"
         )
         return None
-    return Reuser(index, ledger, config.output_dir, _before_rename(folder, events))
+    return Reuser(index, ledger, config.output_dir, _before_rename(folder, events, index))
 
 
 async def _read_rest(sync: ManifestSync, scheduler: Scheduler, progress: Progress | None) -> None:

@@ -6,9 +6,11 @@ they must see (a clear message, the right exit code, nothing sent or lost).
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 
 from batchgen.exitcodes import ExitCode
+from batchgen.simulator import SimConfig, Simulator
 
 from .conftest import REPO, batchgen_cli, env_for
 
@@ -165,3 +167,18 @@ def test_a_spreadsheet_export_given_as_the_manifest_says_how_to_use_it(tmp_path)
         result = batchgen_cli("validate", str(path))
         assert_exit(result, ExitCode.USAGE)
         assert advice in result.stderr, result.stderr
+
+
+def test_a_prompt_changed_then_changed_back_is_not_paid_again(write_manifest, run, tmp_path):
+    """Change a job's prompt, run, change it back, run: the first image (kept aside in .batchgen/replaced/
+    when the second took its name) is the same request's image, so it is copied back, not paid for again."""
+    sim = Simulator(SimConfig(latency=0.05))
+    first = [{"id": "lamp", "prompt": "a ceramic lamp"}]
+    assert run(write_manifest(jobs=first), sim).exit_code == ExitCode.OK
+    assert run(write_manifest(jobs=[{"id": "lamp", "prompt": "a ceramic lamp, from above"}]), sim).exit_code == 0
+    back = run(write_manifest(jobs=first), sim)
+    assert back.exit_code == ExitCode.OK
+    assert sim.stats()["creates"] == 2 and back.stats.reused == 1
+    runs = sim.stats()["runs"]
+    first_image = next(f["sha256"] for r in runs if r["prompt"] == "a ceramic lamp" for f in r["files"])
+    assert hashlib.sha256((tmp_path / "out" / "lamp.png").read_bytes()).hexdigest() == first_image
