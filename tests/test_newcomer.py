@@ -7,6 +7,7 @@ they must see (a clear message, the right exit code, nothing sent or lost).
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 
 from batchgen.exitcodes import ExitCode
@@ -182,3 +183,22 @@ def test_a_prompt_changed_then_changed_back_is_not_paid_again(write_manifest, ru
     runs = sim.stats()["runs"]
     first_image = next(f["sha256"] for r in runs if r["prompt"] == "a ceramic lamp" for f in r["files"])
     assert hashlib.sha256((tmp_path / "out" / "lamp.png").read_bytes()).hexdigest() == first_image
+
+
+def test_a_large_manifest_stopped_early_is_not_reported_as_smaller(tmp_path):
+    """A 100,000-row manifest stopped at `--max-runs 1` while it is still being read in: the summary and
+    `status` say the rest of the manifest waits too, rather than giving the rows read so far as the batch."""
+    manifest = tmp_path / "big.csv"
+    rows = 100_000
+    manifest.write_text("id,prompt\n" + "".join(f"j{i},photo number {i}\n" for i in range(rows)), encoding="utf-8")
+    out = tmp_path / "out"
+    capped = batchgen_cli("run", str(manifest), "--simulate", "--output", str(out), "--quiet", "--max-runs", "1")
+    assert_exit(capped, ExitCode.CAPPED)
+    status = batchgen_cli("status", "--output", str(out), "--json")
+    assert_exit(status, 0)
+    report = json.loads(status.stdout)
+    read = sum(report["jobs"].values())
+    assert read < rows, "the manifest was read whole before the cap: make it larger"
+    assert report["manifest_read"] is False
+    assert "rows not read yet" in capped.stderr, capped.stderr
+    assert "read only in part" in batchgen_cli("status", "--output", str(out)).stdout

@@ -56,6 +56,12 @@ class LedgerReads:
         return self._meta("manifest", "") or None
 
     @property
+    def manifest_read(self) -> bool:
+        """False while the latest manifest is read in only in part (a batch of a large one stopped early):
+        its jobs in the ledger are those read so far, and the next run reads the rest."""
+        return self._meta("manifest_read", "1") == "1"
+
+    @property
     def output_dir(self) -> str | None:
         """The output folder, absolute, as of the latest sync."""
         return self._meta("output_dir", "") or None
@@ -276,6 +282,7 @@ class LedgerReads:
             "errors_distinct": distinct,
             "jobs_with_errors": with_errors,
             "last_session": self.last_session(),
+            "manifest_read": self.manifest_read,
         }
 
     def error_overview(self, limit: int = 5) -> tuple[list[dict[str, Any]], int, int, dict[str | None, int]]:
