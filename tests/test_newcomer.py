@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 
 from batchgen.exitcodes import ExitCode
@@ -202,3 +203,20 @@ def test_a_large_manifest_stopped_early_is_not_reported_as_smaller(tmp_path):
     assert report["manifest_read"] is False
     assert "rows not read yet" in capped.stderr, capped.stderr
     assert "read only in part" in batchgen_cli("status", "--output", str(out)).stdout
+
+
+def test_dry_run_counts_a_manifest_run_before_another_as_done(tmp_path):
+    """example.yaml into a folder, then example.csv, then `run example.yaml --dry-run`: the plan says what
+    the run then does (the jobs it left as they were are done, nothing to create), not that it would pay
+    for them again."""
+    out = tmp_path / "out"
+    csv = REPO / "manifests" / "example.csv"
+    for manifest in (EXAMPLE, csv):
+        assert_exit(batchgen_cli("run", str(manifest), "--simulate", "--output", str(out), "--quiet"), 0)
+    plan = batchgen_cli("run", str(EXAMPLE), "--simulate", "--output", str(out), "--dry-run", "--no-reuse")
+    assert_exit(plan, 0)
+    again = batchgen_cli("run", str(EXAMPLE), "--simulate", "--output", str(out), "--no-progress", "--no-reuse")
+    assert_exit(again, 0)
+    created = int(re.search(r"(\d+) runs created", again.stderr).group(1))
+    assert f"runs that would be created now: {created}" in plan.stdout, plan.stdout + again.stderr
+    assert "already done" in plan.stdout, plan.stdout
