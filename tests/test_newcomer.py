@@ -220,3 +220,16 @@ def test_dry_run_counts_a_manifest_run_before_another_as_done(tmp_path):
     created = int(re.search(r"(\d+) runs created", again.stderr).group(1))
     assert f"runs that would be created now: {created}" in plan.stdout, plan.stdout + again.stderr
     assert "already done" in plan.stdout, plan.stdout
+
+
+def test_a_utf16_yaml_or_jsonl_manifest_is_named_as_such_once(tmp_path):
+    """PowerShell's `>` writes UTF-16: a YAML or JSONL manifest saved so is refused with one problem saying
+    it is UTF-16 and to save it as UTF-8, not advice about Excel's CSV export plus a JSON error per line."""
+    for name, text in (("jobs.yaml", "jobs:\n  - prompt: a lamp\n"), ("jobs.jsonl", '{"prompt": "a lamp"}\n' * 3)):
+        path = tmp_path / name
+        path.write_bytes(text.encode("utf-16"))
+        result = batchgen_cli("validate", str(path))
+        assert_exit(result, ExitCode.USAGE)
+        problems = [line for line in result.stderr.splitlines() if line.startswith(str(path))]
+        assert len(problems) == 1 and "UTF-16" in problems[0] and "UTF-8" in problems[0], result.stderr
+        assert "Excel" not in result.stderr, result.stderr
