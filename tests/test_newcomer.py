@@ -233,3 +233,16 @@ def test_a_utf16_yaml_or_jsonl_manifest_is_named_as_such_once(tmp_path):
         problems = [line for line in result.stderr.splitlines() if line.startswith(str(path))]
         assert len(problems) == 1 and "UTF-16" in problems[0] and "UTF-8" in problems[0], result.stderr
         assert "Excel" not in result.stderr, result.stderr
+
+
+def test_a_where_that_no_row_passes_says_what_the_column_holds(tmp_path):
+    """The README's catalogue with `Type: [Simple, Variable]` (the export writes them in lower case): instead
+    of 'the manifest has no jobs', the problem is on the 'where:' line and shows the values the column holds."""
+    catalogue = (REPO / "manifests" / "catalogue.yaml").read_text(encoding="utf-8")
+    (tmp_path / "catalogue-products.csv").write_bytes((REPO / "manifests" / "catalogue-products.csv").read_bytes())
+    manifest = tmp_path / "catalogue.yaml"
+    manifest.write_text(catalogue.replace("Type: [simple, variable]", "Type: [Simple, Variable]"), encoding="utf-8")
+    result = batchgen_cli("validate", str(manifest))
+    assert_exit(result, ExitCode.USAGE)
+    assert "no jobs" not in result.stderr, result.stderr
+    assert "field 'where'" in result.stderr and "'simple'" in result.stderr, result.stderr

@@ -263,6 +263,7 @@ def catalogue_records(catalogue: Catalogue, problems: Problems) -> Iterator[Reco
     carried: dict[str, Any] = {}
     seen: set[str] = set()
     missing = _MissingColumns(problems, rows.shown)
+    unmet = _Unmet(catalogue.where)
     checked_columns = False
     for number, row in read_rows(rows, problems):
         prefix = f"{rows.shown} row {number}: "
@@ -275,7 +276,7 @@ def catalogue_records(catalogue: Catalogue, problems: Problems) -> Iterator[Reco
                 carried[column] = row[column]
             else:
                 row[column] = carried.get(column, "")
-        if not all(condition.holds(row) for condition in catalogue.where):
+        if not unmet.passes(row):
             continue
         context = row_context(row)
         if catalogue.unique is not None:
@@ -312,6 +313,51 @@ def catalogue_records(catalogue: Catalogue, problems: Problems) -> Iterator[Reco
                         values[key] = None  # rendered empty: not set (a missing prompt is reported as such)
                 yield Record(catalogue.job_line, values, field_lines, "", None, prefix)
     missing.report_rest()
+    unmet.report(problems, rows.shown)
+
+
+class _Unmet:
+    """The 'where:' conditions over the rows: when no row passes them all, say which never held and what
+    their columns hold instead (a filter written 'Simple' for the export's 'simple' leaves no job)."""
+
+    SHOWN = 5  # distinct values kept per column
+
+    def __init__(self, conditions: list[Condition]):
+        self.conditions = conditions
+        self.rows = self.passed = 0
+        self.held = [0] * len(conditions)
+        self.seen: list[list[str]] = [[] for _ in conditions]
+
+    def passes(self, row: Row) -> bool:
+        self.rows += 1
+        passed = True
+        for index, condition in enumerate(self.conditions):
+            if condition.holds(row):
+                self.held[index] += 1
+            else:
+                passed = False
+                seen, cell = self.seen[index], _text(row.get(condition.column, ""))
+                if len(seen) < self.SHOWN and cell not in seen:
+                    seen.append(cell)
+        self.passed += passed
+        return passed
+
+    def report(self, problems: Problems, shown: str) -> None:
+        if not self.conditions or not self.rows or self.passed:
+            return
+        for index, condition in enumerate(self.conditions):
+            if self.held[index]:
+                continue
+            wanted = "a value" if condition.values is None else " or ".join(map(repr, sorted(condition.values)))
+            holds = ", ".join(repr(value) for value in self.seen[index])
+            problems.add(
+                condition.line,
+                "where",
+                f"no row of {shown} ({self.rows} read) has {wanted} in column {condition.column!r}; it holds {holds}"
+                + (" and more" if len(self.seen[index]) == self.SHOWN else ""),
+            )
+        if all(self.held):
+            problems.add(self.conditions[0].line, "where", f"no row of {shown} meets every 'where:' condition at once")
 
 
 class _MissingColumns:
