@@ -246,3 +246,17 @@ def test_a_where_that_no_row_passes_says_what_the_column_holds(tmp_path):
     assert_exit(result, ExitCode.USAGE)
     assert "no jobs" not in result.stderr, result.stderr
     assert "field 'where'" in result.stderr and "'simple'" in result.stderr, result.stderr
+
+
+def test_every_error_kind_is_listed_where_users_look():
+    """The run's own note tells users `retry --failed --error-kind reference`: every kind `retry` accepts is
+    listed by `retry --help` and by the README's list of kinds."""
+    from batchgen.regenerate import ERROR_KINDS
+
+    help_text = " ".join(batchgen_cli("retry", "--help").stdout.split())
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    listed = readme[readme.index("Kinds for `--error-kind`") :].split("\n\n")[0]
+    for kind in ERROR_KINDS:
+        name = kind.replace("_", "-")
+        assert name in help_text, name
+        assert f"`{name}`" in listed, name
