@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import subprocess
+from pathlib import Path
 
 from batchgen.exitcodes import ExitCode
 from batchgen.simulator import SimConfig, Simulator
@@ -23,6 +24,16 @@ def assert_exit(result: subprocess.CompletedProcess[str], code: int) -> None:
     """The command exited with ``code`` and printed no traceback."""
     assert result.returncode == code, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def catalogue_with(folder: Path, text: str, instead: str) -> Path:
+    """The README's catalogue manifest and its export, copied into ``folder`` with ``text`` replaced."""
+    catalogue = (REPO / "manifests" / "catalogue.yaml").read_text(encoding="utf-8")
+    assert text in catalogue
+    (folder / "catalogue-products.csv").write_bytes((REPO / "manifests" / "catalogue-products.csv").read_bytes())
+    manifest = folder / "catalogue.yaml"
+    manifest.write_text(catalogue.replace(text, instead), encoding="utf-8")
+    return manifest
 
 
 def test_a_real_run_refuses_a_folder_filled_by_simulate(tmp_path, serve):
@@ -238,10 +249,7 @@ def test_a_utf16_yaml_or_jsonl_manifest_is_named_as_such_once(tmp_path):
 def test_a_where_that_no_row_passes_says_what_the_column_holds(tmp_path):
     """The README's catalogue with `Type: [Simple, Variable]` (the export writes them in lower case): instead
     of 'the manifest has no jobs', the problem is on the 'where:' line and shows the values the column holds."""
-    catalogue = (REPO / "manifests" / "catalogue.yaml").read_text(encoding="utf-8")
-    (tmp_path / "catalogue-products.csv").write_bytes((REPO / "manifests" / "catalogue-products.csv").read_bytes())
-    manifest = tmp_path / "catalogue.yaml"
-    manifest.write_text(catalogue.replace("Type: [simple, variable]", "Type: [Simple, Variable]"), encoding="utf-8")
+    manifest = catalogue_with(tmp_path, "Type: [simple, variable]", "Type: [Simple, Variable]")
     result = batchgen_cli("validate", str(manifest))
     assert_exit(result, ExitCode.USAGE)
     assert "no jobs" not in result.stderr, result.stderr
@@ -260,3 +268,12 @@ def test_every_error_kind_is_listed_where_users_look():
         name = kind.replace("_", "-")
         assert name in help_text, name
         assert f"`{name}`" in listed, name
+
+
+def test_a_misspelt_variant_name_is_not_taken_as_a_variable(tmp_path):
+    """`variants: {aspect-ratio: ["1:1", "3:2"]}` looked like a variable of that name: two jobs per product with
+    the API's default aspect ratio. It is refused on its line with 'did you mean 'aspect_ratio'?'."""
+    manifest = catalogue_with(tmp_path, "  aspect_ratio: [", "  aspect-ratio: [")
+    result = batchgen_cli("validate", str(manifest))
+    assert_exit(result, ExitCode.USAGE)
+    assert "field 'variants'" in result.stderr and "did you mean 'aspect_ratio'?" in result.stderr, result.stderr

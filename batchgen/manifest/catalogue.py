@@ -36,7 +36,7 @@ import yaml
 
 from ..models import DEFAULT_MODEL, JOB_FIELDS
 from .fields import check_aspect_ratio, check_quality, split_urls
-from .problems import Invalid, Problems, close_names
+from .problems import Invalid, Problems, close_names, closest
 from .records import REPORTED, Record
 from .rows import RowsFile, read_rows, resolve_rows_path, rows_problem
 from .templates import Row, TemplateProblem, compile_template, row_context
@@ -230,6 +230,14 @@ def _parse_variants(doc: YamlDocument, catalogue: Catalogue, problems: Problems)
             continue
         if name in catalogue.job:
             problems.add(key_line, "variants", f"{name!r} is set both by job: and by variants:; keep one")
+            continue
+        if name not in _VARIANT_FIELDS and (meant := closest(name, tuple(_VARIANT_FIELDS))) is not None:
+            problems.add(
+                key_line,
+                "variants",
+                f"variant {name!r} would be only a variable for templates ({{{{ variant[{name!r}] }}}}), not the "
+                f"job's option; did you mean {meant!r}?",
+            )
             continue
         check = _VARIANT_FIELDS.get(name) if doc.model == DEFAULT_MODEL else None
         options: list[tuple[Any, str]] = []
