@@ -28,6 +28,11 @@ reads the whole folder (seconds at a million images), so a run that ends cleanly
 leaves a mark, ``<folder>/.batchgen/clean``, saying that no partial file is left;
 the next run to take the lock removes the mark before it does anything and skips
 the search. A run killed or crashed leaves no mark, so the run after it searches.
+
+``<folder>/.batchgen/made-by`` says what made the folder's images: ``api``, or
+``simulator`` for ``--simulate``. A run of the other kind refuses a folder that still
+holds images (``claim``): a real run would take the simulator's placeholders for
+done, and a simulated one would mix placeholders in with real images.
 """
 
 from __future__ import annotations
