@@ -277,3 +277,14 @@ def test_a_misspelt_variant_name_is_not_taken_as_a_variable(tmp_path):
     result = batchgen_cli("validate", str(manifest))
     assert_exit(result, ExitCode.USAGE)
     assert "field 'variants'" in result.stderr and "did you mean 'aspect_ratio'?" in result.stderr, result.stderr
+
+
+def test_excels_sep_line_is_named_and_what_to_do_said(tmp_path):
+    """A CSV saved by Excel with its 'sep=;' first line: one problem naming that line and saying to delete
+    it, instead of 'the header has no prompt column' and a problem for every row."""
+    path = tmp_path / "jobs.csv"
+    path.write_bytes(b"sep=;\r\nid;prompt\r\nlamp-1;A lamp\r\nvase-2;A vase\r\n")
+    result = batchgen_cli("validate", str(path))
+    assert_exit(result, ExitCode.USAGE)
+    problems = [line for line in result.stderr.splitlines() if line.startswith(str(path))]
+    assert len(problems) == 1 and "sep=;" in problems[0] and "delete" in problems[0], result.stderr
