@@ -231,7 +231,8 @@ def _parse_variants(doc: YamlDocument, catalogue: Catalogue, problems: Problems)
         if name in catalogue.job:
             problems.add(key_line, "variants", f"{name!r} is set both by job: and by variants:; keep one")
             continue
-        if name not in _VARIANT_FIELDS and (meant := closest(name, tuple(_VARIANT_FIELDS))) is not None:
+        meant = closest(name, tuple(_VARIANT_FIELDS)) if doc.model == DEFAULT_MODEL else None
+        if name not in _VARIANT_FIELDS and meant is not None:
             problems.add(
                 key_line,
                 "variants",
