@@ -104,6 +104,14 @@ def test_a_misspelt_option_names_the_command_and_the_option_meant(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_misspelt_option_is_named_before_a_missing_one():
+    """`retry --fialed`: the typo is what the user must see ('did you mean --failed?'), not argparse's 'one
+    of the arguments --failed --ids --ids-from --missing is required'."""
+    result = batchgen_cli("retry", "--fialed")
+    assert_exit(result, ExitCode.USAGE)
+    assert "usage: batchgen retry" in result.stderr and "did you mean --failed?" in result.stderr, result.stderr
+
+
 def test_batchgen_alone_prints_the_commands():
     """`batchgen` with no arguments lists the commands (the help), exit 2, instead of one terse line."""
     result = batchgen_cli()
