@@ -126,13 +126,13 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
         try:
             left_behind = ledger.images_left_behind()
             sync, notes = _prepare(config, ledger, folder)
-        except ManifestError as exc:
+        except (ManifestError, UsageError) as exc:
             ledger.close()
             folder.close()
-            _remove_new(fresh_paths)  # a rejected manifest leaves nothing behind
+            _remove_new(fresh_paths)  # a rejected manifest (or folder) leaves nothing behind
+            if isinstance(exc, UsageError):
+                return BatchResult(Outcome.ERROR, ExitCode.USAGE, str(exc))
             return BatchResult(Outcome.MANIFEST, ExitCode.USAGE, manifest_message(exc))
-        except UsageError as exc:
-            return BatchResult(Outcome.ERROR, ExitCode.USAGE, str(exc))
         except (BatchgenError, OSError) as exc:
             return BatchResult(Outcome.ERROR, ExitCode.LOCAL, local_error(exc, config.output_dir))
         session = ledger.session_started(str(config.manifest))

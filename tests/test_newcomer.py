@@ -50,6 +50,17 @@ def test_a_real_run_refuses_a_folder_filled_by_simulate(tmp_path, serve):
     assert stats["create_requests"] == stats["gets"] == 0
 
 
+def test_a_refused_folder_keeps_no_new_ledger(tmp_path, serve):
+    """A real run given its own new --ledger but a folder of simulated images: refused (exit 2), and the
+    ledger it would have started is not left behind."""
+    out = tmp_path / "output"
+    assert_exit(batchgen_cli("run", str(EXAMPLE), "--simulate", "--output", str(out), "--quiet"), 0)
+    ledger = tmp_path / "ledgers" / "real.sqlite"
+    real = batchgen_cli("run", str(EXAMPLE), "--output", str(out), "--ledger", str(ledger), env=env_for(serve()))
+    assert_exit(real, ExitCode.USAGE)
+    assert not ledger.parent.exists(), sorted(ledger.parent.iterdir())
+
+
 def test_a_folder_without_images_changes_hands(tmp_path, serve):
     """A real run that stopped before any image (here a refused key) leaves the folder free for --simulate."""
     out = tmp_path / "output"
