@@ -28,6 +28,11 @@ reads the whole folder (seconds at a million images), so a run that ends cleanly
 leaves a mark, ``<folder>/.batchgen/clean``, saying that no partial file is left;
 the next run to take the lock removes the mark before it does anything and skips
 the search. A run killed or crashed leaves no mark, so the run after it searches.
+
+``<folder>/.batchgen/made-by`` says what made the folder's images: ``api``, or
+``simulator`` for ``--simulate``. A run of the other kind refuses a folder that still
+holds images (``claim``): a real run would take the simulator's placeholders for
+done, and a simulated one would mix placeholders in with real images.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ except ImportError:  # pragma: no cover - not on POSIX
 STATE_DIR = ".batchgen"
 REPLACED_DIR = "replaced"  # in STATE_DIR: files an output's name held before it (keep_aside)
 CLEAN_MARK = "clean"  # in STATE_DIR: the last run to hold the lock left no partial file (module docstring)
+MADE_BY = "made-by"  # in STATE_DIR: "api" or "simulator", what made the folder's images (OutputFolder.claim)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 
 
@@ -128,6 +134,32 @@ class OutputFolder:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    # -- what makes the images -------------------------------------------------
+
+    def claim(self, maker: str) -> str | None:
+        """Record that ``maker`` ("api" or "simulator") makes this folder's images. When an earlier run
+        recorded the other one and its images are still here, record nothing and return it: the caller
+        refuses, as a real run would take the simulator's placeholders for done, and a simulated one would
+        put placeholders among real images. A folder without images changes hands freely."""
+        path = self.state / MADE_BY
+        other = self.made_by_other(maker)
+        if other is not None:
+            return other
+        if _read_mark(path) != maker:
+            try:
+                path.write_text(maker + "\n", encoding="ascii")
+            except OSError as exc:
+                raise OutputError(f"cannot write to {path}: {exc.strerror or exc}") from exc
+        return None
+
+    def made_by_other(self, maker: str) -> str | None:
+        """What an earlier run recorded as making this folder's images, when that is not ``maker`` and its
+        images are still here (read only: ``--dry-run`` asks too)."""
+        recorded = _read_mark(self.state / MADE_BY)
+        if recorded and recorded != maker and next(self.images(), None) is not None:
+            return recorded
+        return None
 
     # -- journal ----------------------------------------------------------------
 
@@ -261,6 +293,28 @@ class OutputFolder:
             for name in files:
                 if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                     yield (base / name).as_posix()
+
+
+def mixed_folder(out: Path, simulated: bool) -> str:
+    """Why a run (or its --dry-run) refuses a folder whose images the other kind of run made (``claim``)."""
+    if simulated:
+        return (
+            f"the output folder {out} holds images made through the API; --simulate would put the "
+            "simulator's placeholder images among them. Give the simulation a folder of its own "
+            "(--output simulated)"
+        )
+    return (
+        f"the output folder {out} holds images made by --simulate: placeholders, not real images, and a "
+        f"real run would take their jobs as done. Give the real batch a folder of its own (--output images), "
+        f"or delete {out} first"
+    )
+
+
+def _read_mark(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def _partials(top: str) -> Iterator[str]:

@@ -42,12 +42,12 @@ def local_error(exc: BaseException, output_dir: Path) -> str:
 
 
 # Why a batch ended → its exit code and what to tell the user. Messages may use {error} (what
-# stopped it) and {left} (jobs still to do); DONE's depends on the counts and is built below.
+# stopped it) and {waiting} (the jobs still to do); DONE's depends on the counts and is built below.
 _OUTCOMES: dict[Outcome, tuple[int, str]] = {
     Outcome.DONE: (ExitCode.OK, ""),
     Outcome.ACCOUNT: (
         ExitCode.ACCOUNT,
-        "stopped by the account: {error}. Runs already created were collected; {left} job(s) wait. "
+        "stopped by the account: {error}. Runs already created were collected; {waiting}. "
         "Add credits or lift the cap, then run the same command again to finish.",
     ),
     Outcome.UNAUTHORIZED: (
@@ -57,24 +57,31 @@ _OUTCOMES: dict[Outcome, tuple[int, str]] = {
     ),
     Outcome.UNAVAILABLE: (
         ExitCode.UNAVAILABLE,
-        "the API kept failing ({error}); stopped creating runs. {left} job(s) wait, runs already "
+        "the API kept failing ({error}); stopped creating runs. {waiting}; runs already "
         "created are recorded. Run the same command again later.",
     ),
     Outcome.INTERRUPTED: (
         ExitCode.INTERRUPTED,
-        "interrupted; {left} job(s) wait. Run the same command again to finish.",
+        "interrupted; {waiting}. Run the same command again to finish.",
     ),
     Outcome.MANIFEST: (ExitCode.USAGE, ""),
     Outcome.CAPPED: (
         ExitCode.CAPPED,
         "stopped at the cap you set: {error}. No more runs were created; the runs in flight were collected; "
-        "{left} job(s) wait. Run the same command again to continue.",
+        "{waiting}. Run the same command again to continue.",
     ),
     Outcome.ERROR: (
         ExitCode.LOCAL,
         "stopped: {error}. Nothing recorded was lost; run the same command again once fixed.",
     ),
 }
+
+
+def _manifest_read(ledger: Ledger) -> bool:
+    try:
+        return ledger.manifest_read
+    except LedgerError:
+        return True
 
 
 def _done_message(failed: int, stats: BatchStats) -> tuple[int, str]:
@@ -104,6 +111,9 @@ def batch_result(
     except LedgerError:  # the ledger may be what failed; report without its counts
         counts, unknown = {}, 0
     left = counts.get("pending", 0) + counts.get("running", 0)
+    waiting = f"{left} job(s) wait"
+    if not _manifest_read(ledger):
+        waiting = f"{left} job(s) read so far wait, and so do the manifest's rows not read yet"
     if outcome is Outcome.DONE:
         code, message = _done_message(counts.get("failed", 0), stats)
     elif outcome is Outcome.MANIFEST and isinstance(error, ManifestError):
@@ -113,12 +123,12 @@ def batch_result(
             ExitCode.USAGE,
             (
                 f"stopped: {error}. Nothing was created there; runs already created were collected, "
-                f"{left} job(s) wait. Run the same command again once the address is right."
+                f"{waiting}. Run the same command again once the address is right."
             ),
         )
     else:
         code, template = _OUTCOMES[outcome]
-        message = template.format(error=error, left=left)
+        message = template.format(error=error, waiting=waiting)
     return BatchResult(
         outcome=outcome,
         exit_code=code,

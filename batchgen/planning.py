@@ -101,7 +101,7 @@ def plan(
     try:
         for chunk in _chunks(jobs):
             result.jobs += len(chunk)
-            known = ledger.jobs_by_id(job.job_id for job in chunk) if ledger is not None else {}
+            known = ledger.jobs_by_id((job.job_id for job in chunk), any_manifest=True) if ledger is not None else {}
             hashes: list[str | None] = [
                 job.spec_hash() if reuse_index is not None or job.job_id in known else None for job in chunk
             ]

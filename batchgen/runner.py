@@ -27,7 +27,7 @@ from .api import DEFAULT_BASE_URL, RunbaseClient, Timeouts, check_base_url
 from .errors import ApiError, BatchgenError, LedgerError, ManifestError, OutputError, Unauthorized, UsageError
 from .events import Events
 from .exitcodes import ExitCode
-from .folder import STATE_DIR, OutputFolder
+from .folder import STATE_DIR, OutputFolder, mixed_folder
 from .ledger import Ledger
 from .ledger.reuse import ReuseIndex, default_index_path
 from .manifest import iter_jobs, read_manifest
@@ -126,10 +126,12 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
         try:
             left_behind = ledger.images_left_behind()
             sync, notes = _prepare(config, ledger, folder)
-        except ManifestError as exc:
+        except (ManifestError, UsageError) as exc:
             ledger.close()
             folder.close()
-            _remove_new(fresh_paths)  # a rejected manifest leaves nothing behind
+            _remove_new(fresh_paths)  # a rejected manifest (or folder) leaves nothing behind
+            if isinstance(exc, UsageError):
+                return BatchResult(Outcome.ERROR, ExitCode.USAGE, str(exc))
             return BatchResult(Outcome.MANIFEST, ExitCode.USAGE, manifest_message(exc))
         except (BatchgenError, OSError) as exc:
             return BatchResult(Outcome.ERROR, ExitCode.LOCAL, local_error(exc, config.output_dir))
@@ -138,7 +140,7 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
             notes += _left_behind(ledger, left_behind, config)
             result = batch_result(Outcome.DONE, ledger, BatchStats(), started, config.output_dir, notes=notes)
             return _finish_session(ledger, session, result)
-        scheduler, outcome = await _run_scheduler(config, ledger, folder, api_key, sync)
+        scheduler, outcome = await _run_scheduler(config, ledger, folder, api_key, sync, notes)
         try:  # creates still unanswered now never will be (an interrupt's grace ran out): count them at once
             scheduler.stats.unknown_creates += ledger.recover()
         except LedgerError:
@@ -188,6 +190,7 @@ def _prepare(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> tuple
     ledger.lock_for_run()
     config.output_dir.mkdir(parents=True, exist_ok=True)
     folder.lock()
+    _claim(folder, config)
     if ledger.is_empty and not config.allow_unknown_files:
         foreign = unknown_images(folder)
         if foreign:
@@ -221,6 +224,13 @@ def _prepare(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> tuple
             + (f", {len(check.lost)} with no run to fetch from (`batchgen retry --missing`)" if check.lost else "")
         )
     return sync, notes
+
+
+def _claim(folder: OutputFolder, config: BatchConfig) -> None:
+    """One folder, one kind of image: never the simulator's placeholders mixed with (or taken for) real ones."""
+    simulated = config.simulate and config.transport is None
+    if folder.claim("simulator" if simulated else "api") is not None:
+        raise UsageError(mixed_folder(config.output_dir, simulated))
 
 
 def _check_output_dir(output_dir: Path) -> None:
@@ -272,7 +282,12 @@ def _start_sync(config: BatchConfig, ledger: Ledger, *, head_start: float) -> Ma
 
 
 async def _run_scheduler(
-    config: BatchConfig, ledger: Ledger, folder: OutputFolder, api_key: str, sync: ManifestSync | None
+    config: BatchConfig,
+    ledger: Ledger,
+    folder: OutputFolder,
+    api_key: str,
+    sync: ManifestSync | None,
+    notes: list[str],
 ) -> tuple[Scheduler, Outcome]:
     assert config.base_url is not None
     client = RunbaseClient(
@@ -284,7 +299,7 @@ async def _run_scheduler(
         max_download_bytes=config.max_download_bytes,
     )
     events = config.events if config.events is not None else Events()
-    reuser = _reuser(config, ledger, folder, events)
+    reuser = _reuser(config, ledger, folder, events, notes)
     async with client:
         scheduler = Scheduler(
             ledger=ledger,
@@ -297,7 +312,7 @@ async def _run_scheduler(
             backoff_base=config.backoff_base,
             reading_manifest=sync is not None and not sync.done,
             not_found_grace=config.not_found_grace,
-            on_file=_before_rename(folder, events),
+            on_file=_before_rename(folder, events, reuser.index if reuser is not None else None),
             reuser=reuser,
             budgets=_budgets(config),
             sidecars=config.sidecar,
@@ -339,29 +354,42 @@ def _budgets(config: BatchConfig) -> list[tuple[Budget, Callable[[JobSpec], floa
     return budgets
 
 
-def _before_rename(folder: OutputFolder, events: Events) -> Callable[[JobSpec, str, SavedOutput], None]:
+def _before_rename(
+    folder: OutputFolder, events: Events, index: ReuseIndex | None
+) -> Callable[[JobSpec, str, SavedOutput], None]:
     """What happens just before an output takes its name: the journal hears of it, and a file with other
-    bytes under that name is kept aside (``OutputFolder.keep_aside``), never overwritten."""
+    bytes under that name is kept aside (``OutputFolder.keep_aside``), never overwritten; the reuse index
+    follows it there, so a job changed back to that request gets it again unpaid."""
 
     def record(spec: JobSpec, run_id: str, saved: SavedOutput) -> None:
         folder.record_file(spec.job_id, spec.spec_hash(), run_id, saved)
         kept = folder.keep_aside(saved)
         if kept is not None:
+            if index is not None:
+                base = folder.path.resolve()
+                index.moved(base / saved.path, base / kept)
             events.emit("kept", job_id=spec.job_id, path=saved.path, kept=kept)
 
     return record
 
 
-def _reuser(config: BatchConfig, ledger: Ledger, folder: OutputFolder, events: Events) -> Reuser | None:
+def _reuser(
+    config: BatchConfig, ledger: Ledger, folder: OutputFolder, events: Events, notes: list[str]
+) -> Reuser | None:
     if not config.reuse:
         return None
     # Images are reused only from the same service: never a simulator's image for a real request.
     service = "simulator" if config.simulate and config.transport is None else str(config.base_url)
     try:
         index = ReuseIndex(config.reuse_index or default_index_path(), service)
-    except LedgerError:
-        return None  # an optimisation: without it every job simply gets its own run
-    return Reuser(index, ledger, config.output_dir, _before_rename(folder, events))
+    except LedgerError as exc:
+        # The batch goes on, every job with its own run, but the user is told: identical requests are paid again.
+        notes.append(
+            f"{exc}; identical requests were not looked up (each job got its own run): give --reuse-index a "
+            "writable place, or set BATCHGEN_CACHE_DIR"
+        )
+        return None
+    return Reuser(index, ledger, config.output_dir, _before_rename(folder, events, index))
 
 
 async def _read_rest(sync: ManifestSync, scheduler: Scheduler, progress: Progress | None) -> None:
@@ -433,10 +461,13 @@ def _check_priced(config: BatchConfig) -> None:
 def _api_key(config: BatchConfig) -> str:
     if config.simulate and config.transport is None:
         return "simulated"  # the in-process simulator never sees a real key
-    key = config.api_key if config.api_key is not None else os.environ.get("RUNBASE_API_KEY", "")
-    key = key.strip()
+    given = config.api_key if config.api_key is not None else os.environ.get("RUNBASE_API_KEY")
+    key = (given or "").strip()
     if not key:
-        raise Unauthorized("RUNBASE_API_KEY is not set: export your Runbase API key, or use --simulate")
+        state = "is not set" if given is None else "is empty"
+        raise Unauthorized(f"RUNBASE_API_KEY {state}: export your Runbase API key, or use --simulate")
+    if key.lower().startswith("bearer "):
+        raise Unauthorized("RUNBASE_API_KEY starts with 'Bearer ': set it to the key alone (batchgen adds 'Bearer ')")
     if any(ch.isspace() or not ch.isprintable() for ch in key):
         raise Unauthorized("RUNBASE_API_KEY contains spaces or control characters; check how it was set")
     return key

@@ -42,7 +42,18 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    typed = sys.argv[1:] if argv is None else argv
+    if not typed:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if typed[0] in commands.choices:  # a misspelt option first: argparse would complain of a missing one
+        before = typed[1 : typed.index("--")] if "--" in typed else typed[1:]  # after "--", no options
+        options = [word for word in before if word.startswith("--")]
+        _unknown_arguments(commands.choices[typed[0]], options, prefixes=True)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _unknown_arguments(commands.choices[args.command], unknown)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: last-run.json records it
     from ..errors import BatchgenError
 
@@ -57,6 +68,26 @@ def _main(argv: list[str] | None) -> int:
     except BatchgenError as exc:
         print(f"batchgen: error: {exc}", file=sys.stderr)
         return EXIT_LOCAL
+
+
+def _unknown_arguments(sub: argparse.ArgumentParser, words: list[str], *, prefixes: bool = False) -> None:
+    """Exit 2 with the usage of the command typed (not the top level's) and the option a typo was meant to be.
+    ``prefixes``: ``words`` are the options typed, and those that begin a known option (argparse takes unique
+    prefixes) pass; nothing happens when all do."""
+    import difflib
+
+    known = [option for action in sub._actions for option in action.option_strings if option.startswith("--")]
+    if prefixes:
+        words = [word for word in words if not any(o.startswith(word.split("=", 1)[0]) for o in known)]
+        if not words:
+            return
+    hint = ""
+    for word in words:
+        close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1) if word.startswith("-") else []
+        if close:
+            hint = f"; did you mean {close[0]}?"
+            break
+    sub.error(f"unrecognized arguments: {' '.join(words)}{hint}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -92,6 +92,7 @@ def _status(args: argparse.Namespace) -> int:
             "top": figures["errors"],
         },
         "last_session": session,
+        "manifest_read": figures["manifest_read"],
         "next_command": shell_line(command),
         "next_command_argv": command,
         "retry_command": _retry_command(figures["failed_by_kind"], args),
@@ -118,6 +119,7 @@ def _print_status(report: dict[str, Any]) -> None:
     print(
         f"jobs:     {total} — {jobs['succeeded']} succeeded, {jobs['failed']} failed, "
         f"{jobs['pending'] + jobs['running']} pending ({jobs['running']} with a run in flight)"
+        + ("" if report["manifest_read"] else "; the manifest is read only in part so far: the next run reads the rest")
     )
     detail = ", ".join(f"{n} {status}" for status, n in sorted(attempts.items()))
     print(
@@ -162,7 +164,9 @@ def _session_line(session: dict[str, Any]) -> str:
 def _next_line(report: dict[str, Any]) -> str:
     jobs, command = report["jobs"], report["next_command"]
     lines = []
-    if jobs["pending"] + jobs["running"]:
+    if not report["manifest_read"]:
+        lines.append(f"{command}   # reads the rest of the manifest and finishes its jobs")
+    elif jobs["pending"] + jobs["running"]:
         lines.append(f"{command}   # finishes the {jobs['pending'] + jobs['running']} job(s) left")
     if report["retry_command"]:
         lines.append(f"{report['retry_command']} && {command}   # tries the failures that may go through now")

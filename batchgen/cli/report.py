@@ -73,7 +73,9 @@ def _report(args: argparse.Namespace) -> int:
     try:
         write_html(data, out)
     except OSError as exc:
-        raise BatchgenError(f"cannot write the report {out}: {exc.strerror or exc}") from exc
+        raise BatchgenError(
+            f"cannot write the report {out}: {exc.strerror or exc} (--out FILE writes it elsewhere)"
+        ) from exc
     counts = data.card_counts()
     print(
         f"{out}: {len(data.jobs)} jobs, {counts['succeeded']} succeeded, {counts['failed']} failed, "

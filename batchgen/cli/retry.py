@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 KIND_HELP = (
     "rate-limit, server-error, download, run-failed, rejected (bad request / content policy), "
-    "missing (missing file), unknown (the create's answer never came)"
+    "missing (missing file), unknown (the create's answer never came), "
+    "reference (a reference image URL did not answer; not paid for)"
 )
 SHOWN = 20  # ids listed by name at most
 

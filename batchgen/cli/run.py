@@ -132,6 +132,13 @@ def _prices(text: str) -> dict[str, float]:
 def _run(args: argparse.Namespace) -> int:
     from ..events import Events, Log
 
+    if args.simulate and args.base_url is not None:
+        print(
+            "batchgen: error: --simulate and --base-url name two different APIs: --simulate uses the built-in "
+            "simulator, --base-url a real one; give one of them",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if args.dry_run:
         return _print_plan(args)
 
@@ -358,8 +365,12 @@ def _print_dead_links(args: argparse.Namespace) -> int:
 def _print_plan(args: argparse.Namespace) -> int:
     """What `run` would create now and what it would cost; nothing sent, nothing written."""
     from ..errors import ManifestError
+    from ..folder import OutputFolder, mixed_folder
     from ..planning import describe
 
+    if OutputFolder(args.output).made_by_other("simulator" if args.simulate else "api") is not None:
+        print(f"batchgen: error: {mixed_folder(args.output, args.simulate)}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         plan = _plan(args)
     except ManifestError as exc:

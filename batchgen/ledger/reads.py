@@ -56,6 +56,12 @@ class LedgerReads:
         return self._meta("manifest", "") or None
 
     @property
+    def manifest_read(self) -> bool:
+        """False while the latest manifest is read in only in part (a batch of a large one stopped early):
+        its jobs in the ledger are those read so far, and the next run reads the rest."""
+        return self._meta("manifest_read", "1") == "1"
+
+    @property
     def output_dir(self) -> str | None:
         """The output folder, absolute, as of the latest sync."""
         return self._meta("output_dir", "") or None
@@ -199,16 +205,19 @@ class LedgerReads:
         keys = ("n", "path", "bytes", "sha256", "saved_at", "replaced_at")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
-    def jobs_by_id(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
-        """{job_id: (spec_hash, state)} for those of ``job_ids`` in the current manifest."""
+    def jobs_by_id(self, job_ids: Iterable[str], *, any_manifest: bool = False) -> dict[str, tuple[str, str]]:
+        """{job_id: (spec_hash, state)} for those of ``job_ids`` in the current manifest; with ``any_manifest``,
+        also those an earlier manifest left in the ledger (a sync of a job keeps its state when its spec is
+        the same, whichever manifest recorded it: what a plan must know)."""
         found: dict[str, tuple[str, str]] = {}
         ids = list(dict.fromkeys(job_ids))
+        generation = -1 if any_manifest else self.generation
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for job_id, spec_hash, state in self._query(
-                f"SELECT job_id, spec_hash, state FROM jobs WHERE generation = ? AND job_id IN ({marks})",
-                (self.generation, *chunk),
+                f"SELECT job_id, spec_hash, state FROM jobs WHERE (generation = ? OR ? < 0) AND job_id IN ({marks})",
+                (generation, generation, *chunk),
             ):
                 found[job_id] = (spec_hash, state)
         return found
@@ -276,6 +285,7 @@ class LedgerReads:
             "errors_distinct": distinct,
             "jobs_with_errors": with_errors,
             "last_session": self.last_session(),
+            "manifest_read": self.manifest_read,
         }
 
     def error_overview(self, limit: int = 5) -> tuple[list[dict[str, Any]], int, int, dict[str | None, int]]:

@@ -76,6 +76,7 @@ class ReuseIndex:
         self.path = path
         self.service = service
         self._queued: list[tuple[object, ...]] = []
+        self._moves: list[tuple[int, str, str]] = []  # (how many rows were queued before it, from, to)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
@@ -149,6 +150,11 @@ class ReuseIndex:
                 (self.service, spec_hash, run_id, file.n, path, file.bytes, file.sha256, file.content_type, now)
             )
 
+    def moved(self, old: Path, new: Path) -> None:
+        """A file the index may name was moved (kept aside before another took its name): queue its entries
+        following it, in order with the rows queued around it. Its bytes are checked when it is used."""
+        self._moves.append((len(self._queued), str(old), str(new)))
+
     def forget(self, path: Path) -> None:
         """A file that is gone or no longer holds the recorded bytes."""
         try:
@@ -157,12 +163,21 @@ class ReuseIndex:
             raise LedgerError(f"cannot write the reuse index {self.path}: {exc}") from exc
 
     def flush(self) -> None:
-        if not self._queued:
+        if not self._queued and not self._moves:
             return
         rows, self._queued = self._queued, []
+        moves, self._moves = self._moves, []
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                done = 0
+                for position, old, new in moves:  # a move applies before the rows queued after it
+                    self._insert(rows[done:position])
+                    done = position
+                    self._db.execute("UPDATE OR REPLACE images SET path = ? WHERE path = ?", (new, old))
+                self._insert(rows[done:])
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot write the reuse index {self.path}: {exc}") from exc
+
+    def _insert(self, rows: list[tuple[object, ...]]) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)

@@ -74,6 +74,7 @@ class LedgerWrites:
         """Queue the start of a sync; returns the generation the manifest's jobs get."""
         generation = self.generation + 1
         self._set_meta("fingerprint", "")  # set again by sync_end, only if the sync completes
+        self._set_meta("manifest_read", "0")  # "1" once every row is read in (sync_end)
         self._set_meta("generation", str(generation))
         self._set_meta("manifest", manifest)
         self._set_meta("output_dir", output_dir)
@@ -103,6 +104,7 @@ class LedgerWrites:
             )
 
     def sync_end(self, fingerprint: str | None) -> None:
+        self._set_meta("manifest_read", "1")
         if fingerprint is not None:
             self._set_meta("fingerprint", fingerprint)
 

@@ -98,6 +98,16 @@ def _no_records(problems: Problems) -> Iterator[Record]:
     return iter(())
 
 
+def _unsupported(path: Path, kind: str) -> str:
+    """Why a file is not a manifest, and how an export of that kind can become one."""
+    message = f"unsupported manifest type {kind or '(no extension)'!r}; use .yaml, .yml, .csv or .jsonl"
+    if kind in (".tsv", ".txt", ".tab"):
+        return f"{message} (a CSV manifest may be separated by tabs or semicolons: rename it to .csv)"
+    if kind == ".xlsx":
+        return f"{message} (a YAML manifest reads a spreadsheet's rows: 'rows: {path.name}' and a 'job:' template)"
+    return message
+
+
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Open a manifest: its model, pricing and sources now, its jobs when asked (see ``Manifest``)."""
     name = os.fsdecode(os.fspath(path))
@@ -107,9 +117,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     if (problem := _file_problem(name)) is not None:
         problems.add(None, None, problem)
     elif kind not in MANIFEST_TYPES:
-        problems.add(
-            None, None, f"unsupported manifest type {kind or '(no extension)'!r}; use .yaml, .yml, .csv or .jsonl"
-        )
+        problems.add(None, None, _unsupported(Path(name), kind))
     elif kind == ".csv":
         manifest._records = lambda found: read_csv(name, found)
         manifest._expected_jobs = _expected_rows(name)

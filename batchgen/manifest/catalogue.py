@@ -36,7 +36,7 @@ import yaml
 
 from ..models import DEFAULT_MODEL, JOB_FIELDS
 from .fields import check_aspect_ratio, check_quality, split_urls
-from .problems import Invalid, Problems, close_names
+from .problems import Invalid, Problems, close_names, closest
 from .records import REPORTED, Record
 from .rows import RowsFile, read_rows, resolve_rows_path, rows_problem
 from .templates import Row, TemplateProblem, compile_template, row_context
@@ -60,10 +60,14 @@ class Tree:
     def value(self, context: dict[str, Any]) -> Any:
         if self.render is not None:
             return self.render(context)
+        # A part already reported (a template that did not compile) makes the whole value reported: one
+        # problem, not a second one about what the placeholder is.
         if self.items is not None:
-            return [item.value(context) for item in self.items]
+            items = [item.value(context) for item in self.items]
+            return REPORTED if any(item is REPORTED for item in items) else items
         if self.mapping is not None:
-            return {key: tree.value(context) for key, tree in self.mapping.items()}
+            mapping = {key: tree.value(context) for key, tree in self.mapping.items()}
+            return REPORTED if any(value is REPORTED for value in mapping.values()) else mapping
         return self.constant
 
 
@@ -227,6 +231,15 @@ def _parse_variants(doc: YamlDocument, catalogue: Catalogue, problems: Problems)
         if name in catalogue.job:
             problems.add(key_line, "variants", f"{name!r} is set both by job: and by variants:; keep one")
             continue
+        meant = closest(name, tuple(_VARIANT_FIELDS)) if doc.model == DEFAULT_MODEL else None
+        if name not in _VARIANT_FIELDS and meant is not None:
+            problems.add(
+                key_line,
+                "variants",
+                f"variant {name!r} would be only a variable for templates ({{{{ variant[{name!r}] }}}}), not the "
+                f"job's option; did you mean {meant!r}?",
+            )
+            continue
         check = _VARIANT_FIELDS.get(name) if doc.model == DEFAULT_MODEL else None
         options: list[tuple[Any, str]] = []
         suffixes: dict[str, str] = {}
@@ -259,6 +272,7 @@ def catalogue_records(catalogue: Catalogue, problems: Problems) -> Iterator[Reco
     carried: dict[str, Any] = {}
     seen: set[str] = set()
     missing = _MissingColumns(problems, rows.shown)
+    unmet = _Unmet(catalogue.where)
     checked_columns = False
     for number, row in read_rows(rows, problems):
         prefix = f"{rows.shown} row {number}: "
@@ -271,7 +285,7 @@ def catalogue_records(catalogue: Catalogue, problems: Problems) -> Iterator[Reco
                 carried[column] = row[column]
             else:
                 row[column] = carried.get(column, "")
-        if not all(condition.holds(row) for condition in catalogue.where):
+        if not unmet.passes(row):
             continue
         context = row_context(row)
         if catalogue.unique is not None:
@@ -308,6 +322,51 @@ def catalogue_records(catalogue: Catalogue, problems: Problems) -> Iterator[Reco
                         values[key] = None  # rendered empty: not set (a missing prompt is reported as such)
                 yield Record(catalogue.job_line, values, field_lines, "", None, prefix)
     missing.report_rest()
+    unmet.report(problems, rows.shown)
+
+
+class _Unmet:
+    """The 'where:' conditions over the rows: when no row passes them all, say which never held and what
+    their columns hold instead (a filter written 'Simple' for the export's 'simple' leaves no job)."""
+
+    SHOWN = 5  # distinct values kept per column
+
+    def __init__(self, conditions: list[Condition]):
+        self.conditions = conditions
+        self.rows = self.passed = 0
+        self.held = [0] * len(conditions)
+        self.seen: list[list[str]] = [[] for _ in conditions]
+
+    def passes(self, row: Row) -> bool:
+        self.rows += 1
+        passed = True
+        for index, condition in enumerate(self.conditions):
+            if condition.holds(row):
+                self.held[index] += 1
+            else:
+                passed = False
+                seen, cell = self.seen[index], _text(row.get(condition.column, ""))
+                if len(seen) < self.SHOWN and cell not in seen:
+                    seen.append(cell)
+        self.passed += passed
+        return passed
+
+    def report(self, problems: Problems, shown: str) -> None:
+        if not self.conditions or not self.rows or self.passed:
+            return
+        for index, condition in enumerate(self.conditions):
+            if self.held[index]:
+                continue
+            wanted = "a value" if condition.values is None else " or ".join(map(repr, sorted(condition.values)))
+            holds = ", ".join(repr(value) for value in self.seen[index])
+            problems.add(
+                condition.line,
+                "where",
+                f"no row of {shown} ({self.rows} read) has {wanted} in column {condition.column!r}; it holds {holds}"
+                + (" and more" if len(self.seen[index]) == self.SHOWN else ""),
+            )
+        if all(self.held):
+            problems.add(self.conditions[0].line, "where", f"no row of {shown} meets every 'where:' condition at once")
 
 
 class _MissingColumns:
@@ -325,12 +384,22 @@ class _MissingColumns:
             self.more[key] = self.more.get(key, 0) + 1
             return
         self.seen.add(key)
-        hint = close_names(column, columns) if column is not None else ""
+        hint = _column_hint(column, columns) if column is not None else ""
         self.problems.add(line, field, prefix + message + hint)
 
     def report_rest(self) -> None:
         for (line, key, _message), more in self.more.items():
             self.problems.add(line, key, f"... and the same on {more} more row(s)")
+
+
+def _column_hint(name: str, columns: list[str]) -> str:
+    """The column a missing name was meant to be: a close one, or one of several words it begins (``Body`` of
+    ``{{ Body (HTML) }}``), which a template writes ``row['Body (HTML)']``."""
+    hint = close_names(name, columns)
+    if hint:
+        return hint
+    longer = [column for column in columns if re.match(rf"{re.escape(name)}\W", column, re.IGNORECASE)]
+    return f"; did you mean {{{{ row[{longer[0]!r}] }}}}?" if longer else ""
 
 
 def _render(tree: Tree, context: dict[str, Any], field: str, prefix: str, number: int, missing: _MissingColumns) -> Any:

@@ -70,8 +70,20 @@ def open_csv(path: str, problems: Problems, strict: bool = False) -> CsvFile | N
     except UnicodeDecodeError:  # the strict reader meets it again, at its row
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as lenient:
             sample = lenient.read(SAMPLE_CHARS)
+    if (hint := _EXCEL_SEP_RE.match(sample)) is not None:
+        file.close()
+        problems.add(
+            1,
+            None,
+            f"the first line {hint.group(1)!r} is Excel's hint of the delimiter, not the header: delete that line "
+            "(batchgen finds the delimiter itself)",
+        )
+        return None
     file.seek(0)
     return CsvFile(file, sniff_delimiter(sample, complete=len(sample) < SAMPLE_CHARS))
+
+
+_EXCEL_SEP_RE = re.compile(r"(sep=.)\s*(?:\r\n|\n|\r|$)", re.IGNORECASE)
 
 
 def sniff_delimiter(sample: str, complete: bool = False) -> str:

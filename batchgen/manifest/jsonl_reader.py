@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from ..models import JOB_FIELDS
-from .problems import Problems, describe, not_utf8, unknown_key
+from .problems import Problems, describe, not_utf8, unknown_key, utf16
 from .records import Record
 
 MAX_JSONL_LINE_BYTES = 4 * 2**20
@@ -21,12 +21,15 @@ def read_jsonl(path: str, problems: Problems) -> Iterator[Record]:
             if data is None:
                 problems.add(number, None, f"the line is longer than {MAX_JSONL_LINE_BYTES >> 20} MiB")
                 continue
+            if number == 1 and (wide := utf16(data)) is not None:
+                problems.add(None, None, wide)
+                return
             try:
                 text = data.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as error:
                 if not undecodable_reported:
                     undecodable_reported = True
-                    problems.add(number, None, not_utf8(data[error.start]))
+                    problems.add(number, None, not_utf8(data[error.start], spreadsheet=False))
                 continue
             if not text.strip():
                 continue

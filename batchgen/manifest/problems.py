@@ -8,6 +8,7 @@ in every reader.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 from typing import Any
 
@@ -89,11 +90,16 @@ def unknown_key(key: str, known: tuple[str, ...]) -> str:
     return f"unknown key {key!r}; expected {', '.join(known)}"
 
 
-def not_utf8(byte: int) -> str:
-    return (
-        f"the file is not valid UTF-8: cannot decode byte 0x{byte:02x} here; save it as UTF-8 "
-        "(in Excel: Save As, 'CSV UTF-8')"
-    )
+def not_utf8(byte: int, *, spreadsheet: bool = True) -> str:
+    how = "in Excel: Save As, 'CSV UTF-8'" if spreadsheet else "in your editor: save with the encoding UTF-8"
+    return f"the file is not valid UTF-8: cannot decode byte 0x{byte:02x} here; save it as UTF-8 ({how})"
+
+
+def utf16(head: bytes) -> str | None:
+    """The problem of a text file that starts with a UTF-16 byte order mark (PowerShell's ``>`` writes them)."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "the file is UTF-16 (as PowerShell's > and Out-File write it); save it as UTF-8"
+    return None
 
 
 def close_names(name: str, names: list[str] | tuple[str, ...], cutoff: float = 0.7) -> str:

@@ -35,6 +35,9 @@ MAX_EXPONENT = 1000
 
 _UNKNOWN_FILTER_RE = re.compile(r"No filter named '([^']*)'")
 _TAG_RE = re.compile(r"<[^>]*>")
+# {{ Variant SKU }}, {{ Body (HTML) }}: a column name of several words written as a variable (a syntax error)
+_SPACED_NAME_RE = re.compile(r"\{\{-?\s*([A-Za-z_][\w]*(?:[ \t]+[\w()\-./?#]+)+?)\s*-?(?:\||\}\})")
+_JINJA_WORDS = frozenset({"if", "else", "and", "or", "not", "in", "is"})
 _BLANKS_RE = re.compile(r"\s+")
 _NOT_SLUG_RE = re.compile(r"[^a-z0-9]+")
 RESERVED = frozenset({"row", "variant", "sample", "id"})  # template variables that are not columns
@@ -176,7 +179,7 @@ def compile_template(text: str) -> Callable[[dict[str, Any]], str]:
                 f"unknown filter {name!r}{close_names(name, filters, cutoff=0.6)} (catalogue filters: slug, "
                 "strip_html, first, truncate; and Jinja2's own, such as upper, lower, replace, trim, default)"
             ) from None
-        raise TemplateProblem(f"template syntax error: {message}") from None
+        raise TemplateProblem(f"template syntax error: {message}{_spaced_column_hint(text)}") from None
 
     def render(context: dict[str, Any]) -> str:
         try:
@@ -191,6 +194,15 @@ def compile_template(text: str) -> Callable[[dict[str, Any]], str]:
             raise TemplateProblem(f"template error: {type(error).__name__}: {error}") from None
 
     return render
+
+
+def _spaced_column_hint(text: str) -> str:
+    """For ``{{ Variant SKU }}``: how a column whose name is not one word is written."""
+    for match in _SPACED_NAME_RE.finditer(text):
+        name = match.group(1).strip()
+        if not _JINJA_WORDS & set(name.split()):
+            return f"; a column whose name has spaces or punctuation is written {{{{ row[{name!r}] }}}}"
+    return ""
 
 
 def row_context(row: Row) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import yaml
 
 from ..models import DEFAULT_MODEL, JOB_FIELDS
 from .fields import CHECKS, MAX_NESTING, check_model
-from .problems import Invalid, Problems, not_utf8, unknown_key
+from .problems import Invalid, Problems, not_utf8, unknown_key, utf16
 from .records import REPORTED, Record
 
 MAX_YAML_BYTES = 16 * 2**20  # YAML is parsed whole; big batches belong in CSV or JSONL
@@ -73,11 +73,14 @@ def load_yaml(path: str, problems: Problems) -> YamlDocument | None:
     if len(data) > MAX_YAML_BYTES:
         problems.add(None, None, f"YAML manifests are limited to {MAX_YAML_BYTES >> 20} MiB; use CSV or JSONL")
         return None
+    if (wide := utf16(data)) is not None:
+        problems.add(None, None, wide)
+        return None
     data = data.removeprefix(codecs.BOM_UTF8)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        problems.add(data.count(b"\n", 0, error.start) + 1, None, not_utf8(data[error.start]))
+        problems.add(data.count(b"\n", 0, error.start) + 1, None, not_utf8(data[error.start], spreadsheet=False))
         return None
     loader_class = YAML_LOADER
     try:
