@@ -49,7 +49,7 @@ from typing import Any
 
 from .errors import LedgerBusy, OutputError
 from .models import SavedOutput
-from .outputs import TEMP_PREFIX, TEMP_SUFFIX, file_sha256, numbered, output_path
+from .outputs import TEMP_PREFIX, TEMP_SUFFIX, UnsafeName, file_sha256, make_folders, numbered, output_path
 
 try:
     import fcntl
@@ -279,10 +279,11 @@ class OutputFolder:
         target = output_path(self.state / REPLACED_DIR, saved.path)
         candidate = next(place for place in numbered(target) if not os.path.lexists(place))
         try:
-            candidate.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(self.path, candidate.parent)  # never through a symlink: .batchgen/ and below are ours
             os.rename(final, candidate)
-        except OSError as exc:
-            raise OutputError(f"cannot keep {final} aside in {candidate.parent}: {exc.strerror or exc}") from exc
+        except (OSError, UnsafeName) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise OutputError(f"cannot keep {final} aside in {candidate.parent}: {why}") from exc
         return candidate.relative_to(self.path).as_posix()
 
     def images(self) -> Iterator[str]:

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,7 +113,7 @@ class PartialFile:
         final = output_path(self.output_dir, name)
         self._file.close()
         if final.parent != self.output_dir:
-            _make_folders(self.output_dir, final.parent)
+            make_folders(self.output_dir, final.parent)
         saved = SavedOutput(n=n, path=name, bytes=self.size, sha256=self._sha256.hexdigest(), content_type=content_type)
         if self._before_rename is not None:
             self._before_rename(saved)
@@ -188,7 +189,7 @@ def remove_stale_partials(output_dir: Path) -> int:
     return removed
 
 
-def _make_folders(output_dir: Path, folder: Path) -> None:
+def make_folders(output_dir: Path, folder: Path) -> None:
     """Create ``folder`` inside ``output_dir`` one level at a time, refusing to pass through a symlink."""
     current = output_dir
     for part in folder.relative_to(output_dir).parts:
@@ -198,6 +199,21 @@ def _make_folders(output_dir: Path, folder: Path) -> None:
         except FileExistsError:
             if current.is_symlink() or not current.is_dir():
                 raise UnsafeName(f"refusing to write through {current}: not a plain folder") from None
+
+
+def in_plain_folders(output_dir: Path, path: Path) -> bool:
+    """Whether ``path`` (inside ``output_dir``) is reached through folders of ``output_dir`` alone: no
+    folder between them is a symlink (someone may have put one there, pointing outside, between runs).
+    A folder that does not exist passes: nothing is reached through it."""
+    current = output_dir
+    for part in path.relative_to(output_dir).parts[:-1]:
+        current = current / part
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return False
+        except FileNotFoundError:
+            return True
+    return True
 
 
 def sidecar_name(image: str) -> str:

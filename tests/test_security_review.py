@@ -1,0 +1,86 @@
+"""Attacks on batchgen's promises, each kept as the test that failed before its fix: nothing built from
+manifest data writes, deletes or renames outside the output folder, even through symlinks someone put
+there between runs; the key never lands in a message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from batchgen import ExitCode
+from batchgen.ledger import Ledger
+
+from .conftest import batchgen_cli
+from .served import sha256
+
+ROWS = "sku,name,cat\na1,Lamp,sub\n"
+CATALOGUE = 'rows: rows.csv\njob: {id: "{{ sku }}", prompt: "photo of {{ name }}", filename: "{{ cat }}/{{ id }}"}\n'
+
+
+def write_catalogue(tmp_path: Path) -> Path:
+    """A catalogue manifest whose one job, a1, writes into the subfolder sub/."""
+    (tmp_path / "rows.csv").write_text(ROWS, encoding="utf-8")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(CATALOGUE, encoding="utf-8")
+    return manifest
+
+
+def swap_for_symlink(folder: Path, outside: Path) -> None:
+    """Put a symlink to ``outside`` where ``folder`` was, holding copies of its files (bytes the same)."""
+    outside.mkdir()
+    for path in folder.iterdir():
+        (outside / path.name).write_bytes(path.read_bytes())
+    folder.rename(folder.with_name(folder.name + ".real"))
+    folder.symlink_to(outside)
+
+
+def test_retry_never_moves_a_file_through_a_symlinked_subfolder(tmp_path, run):
+    """retry moves a job's image aside only from the folder itself: a subfolder replaced by a symlink to a
+    folder outside (holding a file under the image's name, the same bytes) leaves that file where it is."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    assert run(write_catalogue(tmp_path)).exit_code == ExitCode.OK
+    image = sha256(out / "sub" / "a1.png")
+    swap_for_symlink(out / "sub", outside)
+
+    marked = batchgen_cli("retry", "--output", str(out), "--ids", "a1")
+    assert marked.returncode == 0, marked.stderr
+    assert sha256(outside / "a1.png") == image  # still there, untouched
+    assert "already gone from the folder" in marked.stdout
+    with Ledger(out / "batchgen.sqlite", readonly=True) as ledger:
+        assert ledger.versions("a1") == []
+    assert not list((out / ".batchgen").rglob("a1.png"))
+
+
+def test_retry_never_keeps_earlier_images_through_a_symlinked_state_folder(tmp_path, run):
+    """retry refuses (exit 5, nothing changed) when .batchgen/versions/ is a symlink to a folder outside,
+    rather than moving the image out of the output folder into it."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    assert run(write_catalogue(tmp_path)).exit_code == ExitCode.OK
+    image = sha256(out / "sub" / "a1.png")
+    outside.mkdir()
+    (out / ".batchgen" / "versions").symlink_to(outside)
+
+    marked = batchgen_cli("retry", "--output", str(out), "--ids", "a1")
+    assert marked.returncode == ExitCode.LOCAL, marked.stdout
+    assert "not a plain folder" in marked.stderr and "nothing changed" in marked.stderr
+    assert list(outside.iterdir()) == []
+    assert sha256(out / "sub" / "a1.png") == image
+    with Ledger(out / "batchgen.sqlite", readonly=True) as ledger:
+        assert ledger.counts()["succeeded"] == 1
+
+
+def test_an_earlier_prompts_image_is_never_kept_aside_through_a_symlinked_state_folder(tmp_path, run):
+    """A job whose prompt changed keeps its earlier image in .batchgen/replaced/; when that is a symlink to a
+    folder outside, the image is not moved out there: the run stops (exit 5) saying why and the image stays."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    manifest = write_catalogue(tmp_path)
+    assert run(manifest).exit_code == ExitCode.OK
+    image = sha256(out / "sub" / "a1.png")
+    outside.mkdir()
+    (out / ".batchgen" / "replaced").symlink_to(outside)
+    (tmp_path / "rows.csv").write_text(ROWS.replace("Lamp", "Desk lamp"), encoding="utf-8")
+
+    result = run(manifest, max_attempts=1)
+    assert list(outside.iterdir()) == []
+    assert sha256(out / "sub" / "a1.png") == image
+    assert result.exit_code == ExitCode.LOCAL, result.message
+    assert "not a plain folder" in result.message
