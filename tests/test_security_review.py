@@ -8,6 +8,7 @@ from pathlib import Path
 
 from batchgen import ExitCode
 from batchgen.ledger import Ledger
+from batchgen.report import REPORT_NAME
 
 from .conftest import batchgen_cli
 from .served import sha256
@@ -84,3 +85,18 @@ def test_an_earlier_prompts_image_is_never_kept_aside_through_a_symlinked_state_
     assert sha256(out / "sub" / "a1.png") == image
     assert result.exit_code == ExitCode.LOCAL, result.message
     assert "not a plain folder" in result.message
+
+
+def test_report_writes_nothing_through_a_symlinked_report_html(tmp_path, run):
+    """`batchgen report` replaces a report.html that is a symlink with the page itself and writes nothing in
+    the folder the symlink points into (where it made its temporary file before): with that folder absent,
+    the report is still written."""
+    out = tmp_path / "out"
+    assert run(write_catalogue(tmp_path)).exit_code == ExitCode.OK
+    (out / REPORT_NAME).symlink_to(tmp_path / "elsewhere" / "page.html")
+
+    written = batchgen_cli("report", "--output", str(out))
+    assert written.returncode == 0, written.stderr
+    assert not (tmp_path / "elsewhere").exists()
+    assert not (out / REPORT_NAME).is_symlink()
+    assert "sub/a1.png" in (out / REPORT_NAME).read_text(encoding="utf-8")
