@@ -470,6 +470,8 @@ def _api_key(config: BatchConfig) -> str:
         raise Unauthorized("RUNBASE_API_KEY starts with 'Bearer ': set it to the key alone (batchgen adds 'Bearer ')")
     if any(ch.isspace() or not ch.isprintable() for ch in key):
         raise Unauthorized("RUNBASE_API_KEY contains spaces or control characters; check how it was set")
+    if not key.isascii():  # an HTTP header cannot carry it; said without quoting any of it
+        raise Unauthorized("RUNBASE_API_KEY contains a character that is not ASCII; check how it was set")
     return key
 
 

@@ -100,3 +100,16 @@ def test_report_writes_nothing_through_a_symlinked_report_html(tmp_path, run):
     assert not (tmp_path / "elsewhere").exists()
     assert not (out / REPORT_NAME).is_symlink()
     assert "sub/a1.png" in (out / REPORT_NAME).read_text(encoding="utf-8")
+
+
+def test_a_key_with_non_ascii_characters_is_refused_plainly(tmp_path):
+    """A key with a character no HTTP header can carry (a typo'd 'é', a pasted Cyrillic letter) is refused
+    with exit 4 and a message naming the variable, never a traceback quoting a character of the key."""
+    manifest = write_catalogue(tmp_path)
+    key = "sk-sécret-ключ-0123456789"
+    env = {"RUNBASE_API_KEY": key, "RUNBASE_BASE_URL": "http://127.0.0.1:9/api/v1"}
+    refused = batchgen_cli("run", str(manifest), "--output", str(tmp_path / "out"), "--no-progress", env=env)
+    assert refused.returncode == ExitCode.UNAUTHORIZED, refused.stderr
+    assert "RUNBASE_API_KEY" in refused.stderr and "Traceback" not in refused.stderr
+    for secret_part in ("é", "\\xe9", "ключ", "0123456789"):
+        assert secret_part not in refused.stderr + refused.stdout
