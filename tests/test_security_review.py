@@ -113,3 +113,17 @@ def test_a_key_with_non_ascii_characters_is_refused_plainly(tmp_path):
     assert "RUNBASE_API_KEY" in refused.stderr and "Traceback" not in refused.stderr
     for secret_part in ("é", "\\xe9", "ключ", "0123456789"):
         assert secret_part not in refused.stderr + refused.stdout
+
+
+def test_a_filename_equal_to_another_jobs_id_is_a_problem(tmp_path):
+    """A job saved under its id (its filename: renders empty) and a job whose filename is that id, in any
+    letter case, would write one file: validate names both rows, and nothing is sent."""
+    (tmp_path / "rows.csv").write_text("sku,name,fn\nlamp,Lamp,\nb2,Bowl,Lamp\nc3,Cup,LAMP2\nlamp2,Mug,\n")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text('rows: rows.csv\njob: {id: "{{ sku }}", prompt: "{{ name }}", filename: "{{ fn }}"}\n')
+    checked = batchgen_cli("validate", str(manifest))
+    assert checked.returncode == ExitCode.USAGE, checked.stderr
+    problems = [line for line in checked.stderr.splitlines() if "field 'filename'" in line]
+    assert len(problems) == 2, problems
+    assert "rows.csv row 3: file name 'Lamp' differs only in letter case from 'lamp' on rows.csv row 2" in problems[0]
+    assert "rows.csv row 5: file name 'lamp2' differs only in letter case from 'LAMP2' on rows.csv row 4" in problems[1]
