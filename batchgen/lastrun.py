@@ -18,10 +18,9 @@ from typing import Any
 
 from .errors import BatchgenError
 from .folder import OutputFolder
-from .models import LEDGER_NAME
+from .models import LAST_RUN_NAME, LEDGER_NAME
 from .outputs import TEMP_PREFIX, TEMP_SUFFIX
 
-LAST_RUN_NAME = "last-run.json"
 # Options of `run` that are not carried into the command that continues a batch.
 _NOT_CARRIED = {"--retry-failed": 0}
 

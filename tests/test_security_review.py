@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from batchgen import ExitCode
+from batchgen.lastrun import LAST_RUN_NAME
 from batchgen.ledger import Ledger
+from batchgen.models import LEDGER_NAME
 from batchgen.report import REPORT_NAME
 
 from .conftest import batchgen_cli
@@ -127,3 +129,23 @@ def test_a_filename_equal_to_another_jobs_id_is_a_problem(tmp_path):
     assert len(problems) == 2, problems
     assert "rows.csv row 3: file name 'Lamp' differs only in letter case from 'lamp' on rows.csv row 2" in problems[0]
     assert "rows.csv row 5: file name 'lamp2' differs only in letter case from 'LAMP2' on rows.csv row 4" in problems[1]
+
+
+def test_a_job_cannot_take_the_name_of_batchgens_own_files(tmp_path, write_manifest):
+    """A job id 'last-run' (whose --sidecar would be last-run.json, the run's summary) and a filename whose
+    folder is named like the ledger, the summary or report.html, in any letter case, are problems: nothing is
+    sent, rather than one file overwriting the other or the report failing."""
+    manifest = write_manifest(jobs=[{"id": "Last-Run", "prompt": "a lamp"}])
+    checked = batchgen_cli("validate", str(manifest))
+    assert checked.returncode == ExitCode.USAGE and "'Last-Run'" in checked.stderr, checked.stderr
+    assert LAST_RUN_NAME in checked.stderr
+
+    folders = [LEDGER_NAME, f"{LEDGER_NAME}-wal", LAST_RUN_NAME, REPORT_NAME.upper()]
+    rows = "sku,folder\n" + "".join(f"s{n},{folder}\n" for n, folder in enumerate(folders))
+    (tmp_path / "rows.csv").write_text(rows, encoding="utf-8")
+    manifest.write_text('rows: rows.csv\njob: {id: "{{ sku }}", prompt: "x", filename: "{{ folder }}/{{ id }}"}\n')
+    checked = batchgen_cli("validate", str(manifest))
+    problems = [line for line in checked.stderr.splitlines() if "field 'filename'" in line]
+    assert checked.returncode == ExitCode.USAGE and len(problems) == len(folders), checked.stderr
+    for folder, problem in zip(folders, problems, strict=True):
+        assert f"folder '{folder}'" in problem and "batchgen's own" in problem

@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..models import REPORT_NAME
 from .collect import build_report_data
 from .data import (
     AttemptRecord,
@@ -43,8 +44,6 @@ __all__ = [
     "render_html",
     "write_html",
 ]
-
-REPORT_NAME = "report.html"
 
 
 def write_html(data: ReportData, path: Path) -> None:
