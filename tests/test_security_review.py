@@ -149,3 +149,30 @@ def test_a_job_cannot_take_the_name_of_batchgens_own_files(tmp_path, write_manif
     assert checked.returncode == ExitCode.USAGE and len(problems) == len(folders), checked.stderr
     for folder, problem in zip(folders, problems, strict=True):
         assert f"folder '{folder}'" in problem and "batchgen's own" in problem
+
+
+def test_the_folders_state_files_are_never_written_through_symlinks(tmp_path, run):
+    """.batchgen/journal replaced by a symlink to a file outside, or .batchgen itself by a symlink to a folder
+    outside: the next run writes nothing there (it stops with exit 5 naming the symlink)."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    manifest = write_catalogue(tmp_path)
+    assert run(manifest).exit_code == ExitCode.OK
+    outside.mkdir()
+    victim = outside / "notes.txt"
+    victim.write_text("mine\n", encoding="utf-8")
+    journal = out / ".batchgen" / "journal"
+    journal.unlink()
+    journal.symlink_to(victim)
+    (tmp_path / "rows.csv").write_text(ROWS.replace("Lamp", "Desk lamp"), encoding="utf-8")  # a run to journal
+
+    result = run(manifest)
+    assert result.exit_code == ExitCode.LOCAL, result.message
+    assert "journal" in result.message
+    assert victim.read_text(encoding="utf-8") == "mine\n"
+
+    (out / ".batchgen").rename(out / "state")
+    (out / ".batchgen").symlink_to(outside)
+    result = run(manifest)
+    assert result.exit_code == ExitCode.LOCAL, result.message
+    assert ".batchgen" in result.message
+    assert sorted(path.name for path in outside.iterdir()) == ["notes.txt"]
