@@ -42,6 +42,8 @@ EXTENSIONS = {
     "image/gif": "gif",
     "image/avif": "avif",
 }
+# Flags for a file batchgen creates: new (never an existing file, nor a symlink's target), not inherited.
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._~-]{0,199}")
 
 
@@ -93,8 +95,7 @@ class PartialFile:
         self._before_rename = before_rename
         self.temp_path = output_dir / f"{TEMP_PREFIX}{job_id[:40]}-{secrets.token_hex(8)}{TEMP_SUFFIX}"
         # Mode 0666 filtered by the umask at this moment: the file gets the user's usual permissions.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        self._file = os.fdopen(os.open(self.temp_path, flags, 0o666), "wb")
+        self._file = os.fdopen(os.open(self.temp_path, NEW_FILE, 0o666), "wb")
         self._sha256 = hashlib.sha256()
         self.size = 0
         self._renamed = False

@@ -4,12 +4,14 @@ there between runs; the key never lands in a message."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from batchgen import ExitCode
-from batchgen.lastrun import LAST_RUN_NAME
+from batchgen.lastrun import LAST_RUN_NAME, read_last_run, write_last_run
 from batchgen.ledger import Ledger
 from batchgen.models import LEDGER_NAME
+from batchgen.outputs import TEMP_PREFIX, TEMP_SUFFIX
 from batchgen.report import REPORT_NAME
 
 from .conftest import batchgen_cli
@@ -176,3 +178,16 @@ def test_the_folders_state_files_are_never_written_through_symlinks(tmp_path, ru
     assert result.exit_code == ExitCode.LOCAL, result.message
     assert ".batchgen" in result.message
     assert sorted(path.name for path in outside.iterdir()) == ["notes.txt"]
+
+
+def test_the_run_summary_is_not_written_through_a_planted_temporary_name(tmp_path):
+    """last-run.json is written through a temporary file of its own making: a symlink someone put under the
+    temporary name it used to take (.batchgen-last-run-<pid>.part) is not written through."""
+    out, victim = tmp_path / "out", tmp_path / "notes.txt"
+    out.mkdir()
+    victim.write_text("mine\n", encoding="utf-8")
+    (out / f"{TEMP_PREFIX}last-run-{os.getpid()}{TEMP_SUFFIX}").symlink_to(victim)
+
+    assert write_last_run(out, {"exit_code": 0}) == out / LAST_RUN_NAME
+    assert victim.read_text(encoding="utf-8") == "mine\n"
+    assert read_last_run(out) == {"exit_code": 0}
