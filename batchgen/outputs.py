@@ -18,6 +18,7 @@ the API chooses to return.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
@@ -118,7 +119,11 @@ class PartialFile:
         saved = SavedOutput(n=n, path=name, bytes=self.size, sha256=self._sha256.hexdigest(), content_type=content_type)
         if self._before_rename is not None:
             self._before_rename(saved)
-        os.replace(self.temp_path, final)
+        if final.parent == self.output_dir or not _RENAME_IN_FOLDER:
+            os.replace(self.temp_path, final)
+        else:  # into the folder checked above even if it was swapped for a symlink since
+            with _opened_folder(self.output_dir, final.parent) as folder:
+                os.replace(self.temp_path, final.name, dst_dir_fd=folder)
         self._renamed = True
         return saved
 
@@ -200,6 +205,32 @@ def make_folders(output_dir: Path, folder: Path) -> None:
         except FileExistsError:
             if current.is_symlink() or not current.is_dir():
                 raise UnsafeName(f"refusing to write through {current}: not a plain folder") from None
+
+
+_NO_SYMLINK = getattr(os, "O_NOFOLLOW", 0)
+_FOLDER = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_RENAME_IN_FOLDER = bool(_NO_SYMLINK) and {os.open, os.rename} <= os.supports_dir_fd
+
+
+@contextmanager
+def _opened_folder(output_dir: Path, folder: Path) -> Iterator[int]:
+    """A descriptor of ``folder`` inside ``output_dir``, each level below ``output_dir`` opened from the one
+    above without following a symlink: what is done through it stays in the output folder, whatever was
+    swapped for a symlink after ``make_folders`` looked."""
+    fd = os.open(output_dir, _FOLDER)
+    try:
+        for part in folder.relative_to(output_dir).parts:
+            try:
+                inner = os.open(part, _FOLDER | _NO_SYMLINK, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise UnsafeName(f"refusing to write through {folder}: {part} is not a plain folder") from None
+            os.close(fd)
+            fd = inner
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def in_plain_folders(output_dir: Path, path: Path) -> bool:

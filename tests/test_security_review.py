@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from batchgen import ExitCode
 from batchgen.lastrun import LAST_RUN_NAME, read_last_run, write_last_run
 from batchgen.ledger import Ledger
-from batchgen.models import LEDGER_NAME
-from batchgen.outputs import TEMP_PREFIX, TEMP_SUFFIX
+from batchgen.models import LEDGER_NAME, SavedOutput
+from batchgen.outputs import TEMP_PREFIX, TEMP_SUFFIX, PartialFile, UnsafeName
 from batchgen.report import REPORT_NAME
 
 from .conftest import batchgen_cli
@@ -191,3 +193,22 @@ def test_the_run_summary_is_not_written_through_a_planted_temporary_name(tmp_pat
     assert write_last_run(out, {"exit_code": 0}) == out / LAST_RUN_NAME
     assert victim.read_text(encoding="utf-8") == "mine\n"
     assert read_last_run(out) == {"exit_code": 0}
+
+
+def test_a_subfolder_swapped_for_a_symlink_after_the_check_is_not_written_through(tmp_path):
+    """Between the subfolder check and the rename into place (here: while the journal records the file, in
+    PartialFile's before_rename), someone replaces the subfolder with a symlink to a folder outside: the
+    image is not renamed into that folder; the commit fails instead."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+
+    def swap(saved: SavedOutput) -> None:
+        (out / "cat").rename(out / "cat.real")
+        (out / "cat").symlink_to(outside)
+
+    with PartialFile(out, "job", before_rename=swap) as part, pytest.raises(UnsafeName):
+        part.write(b"data")
+        part.commit("cat/job.png", 0, "image/png")
+    assert list(outside.iterdir()) == []
+
