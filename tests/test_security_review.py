@@ -212,3 +212,20 @@ def test_a_subfolder_swapped_for_a_symlink_after_the_check_is_not_written_throug
         part.commit("cat/job.png", 0, "image/png")
     assert list(outside.iterdir()) == []
 
+
+def test_a_reused_image_is_not_copied_through_a_symlinked_subfolder(tmp_path, run):
+    """A second batch whose subfolder is a symlink to a folder outside, reusing the first batch's image: the
+    run does not crash; the job fails naming the folder, and nothing lands outside."""
+    manifest, outside = write_catalogue(tmp_path), tmp_path / "outside"
+    assert run(manifest, output_dir=tmp_path / "first").exit_code == ExitCode.OK
+    second = tmp_path / "second"
+    second.mkdir()
+    outside.mkdir()
+    (second / "sub").symlink_to(outside)
+
+    result = run(manifest, output_dir=second)
+    assert result.exit_code == ExitCode.JOBS_FAILED, result.message
+    assert list(outside.iterdir()) == []
+    with Ledger(second / "batchgen.sqlite", readonly=True) as ledger:
+        (error,) = dict(ledger.recent_errors()).values()
+    assert "not a plain folder" in error
