@@ -229,3 +229,14 @@ def test_a_reused_image_is_not_copied_through_a_symlinked_subfolder(tmp_path, ru
     with Ledger(second / "batchgen.sqlite", readonly=True) as ledger:
         (error,) = dict(ledger.recent_errors()).values()
     assert "not a plain folder" in error
+
+
+def test_a_folder_named_like_another_jobs_sidecar_is_a_problem(tmp_path):
+    """A filename whose folder is named like a --sidecar file (x.json, as job x's sidecar is) is a problem at
+    validate, rather than a job that fails after its run was paid for."""
+    (tmp_path / "rows.csv").write_text("sku,fn\nx,\nb2,X.JSON/y\n", encoding="utf-8")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text('rows: rows.csv\njob: {id: "{{ sku }}", prompt: "a lamp", filename: "{{ fn }}"}\n')
+    checked = batchgen_cli("validate", str(manifest))
+    assert checked.returncode == ExitCode.USAGE, checked.stderr
+    assert "folder 'X.JSON' is named like" in checked.stderr

@@ -24,8 +24,8 @@ MAX_INPUT_BYTES = 1 << 20  # the JSON of one job's input for a model batchgen pa
 MAX_FILENAME_LENGTH = 240
 MAX_FILENAME_SEGMENTS = 8
 MAX_SEGMENT_LENGTH = 120
-# What outputs.extension_for can give; a folder named like one of these could clash with a file.
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "gif", "avif", "bin")
+# What outputs.extension_for can give, and a --sidecar's: a folder named like one of these could clash with a file.
+OUTPUT_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "gif", "avif", "bin", "json")
 
 ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 WINDOWS_DEVICE_RE = re.compile(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?")  # CON, lpt1.txt...
@@ -186,8 +186,8 @@ def check_filename(value: Any) -> str:
             raise Invalid(
                 f"filename {show(value)} is taken: its --sidecar file would be {LAST_RUN_NAME}, each run's summary"
             )
-        if number < len(segments) and segment.lower().rsplit(".", 1)[-1] in IMAGE_EXTENSIONS and "." in segment:
-            raise Invalid(f"filename {show(value)}: folder {show(segment)} is named like an image file")
+        if number < len(segments) and segment.lower().rsplit(".", 1)[-1] in OUTPUT_EXTENSIONS and "." in segment:
+            raise Invalid(f"filename {show(value)}: folder {show(segment)} is named like an image file or a sidecar")
     return value
 
 
