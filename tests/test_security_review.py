@@ -16,7 +16,7 @@ from batchgen.models import LEDGER_NAME, SavedOutput
 from batchgen.outputs import TEMP_PREFIX, TEMP_SUFFIX, PartialFile, UnsafeName
 from batchgen.report import REPORT_NAME
 
-from .conftest import batchgen_cli
+from .conftest import batchgen_cli, export_records
 from .served import sha256
 
 ROWS = "sku,name,cat\na1,Lamp,sub\n"
@@ -240,3 +240,25 @@ def test_a_folder_named_like_another_jobs_sidecar_is_a_problem(tmp_path):
     checked = batchgen_cli("validate", str(manifest))
     assert checked.returncode == ExitCode.USAGE, checked.stderr
     assert "folder 'X.JSON' is named like" in checked.stderr
+
+
+def test_a_journal_line_naming_a_file_outside_is_not_adopted(write_manifest, run, sim, tmp_path):
+    """The ledger lost, and the folder's journal edited to say a job's image is ../elsewhere.png (a file with
+    the image's bytes outside the folder): the repair does not adopt that file as the job's; it polls the run
+    again and the image is saved in the folder, paying nothing twice."""
+    out = tmp_path / "out"
+    manifest = write_manifest(jobs=[{"id": "lamp", "prompt": "a lamp"}])
+    assert run(manifest).exit_code == ExitCode.OK
+    image = out / "lamp.png"
+    (tmp_path / "elsewhere.png").write_bytes(image.read_bytes())
+    journal = out / ".batchgen" / "journal"
+    journal.write_text(journal.read_text().replace('"path":"lamp.png"', '"path":"../elsewhere.png"'))
+    image.unlink()
+    for name in ("batchgen.sqlite", "batchgen.sqlite-wal", "batchgen.sqlite-shm"):
+        (out / name).unlink(missing_ok=True)
+
+    result = run(manifest)
+    assert result.exit_code == ExitCode.OK, result.message
+    assert [record["outputs"] for record in export_records(out)] == [[str(out / "lamp.png")]]
+    assert sha256(out / "lamp.png") == sim.stats()["runs"][0]["files"][0]["sha256"]
+    assert sim.stats()["create_requests"] == 1
