@@ -262,3 +262,13 @@ def test_a_journal_line_naming_a_file_outside_is_not_adopted(write_manifest, run
     assert [record["outputs"] for record in export_records(out)] == [[str(out / "lamp.png")]]
     assert sha256(out / "lamp.png") == sim.stats()["runs"][0]["files"][0]["sha256"]
     assert sim.stats()["create_requests"] == 1
+
+
+def test_the_key_is_never_sent_unencrypted_to_another_machine(tmp_path):
+    """A base URL of http:// on a host other than this machine (a typo for https, a stale setting) is refused
+    with exit 2 before anything is sent: the key would cross the network in clear text."""
+    manifest = write_catalogue(tmp_path)
+    env = {"RUNBASE_API_KEY": "sk-test-0123456789abcdef", "RUNBASE_BASE_URL": "http://runbase.net/api/v1"}
+    refused = batchgen_cli("run", str(manifest), "--output", str(tmp_path / "out"), "--no-progress", env=env)
+    assert refused.returncode == ExitCode.USAGE, refused.stderr
+    assert "https://" in refused.stderr and "sk-test" not in refused.stderr
