@@ -183,9 +183,7 @@ def check_filename(value: Any) -> str:
         if number == 1 and len(segments) > 1 and segment.lower() in OWN_NAMES:
             raise Invalid(f"filename {show(value)}: folder {show(segment)} is named like batchgen's own file")
         if len(segments) == 1 and _OWN_FILE_STEM_RE.fullmatch(segment):
-            raise Invalid(
-                f"filename {show(value)} is taken: its --sidecar file would be {LAST_RUN_NAME}, each run's summary"
-            )
+            raise Invalid(f"filename {show(value)} is taken: {_SUMMARY_CLASH}")
         if number < len(segments) and segment.lower().rsplit(".", 1)[-1] in OUTPUT_EXTENSIONS and "." in segment:
             raise Invalid(f"filename {show(value)}: folder {show(segment)} is named like an image file or a sidecar")
     return value
