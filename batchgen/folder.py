@@ -127,9 +127,8 @@ class OutputFolder:
             self.write_journal()
         if self._lock_fd is not None and self._clean and sys.exc_info()[0] is None:
             try:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OWN_FILE
-                with os.fdopen(os.open(self.state / CLEAN_MARK, flags, 0o644), "w", encoding="ascii") as mark:
-                    mark.write("the last batchgen run on this folder ended cleanly: no partial download left\n")
+                note = "the last batchgen run on this folder ended cleanly: no partial download left\n"
+                _write_own(self.state / CLEAN_MARK, note)
             except OSError:
                 pass  # the next run searches the folder
         for fd in (self._journal_fd, self._lock_fd):
@@ -157,7 +156,7 @@ class OutputFolder:
             return other
         if _read_mark(path) != maker:
             try:
-                path.write_text(maker + "\n", encoding="ascii")
+                _write_own(path, maker + "\n")
             except OSError as exc:
                 raise OutputError(f"cannot write to {path}: {exc.strerror or exc}") from exc
         return None
@@ -187,9 +186,7 @@ class OutputFolder:
                 folder_id = secrets.token_hex(8)
                 try:
                     self.state.mkdir(mode=0o755, parents=True, exist_ok=True)
-                    fd = os.open(id_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OWN_FILE, 0o644)
-                    with os.fdopen(fd, "w", encoding="ascii") as file:
-                        file.write(folder_id + "\n")
+                    _write_own(id_path, folder_id + "\n")
                 except OSError as exc:
                     raise OutputError(f"cannot write {id_path}: {exc.strerror or exc}") from exc
                 self._folder_id = folder_id
@@ -324,6 +321,12 @@ def mixed_folder(out: Path, simulated: bool) -> str:
         f"real run would take their jobs as done. Give the real batch a folder of its own (--output images), "
         f"or delete {out} first"
     )
+
+
+def _write_own(path: Path, text: str) -> None:
+    """Write one of the state folder's small ASCII files, never through a symlink under its name."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OWN_FILE, 0o644), "w", encoding="ascii") as f:
+        f.write(text)
 
 
 def _read_mark(path: Path) -> str:

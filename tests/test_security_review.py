@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from batchgen import ExitCode
+from batchgen.folder import MADE_BY
 from batchgen.lastrun import LAST_RUN_NAME, read_last_run, write_last_run
 from batchgen.ledger import Ledger
 from batchgen.models import LEDGER_NAME, SavedOutput
@@ -272,3 +273,18 @@ def test_the_key_is_never_sent_unencrypted_to_another_machine(tmp_path):
     refused = batchgen_cli("run", str(manifest), "--output", str(tmp_path / "out"), "--no-progress", env=env)
     assert refused.returncode == ExitCode.USAGE, refused.stderr
     assert "https://" in refused.stderr and "sk-test" not in refused.stderr
+
+
+def test_the_made_by_mark_is_never_written_through_a_symlink(tmp_path, run):
+    """An output folder prepared with .batchgen/made-by as a symlink to a file outside: the first run, which
+    records what makes the folder's images, does not truncate and rewrite that file; it stops with exit 5
+    naming the mark."""
+    out, victim = tmp_path / "out", tmp_path / "notes.txt"
+    victim.write_text("mine\n", encoding="utf-8")
+    (out / ".batchgen").mkdir(parents=True)
+    (out / ".batchgen" / MADE_BY).symlink_to(victim)
+
+    result = run(write_catalogue(tmp_path))
+    assert victim.read_text(encoding="utf-8") == "mine\n"
+    assert result.exit_code == ExitCode.LOCAL, result.message
+    assert MADE_BY in result.message
