@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import ipaddress
 import json
 import re
 import time
@@ -97,6 +98,23 @@ def check_base_url(base_url: str) -> None:
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ApiError(f"the API base URL must be an http(s) URL, not {base_url!r}")
+
+
+def check_key_stays_private(base_url: str) -> None:
+    """Refuse plain http:// to any host but this machine's: the key would cross the network in clear text."""
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").rstrip(".").lower()
+    if parts.scheme != "http" or host == "localhost" or host.endswith(".localhost"):
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ApiError(
+        f"the API base URL {parts.scheme}://{parts.netloc} is plain http on another machine: the API key would "
+        f"cross the network unencrypted. Use https://{parts.netloc}{parts.path} (http:// is for this machine only)"
+    )
 
 
 def output_urls(data: dict[str, Any]) -> tuple[str, ...]:

@@ -49,7 +49,7 @@ from typing import Any
 
 from .errors import LedgerBusy, OutputError
 from .models import SavedOutput
-from .outputs import TEMP_PREFIX, TEMP_SUFFIX, file_sha256, numbered, output_path
+from .outputs import TEMP_PREFIX, TEMP_SUFFIX, UnsafeName, file_sha256, make_folders, numbered, output_path
 
 try:
     import fcntl
@@ -61,6 +61,9 @@ REPLACED_DIR = "replaced"  # in STATE_DIR: files an output's name held before it
 CLEAN_MARK = "clean"  # in STATE_DIR: the last run to hold the lock left no partial file (module docstring)
 MADE_BY = "made-by"  # in STATE_DIR: "api" or "simulator", what made the folder's images (OutputFolder.claim)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+# State files are opened without following a symlink under their name: one left there between runs would
+# have batchgen write (append to the journal, truncate for the id or the mark) a file outside the folder.
+_OWN_FILE = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,12 @@ class OutputFolder:
             return
         try:
             self.state.mkdir(mode=0o755, parents=True, exist_ok=True)
-            fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+            if stat.S_ISLNK(os.lstat(self.state).st_mode):
+                raise OutputError(
+                    f"{self.state} is a symlink, not batchgen's own folder: batchgen writes nothing through it; "
+                    "remove it (the next run starts a new one)"
+                )
+            fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT | _OWN_FILE, 0o644)
         except OSError as exc:
             raise OutputError(f"cannot use the output folder {self.path}: {exc.strerror or exc}") from exc
         try:
@@ -119,8 +127,8 @@ class OutputFolder:
             self.write_journal()
         if self._lock_fd is not None and self._clean and sys.exc_info()[0] is None:
             try:
-                with open(self.state / CLEAN_MARK, "w", encoding="ascii") as mark:
-                    mark.write("the last batchgen run on this folder ended cleanly: no partial download left\n")
+                note = "the last batchgen run on this folder ended cleanly: no partial download left\n"
+                _write_own(self.state / CLEAN_MARK, note)
             except OSError:
                 pass  # the next run searches the folder
         for fd in (self._journal_fd, self._lock_fd):
@@ -148,7 +156,7 @@ class OutputFolder:
             return other
         if _read_mark(path) != maker:
             try:
-                path.write_text(maker + "\n", encoding="ascii")
+                _write_own(path, maker + "\n")
             except OSError as exc:
                 raise OutputError(f"cannot write to {path}: {exc.strerror or exc}") from exc
         return None
@@ -175,11 +183,13 @@ class OutputFolder:
             try:
                 self._folder_id = id_path.read_text(encoding="ascii").strip()
             except FileNotFoundError:
-                self._folder_id = secrets.token_hex(8)
-                self.state.mkdir(mode=0o755, parents=True, exist_ok=True)
-                fd = os.open(id_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                with os.fdopen(fd, "w", encoding="ascii") as file:
-                    file.write(self._folder_id + "\n")
+                folder_id = secrets.token_hex(8)
+                try:
+                    self.state.mkdir(mode=0o755, parents=True, exist_ok=True)
+                    _write_own(id_path, folder_id + "\n")
+                except OSError as exc:
+                    raise OutputError(f"cannot write {id_path}: {exc.strerror or exc}") from exc
+                self._folder_id = folder_id
         return self._folder_id
 
     def record_file(self, job_id: str, spec_hash: str, run_id: str, saved: SavedOutput) -> None:
@@ -219,9 +229,11 @@ class OutputFolder:
 
     def _journal(self) -> int:
         if self._journal_fd is None:
-            self.state.mkdir(mode=0o755, parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-            self._journal_fd = os.open(self.journal_path, flags, 0o644)
+            try:
+                self.state.mkdir(mode=0o755, parents=True, exist_ok=True)
+                self._journal_fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _OWN_FILE, 0o644)
+            except OSError as exc:
+                raise OutputError(f"cannot open {self.journal_path}: {exc.strerror or exc}") from exc
         return self._journal_fd
 
     def read_journal(self, offset: int = 0) -> Iterator[JournalEntry]:
@@ -279,10 +291,11 @@ class OutputFolder:
         target = output_path(self.state / REPLACED_DIR, saved.path)
         candidate = next(place for place in numbered(target) if not os.path.lexists(place))
         try:
-            candidate.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(self.path, candidate.parent)  # never through a symlink: .batchgen/ and below are ours
             os.rename(final, candidate)
-        except OSError as exc:
-            raise OutputError(f"cannot keep {final} aside in {candidate.parent}: {exc.strerror or exc}") from exc
+        except (OSError, UnsafeName) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise OutputError(f"cannot keep {final} aside in {candidate.parent}: {why}") from exc
         return candidate.relative_to(self.path).as_posix()
 
     def images(self) -> Iterator[str]:
@@ -308,6 +321,12 @@ def mixed_folder(out: Path, simulated: bool) -> str:
         f"real run would take their jobs as done. Give the real batch a folder of its own (--output images), "
         f"or delete {out} first"
     )
+
+
+def _write_own(path: Path, text: str) -> None:
+    """Write one of the state folder's small ASCII files, never through a symlink under its name."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OWN_FILE, 0o644), "w", encoding="ascii") as f:
+        f.write(text)
 
 
 def _read_mark(path: Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,10 +19,9 @@ from typing import Any
 
 from .errors import BatchgenError
 from .folder import OutputFolder
-from .models import LEDGER_NAME
-from .outputs import TEMP_PREFIX, TEMP_SUFFIX
+from .models import LAST_RUN_NAME, LEDGER_NAME
+from .outputs import NEW_FILE, TEMP_PREFIX, TEMP_SUFFIX
 
-LAST_RUN_NAME = "last-run.json"
 # Options of `run` that are not carried into the command that continues a batch.
 _NOT_CARRIED = {"--retry-failed": 0}
 
@@ -31,15 +31,16 @@ def write_last_run(output_dir: Path, summary: dict[str, Any]) -> Path | None:
     if not output_dir.is_dir():
         return None  # a run refused before it made the folder leaves nothing behind
     path = output_dir / LAST_RUN_NAME
-    temp = output_dir / f"{TEMP_PREFIX}last-run-{os.getpid()}{TEMP_SUFFIX}"
     folder = OutputFolder(output_dir)
     try:
         folder.lock()
     except BatchgenError:
         return None  # another run holds the folder: its own summary will be written when it ends
+    # A new file under a name no one could have guessed, never through a symlink under it.
+    temp = output_dir / f"{TEMP_PREFIX}last-run-{secrets.token_hex(8)}{TEMP_SUFFIX}"
     try:
         data = json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n"
-        with open(temp, "w", encoding="utf-8") as file:
+        with os.fdopen(os.open(temp, NEW_FILE, 0o666), "w", encoding="utf-8") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())

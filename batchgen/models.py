@@ -14,6 +14,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LEDGER_NAME = "batchgen.sqlite"  # the ledger's file in the output folder
+LAST_RUN_NAME = "last-run.json"  # each run's summary, in the output folder
+REPORT_NAME = "report.html"  # the review page `batchgen report` writes, in the output folder
+# Names batchgen gives files of its own at the top of the output folder (the ledger with its side files):
+# no job may take one for a folder, nor save a file under one (compared ignoring case).
+OWN_NAMES = frozenset(
+    name.lower()
+    for name in (
+        LEDGER_NAME,
+        f"{LEDGER_NAME}-wal",
+        f"{LEDGER_NAME}-shm",
+        f"{LEDGER_NAME}.lock",
+        LAST_RUN_NAME,
+        REPORT_NAME,
+    )
+)
 DEFAULT_BASE_URL = "https://runbase.net/api/v1"  # the API's address when none is given
 
 DEFAULT_MODEL = "openai/gpt-image-1.5"

@@ -18,12 +18,14 @@ the API chooses to return.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +43,8 @@ EXTENSIONS = {
     "image/gif": "gif",
     "image/avif": "avif",
 }
+# Flags for a file batchgen creates: new (never an existing file, nor a symlink's target), not inherited.
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._~-]{0,199}")
 
 
@@ -92,8 +96,7 @@ class PartialFile:
         self._before_rename = before_rename
         self.temp_path = output_dir / f"{TEMP_PREFIX}{job_id[:40]}-{secrets.token_hex(8)}{TEMP_SUFFIX}"
         # Mode 0666 filtered by the umask at this moment: the file gets the user's usual permissions.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        self._file = os.fdopen(os.open(self.temp_path, flags, 0o666), "wb")
+        self._file = os.fdopen(os.open(self.temp_path, NEW_FILE, 0o666), "wb")
         self._sha256 = hashlib.sha256()
         self.size = 0
         self._renamed = False
@@ -112,11 +115,15 @@ class PartialFile:
         final = output_path(self.output_dir, name)
         self._file.close()
         if final.parent != self.output_dir:
-            _make_folders(self.output_dir, final.parent)
+            make_folders(self.output_dir, final.parent)
         saved = SavedOutput(n=n, path=name, bytes=self.size, sha256=self._sha256.hexdigest(), content_type=content_type)
         if self._before_rename is not None:
             self._before_rename(saved)
-        os.replace(self.temp_path, final)
+        if final.parent == self.output_dir or not _RENAME_IN_FOLDER:
+            os.replace(self.temp_path, final)
+        else:  # into the folder checked above even if it was swapped for a symlink since
+            with _opened_folder(self.output_dir, final.parent) as folder:
+                os.replace(self.temp_path, final.name, dst_dir_fd=folder)
         self._renamed = True
         return saved
 
@@ -188,7 +195,7 @@ def remove_stale_partials(output_dir: Path) -> int:
     return removed
 
 
-def _make_folders(output_dir: Path, folder: Path) -> None:
+def make_folders(output_dir: Path, folder: Path) -> None:
     """Create ``folder`` inside ``output_dir`` one level at a time, refusing to pass through a symlink."""
     current = output_dir
     for part in folder.relative_to(output_dir).parts:
@@ -198,6 +205,47 @@ def _make_folders(output_dir: Path, folder: Path) -> None:
         except FileExistsError:
             if current.is_symlink() or not current.is_dir():
                 raise UnsafeName(f"refusing to write through {current}: not a plain folder") from None
+
+
+_NO_SYMLINK = getattr(os, "O_NOFOLLOW", 0)
+_FOLDER = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_RENAME_IN_FOLDER = bool(_NO_SYMLINK) and {os.open, os.rename} <= os.supports_dir_fd
+
+
+@contextmanager
+def _opened_folder(output_dir: Path, folder: Path) -> Iterator[int]:
+    """A descriptor of ``folder`` inside ``output_dir``, each level below ``output_dir`` opened from the one
+    above without following a symlink: what is done through it stays in the output folder, whatever was
+    swapped for a symlink after ``make_folders`` looked."""
+    fd = os.open(output_dir, _FOLDER)
+    try:
+        for part in folder.relative_to(output_dir).parts:
+            try:
+                inner = os.open(part, _FOLDER | _NO_SYMLINK, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise UnsafeName(f"refusing to write through {folder}: {part} is not a plain folder") from None
+            os.close(fd)
+            fd = inner
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def in_plain_folders(output_dir: Path, path: Path) -> bool:
+    """Whether ``path`` (inside ``output_dir``) is reached through folders of ``output_dir`` alone: no
+    folder between them is a symlink (someone may have put one there, pointing outside, between runs).
+    A folder that does not exist passes: nothing is reached through it."""
+    current = output_dir
+    for part in path.relative_to(output_dir).parts[:-1]:
+        current = current / part
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return False
+        except FileNotFoundError:
+            return True
+    return True
 
 
 def sidecar_name(image: str) -> str:

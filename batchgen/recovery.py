@@ -26,7 +26,7 @@ from typing import Any
 from .folder import OutputFolder
 from .ledger import Ledger
 from .models import AttemptStatus, JobState, SavedOutput
-from .outputs import lookup_below
+from .outputs import UnsafeName, in_plain_folders, lookup_below, output_path
 
 HASH_CHUNK = 1 << 20
 
@@ -132,8 +132,11 @@ def _complete_files(output_dir: Path, lines: dict[int, dict[str, Any]]) -> list[
     saved = []
     for n in sorted(lines):
         line = lines[n]
-        path = output_dir / str(line.get("path", ""))
-        if not _has_bytes(path, line.get("bytes"), line.get("sha256")):
+        try:  # the journal is a file in the folder: what it names is checked like any output's name
+            path = output_path(output_dir, str(line.get("path", "")))
+        except UnsafeName:
+            return []
+        if not in_plain_folders(output_dir, path) or not _has_bytes(path, line.get("bytes"), line.get("sha256")):
             return []
         saved.append(
             SavedOutput(

@@ -33,7 +33,7 @@ from .errors import OutputError, UsageError
 from .folder import STATE_DIR
 from .ledger import Ledger
 from .models import JobState
-from .outputs import UnsafeName, file_sha256, numbered, output_path
+from .outputs import UnsafeName, file_sha256, in_plain_folders, make_folders, numbered, output_path
 
 VERSIONS_DIR = "versions"  # under STATE_DIR
 
@@ -113,7 +113,7 @@ def mark(ledger: Ledger, output_dir: Path, job_ids: list[str], *, dry_run: bool 
     moves: list[tuple[Path, Path]] = []
     for recorded in ledger.outputs_of(result.jobs):
         source, target, rel = _places(output_dir, recorded)
-        if not source.is_file() or source.is_symlink():
+        if not in_plain_folders(output_dir, source) or not source.is_file() or source.is_symlink():
             result.gone.append(recorded["path"])
             continue
         size = source.stat().st_size
@@ -129,12 +129,13 @@ def mark(ledger: Ledger, output_dir: Path, job_ids: list[str], *, dry_run: bool 
     done: list[tuple[Path, Path]] = []
     try:
         for source, target in moves:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(output_dir, target.parent)  # never through a symlink: .batchgen/ and below are ours
             os.rename(source, target)
             done.append((source, target))
-    except OSError as exc:
+    except (OSError, UnsafeName) as exc:
         _put_back(done)
-        raise OutputError(f"cannot move {source} aside to {target}: {exc.strerror or exc}; nothing changed") from exc
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise OutputError(f"cannot move {source} aside to {target}: {why}; nothing changed") from exc
     try:
         ledger.mark_for_retry(result.jobs, result.versions)
     except BaseException:
@@ -181,6 +182,7 @@ def _put_back(done: list[tuple[Path, Path]]) -> None:
 
 def _is_file(output_dir: Path, path: str) -> bool:
     try:
-        return output_path(output_dir, path).is_file()
+        file = output_path(output_dir, path)
+        return in_plain_folders(output_dir, file) and file.is_file()
     except UnsafeName:
         return False

@@ -18,7 +18,7 @@ from .errors import LedgerError
 from .ledger import Ledger
 from .ledger.reuse import ReusableRun, ReuseIndex
 from .models import AttemptStatus, JobSpec, SavedOutput
-from .outputs import EXTENSIONS, PartialFile, output_name
+from .outputs import EXTENSIONS, PartialFile, UnsafeName, output_name
 
 COPY_CHUNK = 1 << 20
 
@@ -98,4 +98,6 @@ class Reuser:
                     saved.append(part.commit(name, file.n, file.content_type))
             except (FileNotFoundError, IsADirectoryError, PermissionError):
                 return None, [file.path]
+            except UnsafeName:  # not this folder's to write: the job's own run says so when it saves
+                return None, []
         return saved, []

@@ -23,7 +23,7 @@ import anyio
 import httpx
 
 from . import __version__
-from .api import DEFAULT_BASE_URL, RunbaseClient, Timeouts, check_base_url
+from .api import DEFAULT_BASE_URL, RunbaseClient, Timeouts, check_base_url, check_key_stays_private
 from .errors import ApiError, BatchgenError, LedgerError, ManifestError, OutputError, Unauthorized, UsageError
 from .events import Events
 from .exitcodes import ExitCode
@@ -436,6 +436,8 @@ def _resolve(config: BatchConfig) -> BatchConfig:
         base_url = config.base_url or os.environ.get("RUNBASE_BASE_URL") or DEFAULT_BASE_URL
     try:
         check_base_url(base_url)
+        if not config.simulate and config.transport is None:  # a transport given is a test's, in-process
+            check_key_stays_private(base_url)
     except ApiError as exc:
         raise UsageError(str(exc)) from None
     return replace(config, base_url=base_url)
@@ -470,6 +472,8 @@ def _api_key(config: BatchConfig) -> str:
         raise Unauthorized("RUNBASE_API_KEY starts with 'Bearer ': set it to the key alone (batchgen adds 'Bearer ')")
     if any(ch.isspace() or not ch.isprintable() for ch in key):
         raise Unauthorized("RUNBASE_API_KEY contains spaces or control characters; check how it was set")
+    if not key.isascii():  # an HTTP header cannot carry it; said without quoting any of it
+        raise Unauthorized("RUNBASE_API_KEY contains a character that is not ASCII; check how it was set")
     return key
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..models import ASPECT_RATIOS, MAX_JOB_ID_LENGTH, MAX_PROMPT_LENGTH, QUALITIES
+from ..models import ASPECT_RATIOS, LAST_RUN_NAME, MAX_JOB_ID_LENGTH, MAX_PROMPT_LENGTH, OWN_NAMES, QUALITIES
 from .problems import Invalid, describe, show
 
 MAX_NESTING = 32  # of YAML collections and metadata values; real manifests need a handful
@@ -24,8 +24,8 @@ MAX_INPUT_BYTES = 1 << 20  # the JSON of one job's input for a model batchgen pa
 MAX_FILENAME_LENGTH = 240
 MAX_FILENAME_SEGMENTS = 8
 MAX_SEGMENT_LENGTH = 120
-# What outputs.extension_for can give; a folder named like one of these could clash with a file.
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "gif", "avif", "bin")
+# What outputs.extension_for can give, and a --sidecar's: a folder named like one of these could clash with a file.
+OUTPUT_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "gif", "avif", "bin", "json")
 
 ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 WINDOWS_DEVICE_RE = re.compile(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?")  # CON, lpt1.txt...
@@ -34,6 +34,9 @@ URL_SEPARATOR_RE = re.compile(r"[\s,|]+")
 MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:-]*")
 _BAD_URL_CHAR_RE = re.compile(r"[\s\x00-\x1f\x7f\ud800-\udfff]")
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+# A job saved as last-run.png would write its --sidecar to last-run.json, the run's summary.
+_OWN_FILE_STEM_RE = re.compile("(?i)" + re.escape(LAST_RUN_NAME.rpartition(".")[0]))
+_SUMMARY_CLASH = f"its --sidecar file would be {LAST_RUN_NAME}, each run's summary"
 _ID_HINT = (
     "; to use values such as SKUs with '/' or spaces, make ids in a YAML manifest that reads the file with "
     "'rows:' and sets id: \"{{ SKU | slug }}\""
@@ -57,6 +60,8 @@ def check_id(value: Any) -> str:
         )
     if (value[3:4] in ("", ".") or value[4:5] in ("", ".")) and WINDOWS_DEVICE_RE.fullmatch(value):
         raise Invalid(f"id {show(value)} is a reserved device name on Windows")
+    if _OWN_FILE_STEM_RE.fullmatch(value):
+        raise Invalid(f"id {show(value)} is taken: {_SUMMARY_CLASH}")
     return str(value)
 
 
@@ -175,8 +180,12 @@ def check_filename(value: Any) -> str:
             )
         if WINDOWS_DEVICE_RE.fullmatch(segment):
             raise Invalid(f"filename {show(value)}: {show(segment)} is a reserved device name on Windows")
-        if number < len(segments) and segment.lower().rsplit(".", 1)[-1] in IMAGE_EXTENSIONS and "." in segment:
-            raise Invalid(f"filename {show(value)}: folder {show(segment)} is named like an image file")
+        if number == 1 and len(segments) > 1 and segment.lower() in OWN_NAMES:
+            raise Invalid(f"filename {show(value)}: folder {show(segment)} is named like batchgen's own file")
+        if len(segments) == 1 and _OWN_FILE_STEM_RE.fullmatch(segment):
+            raise Invalid(f"filename {show(value)} is taken: {_SUMMARY_CLASH}")
+        if number < len(segments) and segment.lower().rsplit(".", 1)[-1] in OUTPUT_EXTENSIONS and "." in segment:
+            raise Invalid(f"filename {show(value)}: folder {show(segment)} is named like an image file or a sidecar")
     return value
 
 

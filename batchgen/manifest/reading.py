@@ -131,10 +131,12 @@ def _keys_again(records: RecordSource, field: str, where_kind: str) -> Iterator[
                 position += len(item.lines)
                 continue
             position += 1
-            value = item.values.get(field)
+            value, rule = item.values.get(field), check
+            if value is None and field == "filename":  # saved under its id: its file name is that
+                value, rule = item.values.get("id"), check_id
             if value is not None:
                 try:
-                    yield position, check(value), describe_place(item, where_kind)
+                    yield position, rule(value), describe_place(item, where_kind)
                 except Invalid:
                     pass
     except OSError:

@@ -88,7 +88,11 @@ class JobBuilder:
         id_line = field_lines.get("id", line) if field_lines else line
         name_line = field_lines.get("filename", line) if field_lines else line
         held = job_id is not None and not self.ids.claim(job_id, position, payload, id_line, prefix)
-        held = (filename is not None and not self.names.claim(filename, position, payload, name_line, prefix)) or held
+        if values.get("filename") is not None:
+            stem = filename  # None when it is not a valid file name
+        else:  # saved under its id: a file name no other job may use (a repeated id is reported once, as an id)
+            stem = None if held else job_id
+        held = (stem is not None and not self.names.claim(stem, position, payload, name_line, prefix)) or held
         for field, message in errors:
             if message:
                 where = field_lines.get(field, line) if field_lines else line

@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..models import REPORT_NAME
 from .collect import build_report_data
 from .data import (
     AttemptRecord,
@@ -44,13 +45,13 @@ __all__ = [
     "write_html",
 ]
 
-REPORT_NAME = "report.html"
-
 
 def write_html(data: ReportData, path: Path) -> None:
     """Render ``data`` and write it to ``path`` whole or not at all (temp file + rename)."""
     page = render_html(data, path)
-    folder = path.resolve().parent
+    # The folder the page goes in, not the one a symlink under its name points into: the rename
+    # replaces such a symlink, and the temporary file must not be made outside meanwhile.
+    folder = path.parent.resolve()
     fd, temp = tempfile.mkstemp(prefix=".report-", suffix=".html.tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -78,7 +78,7 @@ def script_json(payload: Any) -> str:
 
 def render_html(data: ReportData, report_path: Path) -> str:
     """The page for ``data``, with image links relative to where it will be written."""
-    href = _linker(Path(data.summary.output_dir), report_path.resolve().parent)
+    href = _linker(Path(data.summary.output_dir), report_path.parent.resolve())
     payload = {
         "summary": _cleaned(_summary_payload(data)),
         "states": [s.value for s in CardState],
@@ -100,7 +100,7 @@ def render_html(data: ReportData, report_path: Path) -> str:
         "CSP": html.escape(csp),
         "TITLE": html.escape(_title(data.summary)),
         "HEADING": html.escape(_title(data.summary)),
-        "SUMMARY": _summary_html(data, report_path.resolve().parent),
+        "SUMMARY": _summary_html(data, report_path.parent.resolve()),
         "CSS": css,
         "SCRIPT": script,
         "DATA": script_json(payload),
