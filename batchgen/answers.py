@@ -100,20 +100,34 @@ def check_base_url(base_url: str) -> None:
         raise ApiError(f"the API base URL must be an http(s) URL, not {base_url!r}")
 
 
-def check_key_stays_private(base_url: str) -> None:
-    """Refuse plain http:// to any host but this machine's: the key would cross the network in clear text."""
+# Names of hosts that do not leave the site: a container's service name has no dot; these suffixes
+# are reserved for local and private use (RFC 6761, RFC 6762, RFC 8375, ICANN's .internal).
+PRIVATE_SUFFIXES = (".localhost", ".local", ".localdomain", ".internal", ".test", ".lan", ".home.arpa")
+ALLOW_HTTP = "BATCHGEN_ALLOW_HTTP"  # set to 1: plain http:// to any host, the user's own decision
+
+
+def check_key_stays_private(base_url: str, *, allow: bool = False) -> None:
+    """Refuse plain http:// to a host on the open network: the key would cross it in clear text.
+
+    http:// is fine on this machine and inside a private network: a loopback or private address
+    (a container network's 172.x, a LAN's 192.168.x), a name without a dot (a container's
+    service, a hosts-file alias) or under a suffix reserved for local use. ``allow`` (the
+    BATCHGEN_ALLOW_HTTP setting) is the user's word that another host is theirs."""
     parts = urlsplit(base_url)
     host = (parts.hostname or "").rstrip(".").lower()
-    if parts.scheme != "http" or host == "localhost" or host.endswith(".localhost"):
+    if allow or parts.scheme != "http" or "." not in host or host.endswith(PRIVATE_SUFFIXES):
         return
     try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
+        address = ipaddress.ip_address(host)
     except ValueError:
         pass
+    else:
+        if address.is_loopback or address.is_private or address.is_link_local:
+            return
     raise ApiError(
-        f"the API base URL {parts.scheme}://{parts.netloc} is plain http on another machine: the API key would "
-        f"cross the network unencrypted. Use https://{parts.netloc}{parts.path} (http:// is for this machine only)"
+        f"the API base URL {parts.scheme}://{parts.netloc} is plain http to a host on the open network: the API "
+        f"key would cross it unencrypted. Use https://{parts.netloc}{parts.path} (plain http:// is taken for this "
+        f"machine and private networks only; set {ALLOW_HTTP}=1 if this host is yours and the way to it trusted)"
     )
 
 

@@ -30,6 +30,7 @@ import anyio
 import httpx
 
 from .answers import (
+    ALLOW_HTTP,
     MAX_RETRY_AFTER,
     MAX_RUN_ID_LENGTH,
     Download,
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     from .transport import Network
 
 __all__ = [  # what other modules take from here; the rest of the answers' vocabulary is batchgen.answers
+    "ALLOW_HTTP",
     "DEFAULT_BASE_URL",
     "MAX_REDIRECTS",
     "MAX_RETRY_AFTER",

@@ -23,7 +23,7 @@ import anyio
 import httpx
 
 from . import __version__
-from .api import DEFAULT_BASE_URL, RunbaseClient, Timeouts, check_base_url, check_key_stays_private
+from .api import ALLOW_HTTP, DEFAULT_BASE_URL, RunbaseClient, Timeouts, check_base_url, check_key_stays_private
 from .errors import ApiError, BatchgenError, LedgerError, ManifestError, OutputError, Unauthorized, UsageError
 from .events import Events
 from .exitcodes import ExitCode
@@ -437,7 +437,7 @@ def _resolve(config: BatchConfig) -> BatchConfig:
     try:
         check_base_url(base_url)
         if not config.simulate and config.transport is None:  # a transport given is a test's, in-process
-            check_key_stays_private(base_url)
+            check_key_stays_private(base_url, allow=os.environ.get(ALLOW_HTTP) == "1")
     except ApiError as exc:
         raise UsageError(str(exc)) from None
     return replace(config, base_url=base_url)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from batchgen import ExitCode
+from batchgen.api import ALLOW_HTTP, check_key_stays_private
+from batchgen.errors import ApiError
 from batchgen.folder import MADE_BY
 from batchgen.lastrun import LAST_RUN_NAME, read_last_run, write_last_run
 from batchgen.ledger import Ledger
@@ -273,6 +275,33 @@ def test_the_key_is_never_sent_unencrypted_to_another_machine(tmp_path):
     refused = batchgen_cli("run", str(manifest), "--output", str(tmp_path / "out"), "--no-progress", env=env)
     assert refused.returncode == ExitCode.USAGE, refused.stderr
     assert "https://" in refused.stderr and "sk-test" not in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("http://runbase.net/api/v1", True),
+        ("http://8.8.8.8:8000/api/v1", True),
+        ("https://runbase.net/api/v1", False),
+        ("http://127.0.0.1:8000/api/v1", False),
+        ("http://[::1]:8000/api/v1", False),
+        ("http://localhost:8000/api/v1", False),
+        ("http://fake-runbase:8000/api/v1", False),  # a container's service name
+        ("http://172.18.0.2:8000/api/v1", False),  # a container network
+        ("http://192.168.1.20/api/v1", False),
+        ("http://host.docker.internal:8000/api/v1", False),
+        ("http://runbase.test/api/v1", False),
+    ],
+)
+def test_plain_http_is_refused_only_on_the_open_network(url, refused):
+    """Plain http:// is refused for a host on the open network, and taken for this machine, a private
+    address, a name with no dot or under a suffix reserved for local use; BATCHGEN_ALLOW_HTTP=1 takes any."""
+    if refused:
+        with pytest.raises(ApiError, match=ALLOW_HTTP):
+            check_key_stays_private(url)
+    else:
+        check_key_stays_private(url)
+    check_key_stays_private(url, allow=True)
 
 
 def test_the_made_by_mark_is_never_written_through_a_symlink(tmp_path, run):

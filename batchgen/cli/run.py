@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 ENVIRONMENT = """environment:
   RUNBASE_API_KEY     the API key (required unless --simulate); sent only to the API, never written anywhere
   RUNBASE_BASE_URL    the API's base URL when --base-url is not given (default https://runbase.net/api/v1)
-  BATCHGEN_CACHE_DIR  where the shared reuse index lives (default ~/.cache/batchgen)"""
+  BATCHGEN_CACHE_DIR  where the shared reuse index lives (default ~/.cache/batchgen)
+  BATCHGEN_ALLOW_HTTP 1: plain http:// to any host (else only to this machine or a private network)"""
 
 RUN_EPILOG = f"""{ENVIRONMENT}
 
