@@ -11,7 +11,9 @@ What a refusal means decides what is tried next (``batchgen.errors``):
   one, a redirect loop) and a run that succeeded without URLs even when fetched again:
   the job fails with the reason, and no new run is paid for (``retry=False``).
 * Transient failures (5xx, resets, truncated bodies, a host too slow) are retried
-  with backoff, a bounded number of times.
+  with backoff, a bounded number of times. If they go on, the run's image exists and is
+  paid for: a new run would pay again, so the run is kept open for the next session to
+  fetch (``keep_run=True``).
 
 Nothing that is not a complete PNG, JPEG or WebP ever gets a name in the output
 folder: the temporary file is removed on every failure. ``OutputSaver.save``
@@ -45,12 +47,14 @@ REFRESH_TRIES = 3
 
 
 class SaveFailed(Exception):
-    """The run's outputs could not be saved; ``retry`` says whether a new run might do better."""
+    """The run's outputs could not be saved; ``retry`` says whether a new run might do better,
+    ``keep_run`` that the run itself should be fetched again later instead."""
 
-    def __init__(self, message: str, *, retry: bool = True):
+    def __init__(self, message: str, *, retry: bool = True, keep_run: bool = False):
         super().__init__(message)
         self.message = message
-        self.retry = retry
+        self.retry = retry and not keep_run
+        self.keep_run = keep_run
 
 
 class OutputSaver:
@@ -111,7 +115,7 @@ class OutputSaver:
             except TransientError as exc:
                 tries += 1
                 if tries >= MAX_DOWNLOAD_TRIES:
-                    raise SaveFailed(f"{where}: download kept failing: {exc.message}") from exc
+                    raise SaveFailed(f"{where}: download kept failing: {exc.message}", keep_run=True) from exc
                 self.stats.retries += 1
                 await anyio.sleep(backoff(tries, base=self.backoff_base))
             except UnsafeName as exc:

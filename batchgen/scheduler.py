@@ -41,6 +41,7 @@ from .creating import CreateOutcome, Creator, Result
 from .errors import (
     BatchgenError,
     OutputError,
+    TransientError,
 )
 from .events import Events
 from .ledger import Ledger
@@ -65,6 +66,7 @@ INTERRUPT_GRACE = 3.0  # seconds creates already sent get to answer after Ctrl-C
 # Which reason for ending wins when several come: the more serious, the later in this list.
 _PRECEDENCE = (
     Outcome.DONE,
+    Outcome.UNDELIVERED,
     Outcome.CAPPED,
     Outcome.ACCOUNT,
     Outcome.MANIFEST,
@@ -420,6 +422,14 @@ class Scheduler:
             self._retry.append(run.job)
             self._changed()
 
+    def _save_deferred(self, run: Run, error: str) -> None:
+        """The run succeeded but its files would not come: its attempt stays open in the ledger, so the
+        next session polls it and downloads them. A new run now would pay for an image that exists."""
+        self.poller.untrack(run)
+        self.events.emit("retried", what="download", job_id=run.job.spec.job_id, run_id=run.run_id, error=error)
+        self._end(Stop.RUNNING, Outcome.UNDELIVERED, TransientError(error))
+        self._job_finished(run.job)
+
     # -- saving ---------------------------------------------------------------------
 
     async def _save_loop(self, receive: MemoryObjectReceiveStream[tuple[Run, RunInfo]]) -> None:
@@ -435,6 +445,8 @@ class Scheduler:
         try:
             saved = await self.saver.save(run.job.spec, info)
         except SaveFailed as exc:
+            if exc.keep_run:
+                return self._save_deferred(run, exc.message)
             return self._run_failed(run, exc.message, retry=exc.retry, kind="download")
         if self.sidecars:
             self._write_sidecars(run.job.spec, run.run_id, saved, "run")

@@ -274,6 +274,21 @@ def test_a_run_that_answers_404_at_first_is_not_paid_for_again(write_manifest, r
     assert all(count > 3 for count in front.seen.values())
 
 
+def test_outputs_a_storage_host_keeps_refusing_are_fetched_later_never_bought_again(write_manifest, run, tmp_path):
+    """Every file fetch answering 503: no second run is bought; the next run, the host back, saves each run's image."""
+    sim = Simulator(SimConfig(latency=0.02, faults={"file_unavailable": 1.0}))
+    manifest, out = write_manifest(3), tmp_path / "out"
+    first = run(manifest, sim, max_attempts=3)
+    assert sim.stats()["creates"] == 3, "a run whose image exists was bought again"
+    assert first.exit_code == ExitCode.UNAVAILABLE and "without paying again" in first.message, first.message
+    assert first.counts["running"] == 3 and not list(out.glob("*.png"))
+    sim.config.faults = {}
+    second = run(manifest, sim, max_attempts=3)
+    assert second.exit_code == ExitCode.OK, second.message
+    assert sim.stats()["creates"] == 3
+    files_match_their_own_runs(out, sim)
+
+
 # -- two ledgers, one folder ------------------------------------------------------------------
 
 
