@@ -60,7 +60,7 @@ from .errors import (
     TransientError,
     Unauthorized,
 )
-from .images import IMAGE_TYPES, SNIFF_BYTES, looks_like, sniff_image
+from .images import IMAGE_TYPES, SNIFF_BYTES, TAIL_BYTES, cut_short, looks_like, sniff_image
 from .models import DEFAULT_BASE_URL, JobSpec, RunInfo
 from .text import server_text
 
@@ -388,7 +388,7 @@ class RunbaseClient:
         declared_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if declared_type not in IMAGE_TYPES:  # the usual answer is plain: only other text needs scrubbing
             declared_type = self._text(declared_type, 80)
-        head = b""
+        head = tail = b""
         content_type: str | None = None
         size = 0
         with self._translate(lambda: False):
@@ -402,8 +402,9 @@ class RunbaseClient:
                     if len(head) < SNIFF_BYTES:
                         continue
                     content_type = self._sniff(head, declared_type, url)
-                    chunk, head = head, b""
+                    chunk, head = head, head[:SNIFF_BYTES]
                 sink.write(chunk)
+                tail = (tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
         if declared is not None and response.num_bytes_downloaded != declared:
             raise TransientError(
                 f"download truncated: got {response.num_bytes_downloaded} of {declared} bytes from {self._url(url)}"
@@ -411,6 +412,9 @@ class RunbaseClient:
         if content_type is None:  # fewer than SNIFF_BYTES in all
             content_type = self._sniff(head, declared_type, url)
             sink.write(head)
+            tail = head
+        if (cut := cut_short(content_type, head, tail, size)) is not None:
+            raise NotAnImage(f"not an image: {cut}, {size} bytes, from {self._url(url)}")
         return Download(content_type, size, IMAGE_TYPES[content_type], declared_type)
 
     def _sniff(self, head: bytes, declared_type: str, url: str) -> str:
