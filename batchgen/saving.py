@@ -44,6 +44,7 @@ from .throttle import Throttle, backoff
 
 MAX_DOWNLOAD_TRIES = 5
 REFRESH_TRIES = 3
+LISTING_TRIES = 6  # asks, backing off (about 8-16 s in all), for the URLs of a run that succeeded without them
 
 
 class SaveFailed(Exception):
@@ -83,11 +84,8 @@ class OutputSaver:
         refreshed = False
         urls = list(info.urls)
         if not urls:
-            # A run may say 'succeeded' a moment before its outputs are listed: ask once more.
             refreshed = True
-            self.stats.url_refreshes += 1
-            fresh = await self._refresh(run_id)
-            urls = list(fresh.urls) if fresh is not None else []
+            urls = await self._listed_urls(run_id)
             if not urls:
                 raise SaveFailed(f"run {run_id} succeeded without output URLs", retry=False)
         saved: list[SavedOutput] = []
@@ -134,6 +132,18 @@ class OutputSaver:
             self.type_mismatches += 1
             self.last_type_mismatch = f"{name}: {download.type_mismatch}"
         return saved
+
+    async def _listed_urls(self, run_id: str) -> list[str]:
+        """A run may say 'succeeded' a moment before its outputs are listed (a replica behind):
+        ask again, backing off, before concluding it has none."""
+        for attempt in range(1, LISTING_TRIES + 1):
+            self.stats.url_refreshes += 1
+            fresh = await self._refresh(run_id)
+            if fresh is not None and fresh.urls:
+                return list(fresh.urls)
+            if attempt < LISTING_TRIES:
+                await anyio.sleep(backoff(attempt, base=self.backoff_base))
+        return []
 
     async def _refresh(self, run_id: str) -> RunInfo | None:
         for attempt in range(1, REFRESH_TRIES + 1):

@@ -289,6 +289,15 @@ def test_outputs_a_storage_host_keeps_refusing_are_fetched_later_never_bought_ag
     files_match_their_own_runs(out, sim)
 
 
+def test_a_run_that_lists_its_outputs_a_moment_after_succeeding_is_saved(write_manifest, run, tmp_path):
+    """Answers saying 'succeeded' without output URLs for a while: the run is asked again until they come, paid once."""
+    sim = Simulator(SimConfig(latency=0.02, output_lag=3))
+    result = run(write_manifest(3), sim)
+    assert result.exit_code == ExitCode.OK, result.message
+    assert sim.stats()["creates"] == 3
+    files_match_their_own_runs(tmp_path / "out", sim)
+
+
 # -- two ledgers, one folder ------------------------------------------------------------------
 
 

@@ -412,6 +412,10 @@ class Simulator:
 
     def _add_output(self, view: dict[str, Any], run: SimRun, wall: float, req: Request) -> None:
         facts = run.facts
+        if run.bare_answers < self.config.output_lag:
+            run.bare_answers += 1
+            view["output"] = None  # a replica that has the status and not yet the outputs
+            return
         if facts.has("no_output_urls"):
             variant = facts.digest[0] % 4  # each run always answers the same way
             if variant < 3:
