@@ -59,6 +59,7 @@ from .errors import (
     RunNotFound,
     TransientError,
     Unauthorized,
+    UnusableRun,
 )
 from .images import IMAGE_TYPES, SNIFF_BYTES, TAIL_BYTES, cut_short, looks_like, sniff_image
 from .models import DEFAULT_BASE_URL, JobSpec, RunInfo
@@ -221,10 +222,9 @@ class RunbaseClient:
             check_run_id(run_id)
         except RunIdRefused as exc:
             # The run exists and cannot be polled without rewriting its id: a possible double charge.
-            raise TransientError(
+            raise UnusableRun(
                 f"the API accepted the run but answered with an unusable id: {exc.message}",
                 status=response.status_code,
-                maybe_created=True,
             ) from exc
         return self._run_info(run_id, data)
 

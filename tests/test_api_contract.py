@@ -47,6 +47,7 @@ from batchgen.errors import (
     RunNotFound,
     TransientError,
     Unauthorized,
+    UnusableRun,
 )
 from batchgen.images import IMAGE_TYPES, JPEG_END, PNG_END, SNIFF_BYTES
 from batchgen.models import JobSpec, RunInfo, image_input
@@ -528,11 +529,12 @@ def test_a_create_answered_204_may_have_made_a_run():
 @pytest.mark.parametrize(
     "run_id", ["a\x1b[2Jb", "a\nb", "\u202eabc", "x" * (MAX_RUN_ID_LENGTH + 1)], ids=["esc", "newline", "bidi", "long"]
 )
-def test_a_create_answered_with_an_unusable_id_may_have_made_a_run(run_id):
-    """An id that cannot be one path segment is a TransientError that may have made a run, never rewritten."""
+def test_a_create_answered_with_an_unusable_id_made_a_run_that_cannot_be_followed(run_id):
+    """An id that cannot be one path segment is UnusableRun (a run made, another create would meet the same), never
+    rewritten."""
     error = failure(reply(201, {"id": run_id}), "create_run", JOB)
-    assert type(error) is TransientError
-    assert error.maybe_created and error.status == 201
+    assert type(error) is UnusableRun
+    assert error.status == 201
     assert error.message.startswith("the API accepted the run but answered with an unusable id: refusing run id")
     assert "\x1b" not in error.message and "\n" not in error.message
 

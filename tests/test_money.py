@@ -298,6 +298,43 @@ def test_a_run_that_lists_its_outputs_a_moment_after_succeeding_is_saved(write_m
     files_match_their_own_runs(tmp_path / "out", sim)
 
 
+class UnusableIds:
+    """The simulator behind a front answering each create with the run's id and a tab: a run made, its id unusable."""
+
+    def __init__(self, sim: Simulator):
+        self.sim = sim
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.sim(scope, receive, send)
+        start: dict[str, Any] = {}
+
+        async def rewrite(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            body = json.loads(message["body"])
+            if start["status"] < 300:
+                body["id"] += "\t"
+            data = json.dumps(body).encode()
+            headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(data)).encode())]})
+            await send({"type": "http.response.body", "body": data})
+
+        await self.sim(scope, receive, rewrite)
+
+
+def test_a_create_answered_with_an_id_no_path_can_carry_is_not_bought_again(write_manifest, run, tmp_path):
+    """Creates answered 201 with an id holding a tab: each job fails after its one run, a possible double charge."""
+    sim = Simulator(SimConfig(latency=0.02))
+    result = run(write_manifest(3), sim, transport=httpx.ASGITransport(app=UnusableIds(sim)), max_attempts=3)
+    assert sim.stats()["creates"] == 3, "a create the API answered with an unusable id was sent again"
+    assert result.exit_code == ExitCode.JOBS_FAILED and result.unknown_creates_total == 3
+    for record in export_records(tmp_path / "out"):
+        assert record["state"] == "failed" and record["error_kind"] == "unknown", record
+        assert "cannot be one URL path segment" in record["error"] and "\t" not in record["error"]
+
+
 # -- two ledgers, one folder ------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from batchgen.api import RunbaseClient, Timeouts
-from batchgen.errors import OutputUnusable, Redirected, RunIdRefused, TransientError
+from batchgen.errors import OutputUnusable, Redirected, RunIdRefused, TransientError, UnusableRun
 from batchgen.models import JobSpec, image_input
 from batchgen.simulator import API_PREFIX, SimConfig, Simulator, SimulatorServer
 from batchgen.transport import AiohttpNetworkTransport, network_transport
@@ -248,17 +248,17 @@ def test_run_ids_that_cannot_be_one_segment_are_refused_without_a_request(networ
         assert server.heads == []
 
 
-def test_a_create_answered_with_an_unusable_id_may_have_made_a_run(network):
-    """A create answered with an id holding ESC is a run we cannot poll: reported as maybe created."""
+def test_a_create_answered_with_an_unusable_id_made_a_run_that_cannot_be_followed(network):
+    """A create answered with an id holding ESC is a run we cannot poll: UnusableRun, with the answer's status."""
     with RawServer(answer(201, b'{"id": "a\\u001b[2Jb", "status": "queued"}')) as server:
 
         async def main() -> None:
             async with client_for(network, server.base_url) as client:
                 await client.create_run(JOB)
 
-        with pytest.raises(TransientError, match="unusable id") as caught:
+        with pytest.raises(UnusableRun, match="unusable id") as caught:
             anyio.run(main)
-        assert caught.value.maybe_created
+        assert caught.value.status == 201
         assert len(server.heads) == 1
 
 
