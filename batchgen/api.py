@@ -220,6 +220,8 @@ class RunbaseClient:
             )
         try:
             check_run_id(run_id)
+            if any(secret in run_id for secret in self._secrets):  # it would be written to the ledger and shown
+                raise RunIdRefused("refusing a run id that holds the API key")
         except RunIdRefused as exc:
             # The run exists and cannot be polled without rewriting its id: a possible double charge.
             raise UnusableRun(

@@ -23,7 +23,7 @@ from batchgen import ExitCode, run_batch
 from batchgen.ledger import Ledger
 from batchgen.simulator import SimConfig, Simulator
 
-from .conftest import batchgen_cli, env_for, export_records, wait_until
+from .conftest import API_KEY, batchgen_cli, env_for, export_records, wait_until
 
 
 def served(sim: Simulator) -> dict[str, set[str]]:
@@ -299,10 +299,10 @@ def test_a_run_that_lists_its_outputs_a_moment_after_succeeding_is_saved(write_m
 
 
 class UnusableIds:
-    """The simulator behind a front answering each create with the run's id and a tab: a run made, its id unusable."""
+    """The simulator behind a front answering each create with its run's id and ``tail``: a run made, unusable."""
 
-    def __init__(self, sim: Simulator):
-        self.sim = sim
+    def __init__(self, sim: Simulator, tail: str):
+        self.sim, self.tail = sim, tail
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -315,7 +315,7 @@ class UnusableIds:
                 return
             body = json.loads(message["body"])
             if start["status"] < 300:
-                body["id"] += "\t"
+                body["id"] += self.tail
             data = json.dumps(body).encode()
             headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
             await send({**start, "headers": [*headers, (b"content-length", str(len(data)).encode())]})
@@ -324,15 +324,23 @@ class UnusableIds:
         await self.sim(scope, receive, rewrite)
 
 
-def test_a_create_answered_with_an_id_no_path_can_carry_is_not_bought_again(write_manifest, run, tmp_path):
-    """Creates answered 201 with an id holding a tab: each job fails after its one run, a possible double charge."""
+@pytest.mark.parametrize(
+    ("tail", "reason"), [("\t", "cannot be one URL path segment"), (API_KEY, "holds the API key")], ids=["tab", "key"]
+)
+def test_a_create_answered_with_an_id_that_cannot_be_kept_is_not_bought_again(
+    write_manifest, run, tmp_path, tail, reason
+):
+    """Creates answered 201 with an id holding a tab, or the API key: each job fails after its one run (a possible
+    double charge), and the key is written nowhere."""
     sim = Simulator(SimConfig(latency=0.02))
-    result = run(write_manifest(3), sim, transport=httpx.ASGITransport(app=UnusableIds(sim)), max_attempts=3)
+    result = run(write_manifest(3), sim, transport=httpx.ASGITransport(app=UnusableIds(sim, tail)), max_attempts=3)
     assert sim.stats()["creates"] == 3, "a create the API answered with an unusable id was sent again"
     assert result.exit_code == ExitCode.JOBS_FAILED and result.unknown_creates_total == 3
     for record in export_records(tmp_path / "out"):
         assert record["state"] == "failed" and record["error_kind"] == "unknown", record
-        assert "cannot be one URL path segment" in record["error"] and "\t" not in record["error"]
+        assert reason in record["error"] and "\t" not in record["error"]
+    for path in (tmp_path / "out").rglob("*"):
+        assert not path.is_file() or API_KEY.encode() not in path.read_bytes(), path
 
 
 # -- two ledgers, one folder ------------------------------------------------------------------
