@@ -63,7 +63,7 @@ from .errors import (
 )
 from .images import IMAGE_TYPES, SNIFF_BYTES, TAIL_BYTES, cut_short, looks_like, sniff_image
 from .models import DEFAULT_BASE_URL, JobSpec, RunInfo
-from .text import server_text
+from .text import holds_secret, server_text
 
 if TYPE_CHECKING:
     from .transport import Network
@@ -220,7 +220,7 @@ class RunbaseClient:
             )
         try:
             check_run_id(run_id)
-            if any(secret in run_id for secret in self._secrets):  # it would be written to the ledger and shown
+            if holds_secret(run_id, self._secrets):  # it would be written to the ledger and shown
                 raise RunIdRefused("refusing a run id that holds the API key")
         except RunIdRefused as exc:
             # The run exists and cannot be polled without rewriting its id: a possible double charge.
@@ -519,6 +519,8 @@ class RunbaseClient:
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
             raise OutputUnusable(f"refusing to download from a non-http(s) URL: {self._url(url)}")
+        if holds_secret(url, self._secrets):  # asking for it would hand the key to that host
+            raise OutputUnusable(f"refusing to download from a URL that holds the API key: {self._url(url)}")
 
     def _url(self, url: str) -> str:
         """A URL as messages show it: without its query (signed URLs carry their credentials

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -298,14 +299,17 @@ def test_a_run_that_lists_its_outputs_a_moment_after_succeeding_is_saved(write_m
     files_match_their_own_runs(tmp_path / "out", sim)
 
 
-class UnusableIds:
-    """The simulator behind a front answering each create with its run's id and ``tail``: a run made, unusable."""
+class RewrittenAnswers:
+    """The simulator behind a front that rewrites the JSON answers of the requests ``picks`` chooses with ``edit``;
+    it records the query of every file request."""
 
-    def __init__(self, sim: Simulator, tail: str):
-        self.sim, self.tail = sim, tail
+    def __init__(self, sim: Simulator, picks: Callable[[str, str], bool], edit: Callable[[dict[str, Any]], None]):
+        self.sim, self.picks, self.edit, self.file_queries = sim, picks, edit, []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] == "http" and scope["path"].startswith("/files/"):
+            self.file_queries.append(scope["query_string"].decode())
+        if scope["type"] != "http" or not self.picks(scope["method"], scope["path"]):
             return await self.sim(scope, receive, send)
         start: dict[str, Any] = {}
 
@@ -315,13 +319,18 @@ class UnusableIds:
                 return
             body = json.loads(message["body"])
             if start["status"] < 300:
-                body["id"] += self.tail
+                self.edit(body)
             data = json.dumps(body).encode()
             headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
             await send({**start, "headers": [*headers, (b"content-length", str(len(data)).encode())]})
             await send({"type": "http.response.body", "body": data})
 
         await self.sim(scope, receive, rewrite)
+
+
+def unusable_ids(sim: Simulator, tail: str) -> RewrittenAnswers:
+    """Each create answered with its run's id and ``tail``: a run made, its id unusable."""
+    return RewrittenAnswers(sim, lambda method, _: method == "POST", lambda body: body.update(id=body["id"] + tail))
 
 
 @pytest.mark.parametrize(
@@ -333,12 +342,36 @@ def test_a_create_answered_with_an_id_that_cannot_be_kept_is_not_bought_again(
     """Creates answered 201 with an id holding a tab, or the API key: each job fails after its one run (a possible
     double charge), and the key is written nowhere."""
     sim = Simulator(SimConfig(latency=0.02))
-    result = run(write_manifest(3), sim, transport=httpx.ASGITransport(app=UnusableIds(sim, tail)), max_attempts=3)
+    result = run(write_manifest(3), sim, transport=httpx.ASGITransport(app=unusable_ids(sim, tail)), max_attempts=3)
     assert sim.stats()["creates"] == 3, "a create the API answered with an unusable id was sent again"
     assert result.exit_code == ExitCode.JOBS_FAILED and result.unknown_creates_total == 3
     for record in export_records(tmp_path / "out"):
         assert record["state"] == "failed" and record["error_kind"] == "unknown", record
         assert reason in record["error"] and "\t" not in record["error"]
+    for path in (tmp_path / "out").rglob("*"):
+        assert not path.is_file() or API_KEY.encode() not in path.read_bytes(), path
+
+
+def key_in_urls(sim: Simulator) -> RewrittenAnswers:
+    """Every output URL a poll answers with carries the API key in its query."""
+
+    def add_key(body: dict[str, Any]) -> None:
+        if isinstance(body.get("output"), dict):
+            body["output"]["urls"] = [f"{url}&token={API_KEY}" for url in body["output"]["urls"]]
+
+    return RewrittenAnswers(sim, lambda method, path: method == "GET" and path.startswith("/api/v1/runs/"), add_key)
+
+
+def test_an_output_url_holding_the_api_key_is_not_fetched(write_manifest, run, tmp_path):
+    """Output URLs carrying the API key in their query: never requested (the key would reach the file host), the job
+    fails with the reason after its one run, and no file holds the key."""
+    sim = Simulator(SimConfig(latency=0.02))
+    front = key_in_urls(sim)
+    result = run(write_manifest(2), sim, transport=httpx.ASGITransport(app=front))
+    assert front.file_queries == [], "the API key was sent to the file host"
+    assert result.exit_code == ExitCode.JOBS_FAILED and sim.stats()["creates"] == 2
+    for record in export_records(tmp_path / "out"):
+        assert record["state"] == "failed" and "holds the API key" in record["error"], record
     for path in (tmp_path / "out").rglob("*"):
         assert not path.is_file() or API_KEY.encode() not in path.read_bytes(), path
 
