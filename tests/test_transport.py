@@ -20,7 +20,7 @@ import anyio
 import httpx
 import pytest
 
-from batchgen.api import RunbaseClient, Timeouts
+from batchgen.api import MAX_RUN_ID_LENGTH, RunbaseClient, Timeouts
 from batchgen.errors import OutputUnusable, Redirected, RunIdRefused, TransientError, UnusableRun
 from batchgen.models import JobSpec, image_input
 from batchgen.simulator import API_PREFIX, SimConfig, Simulator, SimulatorServer
@@ -234,7 +234,7 @@ def test_run_ids_reach_the_run_path_literally_on_the_wire(network, run_id):
     assert unquote(segment) == run_id
 
 
-@pytest.mark.parametrize("run_id", ["", "a\x1bb", "a\nb", "\u202eabc", "x" * 513])
+@pytest.mark.parametrize("run_id", ["", "a\x1bb", "a\nb", "\u202eabc", "x" * (MAX_RUN_ID_LENGTH + 1)])
 def test_run_ids_that_cannot_be_one_segment_are_refused_without_a_request(network, run_id):
     """Empty ids, control characters, bidi overrides and absurd lengths are refused, never rewritten."""
     with RawServer(json_run) as server:
