@@ -325,6 +325,28 @@ def test_a_create_that_reached_the_server_may_have_made_a_run(network, reply, me
     assert isinstance(caught.value.__cause__, httpx.HTTPError | TimeoutError)
 
 
+def _cut_file(head: bytes, sock: socket.socket) -> None:
+    sock.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100\r\n\r\n\x89PNG\r\n\x1a\n" + bytes(20)
+    )
+    sock.close()
+
+
+def test_a_download_cut_short_says_so_in_words(network):
+    """A file body that stops before its Content-Length: a TransientError saying the body ended early (how much
+    came, with aiohttp), without a parser's internal status code."""
+    with RawServer(_cut_file) as server:
+
+        async def main() -> None:
+            async with client_for(network, server.base_url) as client:
+                await client.download(server.base_url + "/out.png", io.BytesIO())
+
+        with pytest.raises(TransientError) as caught:
+            anyio.run(main)
+    said = {"aiohttp": "the body ended early: Not enough data", "httpx": "without sending complete message body"}
+    assert said[network] in caught.value.message and "400" not in caught.value.message, caught.value.message
+
+
 def test_a_refused_connection_made_no_run(network):
     """Nothing listening: 'could not connect', and the create certainly made no run."""
     with socket.socket() as probe:
