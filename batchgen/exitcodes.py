@@ -49,8 +49,8 @@ EXIT_CODES: dict[ExitCode, tuple[str, str]] = {
         "night's run is still going: no alert",
     ),
     ExitCode.UNAVAILABLE: (
-        "the API kept failing (5xx, network errors), no create got through, or finished runs' images would not "
-        "download (their runs are kept, never paid for again); every job not done is pending",
+        "the API kept failing (5xx, network errors), no create got through, or runs could not be polled or their "
+        "images downloaded (those runs are kept, never paid for again); every job not done is pending",
         "run the same command again later; alert if it repeats",
     ),
     ExitCode.CAPPED: (

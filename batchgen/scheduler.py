@@ -66,7 +66,7 @@ INTERRUPT_GRACE = 3.0  # seconds creates already sent get to answer after Ctrl-C
 # Which reason for ending wins when several come: the more serious, the later in this list.
 _PRECEDENCE = (
     Outcome.DONE,
-    Outcome.UNDELIVERED,
+    Outcome.RUNS_KEPT,
     Outcome.CAPPED,
     Outcome.ACCOUNT,
     Outcome.MANIFEST,
@@ -154,6 +154,7 @@ class Scheduler:
             wake=lambda: self._changed_event,
             on_succeeded=self._succeeded,
             on_failed=self._run_failed,
+            on_unreachable=lambda run, error: self._keep_run(run, error, "poll"),
             on_fatal=self._fatal,
         )
         throttle.limit_runs(concurrency)
@@ -422,12 +423,12 @@ class Scheduler:
             self._retry.append(run.job)
             self._changed()
 
-    def _save_deferred(self, run: Run, error: str) -> None:
-        """The run succeeded but its files would not come: its attempt stays open in the ledger, so the
-        next session polls it and downloads them. A new run now would pay for an image that exists."""
+    def _keep_run(self, run: Run, error: str, what: str) -> None:
+        """Polls of the run, or downloads of its files, kept failing: its attempt stays open in the ledger,
+        so the next session polls it and downloads them. A new run now would pay again for what exists."""
         self.poller.untrack(run)
-        self.events.emit("retried", what="download", job_id=run.job.spec.job_id, run_id=run.run_id, error=error)
-        self._end(Stop.RUNNING, Outcome.UNDELIVERED, TransientError(error))
+        self.events.emit("retried", what=what, job_id=run.job.spec.job_id, run_id=run.run_id, error=error)
+        self._end(Stop.RUNNING, Outcome.RUNS_KEPT, TransientError(error))
         self._job_finished(run.job)
 
     # -- saving ---------------------------------------------------------------------
@@ -446,7 +447,7 @@ class Scheduler:
             saved = await self.saver.save(run.job.spec, info)
         except SaveFailed as exc:
             if exc.keep_run:
-                return self._save_deferred(run, exc.message)
+                return self._keep_run(run, exc.message, "download")
             return self._run_failed(run, exc.message, retry=exc.retry, kind="download")
         if self.sidecars:
             self._write_sidecars(run.job.spec, run.run_id, saved, "run")

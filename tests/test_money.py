@@ -246,6 +246,13 @@ def test_simulated_images_never_stand_in_for_real_ones(write_manifest, tmp_path)
 # -- a 404 right after the create -------------------------------------------------------------
 
 
+async def send_answer(send: Any, status: int, body: bytes, content_type: bytes) -> None:
+    """One whole ASGI answer, its length declared."""
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class NotFoundAtFirst:
     """The simulator behind an eventually consistent front: each run answers 404 to its first polls."""
 
@@ -257,11 +264,7 @@ class NotFoundAtFirst:
         if scope["type"] == "http" and scope["method"] == "GET" and path.startswith("/api/v1/runs/"):
             count = self.seen[path] = self.seen.get(path, 0) + 1
             if count <= self.misses:
-                body = b'{"error": {"message": "run not found"}}'
-                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-                await send({"type": "http.response.start", "status": 404, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                return
+                return await send_answer(send, 404, b'{"error": {"message": "run not found"}}', b"application/json")
         await self.sim(scope, receive, send)
 
 
@@ -374,6 +377,34 @@ def test_an_output_url_holding_the_api_key_is_not_fetched(write_manifest, run, t
         assert record["state"] == "failed" and "holds the API key" in record["error"], record
     for path in (tmp_path / "out").rglob("*"):
         assert not path.is_file() or API_KEY.encode() not in path.read_bytes(), path
+
+
+class PollsDown:
+    """The simulator behind a gateway that answers every poll 502 while ``down``; creates go through."""
+
+    def __init__(self, sim: Simulator):
+        self.sim, self.down = sim, True
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.down and scope["type"] == "http" and scope["method"] == "GET" and "/runs/" in scope["path"]:
+            return await send_answer(send, 502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", b"text/html")
+        await self.sim(scope, receive, send)
+
+
+def test_runs_whose_polls_keep_failing_are_kept_for_the_next_run_not_bought_again(write_manifest, run, tmp_path):
+    """Every poll answered 502 for longer than the run timeout: no second run is bought; the next run, polls
+    answered again, saves each run's own image."""
+    sim = Simulator(SimConfig(latency=0.02))
+    front = PollsDown(sim)
+    manifest, transport = write_manifest(3), httpx.ASGITransport(app=front)
+    first = run(manifest, sim, transport=transport, run_timeout=0.5, max_attempts=3)
+    assert sim.stats()["creates"] == 3, "a run that could not be polled was bought again"
+    assert first.exit_code == ExitCode.UNAVAILABLE and "without paying again" in first.message, first.message
+    front.down = False
+    second = run(manifest, sim, transport=transport, run_timeout=0.5, max_attempts=3)
+    assert second.exit_code == ExitCode.OK, second.message
+    assert sim.stats()["creates"] == 3
+    files_match_their_own_runs(tmp_path / "out", sim)
 
 
 # -- two ledgers, one folder ------------------------------------------------------------------
