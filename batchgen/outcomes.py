@@ -47,7 +47,7 @@ _OUTCOMES: dict[Outcome, tuple[int, str]] = {
     Outcome.DONE: (ExitCode.OK, ""),
     Outcome.RUNS_KEPT: (
         ExitCode.UNAVAILABLE,
-        "the API or its file host kept failing ({error}); {left} job(s) wait, their runs kept: the next run "
+        "the API or its file host kept failing ({error}); {waiting}, their runs kept: the next run "
         "polls them and downloads their images without paying again. Run the same command again later.",
     ),
     Outcome.ACCOUNT: (
