@@ -22,7 +22,7 @@ from .errors import ApiError, RunIdRefused
 from .text import server_text
 
 MAX_RETRY_AFTER = 3600.0
-MAX_RUN_ID_LENGTH = 512
+MAX_RUN_ID_LENGTH = 2048  # ids are opaque: a signed token of several hundred characters is one
 
 
 @dataclass(frozen=True)

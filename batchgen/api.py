@@ -59,10 +59,11 @@ from .errors import (
     RunNotFound,
     TransientError,
     Unauthorized,
+    UnusableRun,
 )
-from .images import IMAGE_TYPES, SNIFF_BYTES, looks_like, sniff_image
+from .images import IMAGE_TYPES, SNIFF_BYTES, TAIL_BYTES, cut_short, looks_like, sniff_image
 from .models import DEFAULT_BASE_URL, JobSpec, RunInfo
-from .text import server_text
+from .text import holds_secret, server_text
 
 if TYPE_CHECKING:
     from .transport import Network
@@ -219,12 +220,13 @@ class RunbaseClient:
             )
         try:
             check_run_id(run_id)
+            if holds_secret(run_id, self._secrets):  # it would be written to the ledger and shown
+                raise RunIdRefused("refusing a run id that holds the API key")
         except RunIdRefused as exc:
             # The run exists and cannot be polled without rewriting its id: a possible double charge.
-            raise TransientError(
+            raise UnusableRun(
                 f"the API accepted the run but answered with an unusable id: {exc.message}",
                 status=response.status_code,
-                maybe_created=True,
             ) from exc
         return self._run_info(run_id, data)
 
@@ -388,7 +390,7 @@ class RunbaseClient:
         declared_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if declared_type not in IMAGE_TYPES:  # the usual answer is plain: only other text needs scrubbing
             declared_type = self._text(declared_type, 80)
-        head = b""
+        head = tail = b""
         content_type: str | None = None
         size = 0
         with self._translate(lambda: False):
@@ -402,8 +404,9 @@ class RunbaseClient:
                     if len(head) < SNIFF_BYTES:
                         continue
                     content_type = self._sniff(head, declared_type, url)
-                    chunk, head = head, b""
+                    chunk, head = head, head[:SNIFF_BYTES]
                 sink.write(chunk)
+                tail = (tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
         if declared is not None and response.num_bytes_downloaded != declared:
             raise TransientError(
                 f"download truncated: got {response.num_bytes_downloaded} of {declared} bytes from {self._url(url)}"
@@ -411,6 +414,9 @@ class RunbaseClient:
         if content_type is None:  # fewer than SNIFF_BYTES in all
             content_type = self._sniff(head, declared_type, url)
             sink.write(head)
+            tail = head
+        if (cut := cut_short(content_type, head, tail, size)) is not None:
+            raise NotAnImage(f"not an image: {cut}, {size} bytes, from {self._url(url)}")
         return Download(content_type, size, IMAGE_TYPES[content_type], declared_type)
 
     def _sniff(self, head: bytes, declared_type: str, url: str) -> str:
@@ -513,6 +519,8 @@ class RunbaseClient:
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
             raise OutputUnusable(f"refusing to download from a non-http(s) URL: {self._url(url)}")
+        if holds_secret(url, self._secrets):  # asking for it would hand the key to that host
+            raise OutputUnusable(f"refusing to download from a URL that holds the API key: {self._url(url)}")
 
     def _url(self, url: str) -> str:
         """A URL as messages show it: without its query (signed URLs carry their credentials

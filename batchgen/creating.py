@@ -25,7 +25,16 @@ from dataclasses import dataclass
 import anyio
 
 from .api import RunbaseClient
-from .errors import AccountError, ApiError, CapReached, JobError, RateLimited, TransientError, Unauthorized
+from .errors import (
+    AccountError,
+    ApiError,
+    CapReached,
+    JobError,
+    RateLimited,
+    TransientError,
+    Unauthorized,
+    UnusableRun,
+)
 from .events import Events
 from .ledger import Ledger
 from .models import AttemptStatus, BatchStats, JobSpec, PendingJob
@@ -163,6 +172,13 @@ class Creator:
                 except AccountError as exc:
                     sent.forget()
                     return CreateOutcome(Result.ACCOUNT, PendingJob(spec, attempts), error=exc)
+                except UnusableRun as exc:  # a run made that cannot be polled: another would be the same
+                    attempts += 1
+                    self.stats.unknown_creates += 1
+                    error = f"{exc.message}; no other run is bought for this job (the API would answer alike)"
+                    sent.end(AttemptStatus.UNKNOWN, error, job_failed=True, kind="unknown")
+                    self.events.emit("failed", job_id=spec.job_id, run_id=None, error=error, error_kind="unknown")
+                    return CreateOutcome(Result.FAILED, PendingJob(spec, attempts))
                 except JobError as exc:  # 400: the API refuses this job's input
                     attempts += 1
                     sent.end(AttemptStatus.REJECTED, exc.message, job_failed=True, kind="rejected")

@@ -24,6 +24,8 @@ Every error batchgen raises on purpose is a ``BatchgenError``::
             ├── RunNotFound      404 on a poll: the run is gone, try a new one
             │   └── RunIdRefused a run id that cannot be one literal path segment (empty, control
             │                    characters), or whose answer is about another run: never rewritten
+            ├── UnusableRun      a create answered 2xx with an id that cannot be polled: the run
+            │                    exists and may be charged; a new create would meet the same
             └── DownloadRefused  an output URL did not give an image; which kind says what can help:
                 ├── LinkRefused      the file host refused the link (403, 404, 410, ...):
                 │                    fresh URLs from the API may help, then a new run may
@@ -173,6 +175,11 @@ class RunNotFound(JobError):
 class RunIdRefused(RunNotFound):
     """A run id that cannot be one literal path segment (empty, control characters), or one
     the API answered about another run for: never rewritten, and no wait would help."""
+
+
+class UnusableRun(JobError):
+    """A create answered 2xx with an id that cannot be one URL path segment: a run was made that
+    cannot be polled. Another create would be answered the same way, so none is sent."""
 
 
 class DownloadRefused(JobError):

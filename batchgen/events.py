@@ -12,7 +12,9 @@ Kinds emitted during a batch (``KINDS``), with their fields:
   folder), ``reused`` (true when an identical request's image was copied instead of a run).
 * ``failed``: a job failed for good: ``job_id``, ``run_id`` (or null), ``error``, ``error_kind``.
 * ``retried``: a request or a run failed and is tried again: ``job_id``, ``run_id``, ``what``
-  (create, poll, run), ``error``, ``tries`` (failures in a row so far).
+  (create, poll, run; with poll or download also when the run is kept for the next session, its polls or
+  downloads having kept failing),
+  ``error``, ``tries`` (failures in a row so far).
 * ``throttled``: the API answered 429: ``job_id``, ``run_id``, ``what``, ``pause`` (seconds every
   request now waits), and what the pacing made of it: ``pace`` (requests a second that count
   against the limit, from now), ``fitted`` ([lowest, highest] create rate the answers so far

@@ -17,7 +17,7 @@ class ExitCode(enum.IntEnum):
     ACCOUNT = 3  # 402 / 403: resumable
     UNAUTHORIZED = 4  # the key is missing or refused
     LOCAL = 5  # the ledger or output folder cannot be used (disk full, busy, permissions)
-    UNAVAILABLE = 6  # the API kept failing (5xx, network): resumable later
+    UNAVAILABLE = 6  # the API or its file host kept failing (5xx, network): resumable later
     CAPPED = 7  # --max-runs / --max-credits reached: resumable, the next invocation continues
     INTERRUPTED = 130
 
@@ -49,7 +49,8 @@ EXIT_CODES: dict[ExitCode, tuple[str, str]] = {
         "night's run is still going: no alert",
     ),
     ExitCode.UNAVAILABLE: (
-        "the API kept failing (5xx, network errors), no create got through; every job not done is pending",
+        "the API kept failing (5xx, network errors), no create got through, or runs could not be polled or their "
+        "images downloaded (those runs are kept, never paid for again); every job not done is pending",
         "run the same command again later; alert if it repeats",
     ),
     ExitCode.CAPPED: (

@@ -238,6 +238,7 @@ class Outcome(enum.Enum):
     """Why a batch ended."""
 
     DONE = "done"
+    RUNS_KEPT = "runs kept for the next session"  # polls or downloads kept failing: paid runs wait, not bought again
     CAPPED = "stopped at the cap"
     ACCOUNT = "stopped by the account"
     UNAUTHORIZED = "unauthorized"

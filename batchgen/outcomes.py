@@ -45,6 +45,11 @@ def local_error(exc: BaseException, output_dir: Path) -> str:
 # stopped it) and {waiting} (the jobs still to do); DONE's depends on the counts and is built below.
 _OUTCOMES: dict[Outcome, tuple[int, str]] = {
     Outcome.DONE: (ExitCode.OK, ""),
+    Outcome.RUNS_KEPT: (
+        ExitCode.UNAVAILABLE,
+        "the API or its file host kept failing ({error}); {waiting}, their runs kept: the next run "
+        "polls them and downloads their images without paying again. Run the same command again later.",
+    ),
     Outcome.ACCOUNT: (
         ExitCode.ACCOUNT,
         "stopped by the account: {error}. Runs already created were collected; {waiting}. "

@@ -55,6 +55,7 @@ class Run:
     adopted: bool = False  # created by an earlier session: its first poll teaches nothing
     refetch: bool = False  # open only to fetch files that went missing: a failure never buys a new run
     not_found_since: float | None = None
+    failing_since: float | None = None  # when the polls now failing in a row began
 
 
 @dataclass
@@ -96,6 +97,7 @@ class Poller:
         wake: Callable[[], anyio.Event],
         on_succeeded: Callable[[Run, RunInfo], None],
         on_failed: Callable[[Run, str], None],
+        on_unreachable: Callable[[Run, str], None],
         on_fatal: Callable[[BatchgenError, Outcome], None],
     ):
         self.client = client
@@ -111,6 +113,7 @@ class Poller:
         self._wake = wake  # the event the scheduler sets at its next change
         self._on_succeeded = on_succeeded
         self._on_failed = on_failed
+        self._on_unreachable = on_unreachable  # polls failed for run_timeout: keep the run, buy none
         self._on_fatal = on_fatal
         self._clock = anyio.current_time
         self.in_flight: dict[str, Run] = {}
@@ -183,8 +186,13 @@ class Poller:
             run.errors += 1
             self._emit("retried", run, error=exc, tries=run.errors)
             self.stats.retries += 1
-            if self._clock() - run.created_at > self.run_timeout:
-                return self._on_failed(run, f"no answer about run {run.run_id} for {self.run_timeout:.0f} s")
+            # Polls failing say nothing about the run, which may well have finished: after run_timeout of
+            # them the run is kept for the next session rather than paid for again.
+            run.failing_since = run.failing_since if run.failing_since is not None else self._clock()
+            if self._clock() - run.failing_since > self.run_timeout:
+                return self._on_unreachable(
+                    run, f"no answer about run {run.run_id} for {self.run_timeout:.0f} s: {exc.message}"
+                )
             self.schedule(run, backoff(run.errors, base=self.backoff_base, cap=30.0))
             return
         except RunIdRefused as exc:  # not a 404: no grace would change the id
@@ -218,7 +226,7 @@ class Poller:
     def answered(self, run: Run, info: RunInfo) -> None:
         """What a run's status says: save it, fail the attempt, or poll again later."""
         run.errors = 0
-        run.not_found_since = None
+        run.not_found_since = run.failing_since = None
         age = self._clock() - run.created_at
         if not run.adopted:
             if run.polls == 0:

@@ -11,7 +11,9 @@ What a refusal means decides what is tried next (``batchgen.errors``):
   one, a redirect loop) and a run that succeeded without URLs even when fetched again:
   the job fails with the reason, and no new run is paid for (``retry=False``).
 * Transient failures (5xx, resets, truncated bodies, a host too slow) are retried
-  with backoff, a bounded number of times.
+  with backoff, a bounded number of times. If they go on, the run's image exists and is
+  paid for: a new run would pay again, so the run is kept open for the next session to
+  fetch (``keep_run=True``).
 
 Nothing that is not a complete PNG, JPEG or WebP ever gets a name in the output
 folder: the temporary file is removed on every failure. ``OutputSaver.save``
@@ -42,15 +44,18 @@ from .throttle import Throttle, backoff
 
 MAX_DOWNLOAD_TRIES = 5
 REFRESH_TRIES = 3
+LISTING_TRIES = 6  # asks, backing off (about 8-16 s in all), for the URLs of a run that succeeded without them
 
 
 class SaveFailed(Exception):
-    """The run's outputs could not be saved; ``retry`` says whether a new run might do better."""
+    """The run's outputs could not be saved; ``retry`` says whether a new run might do better,
+    ``keep_run`` that the run itself should be fetched again later instead."""
 
-    def __init__(self, message: str, *, retry: bool = True):
+    def __init__(self, message: str, *, retry: bool = True, keep_run: bool = False):
         super().__init__(message)
         self.message = message
-        self.retry = retry
+        self.retry = retry and not keep_run
+        self.keep_run = keep_run
 
 
 class OutputSaver:
@@ -79,11 +84,8 @@ class OutputSaver:
         refreshed = False
         urls = list(info.urls)
         if not urls:
-            # A run may say 'succeeded' a moment before its outputs are listed: ask once more.
             refreshed = True
-            self.stats.url_refreshes += 1
-            fresh = await self._refresh(run_id)
-            urls = list(fresh.urls) if fresh is not None else []
+            urls = await self._listed_urls(run_id)
             if not urls:
                 raise SaveFailed(f"run {run_id} succeeded without output URLs", retry=False)
         saved: list[SavedOutput] = []
@@ -111,7 +113,7 @@ class OutputSaver:
             except TransientError as exc:
                 tries += 1
                 if tries >= MAX_DOWNLOAD_TRIES:
-                    raise SaveFailed(f"{where}: download kept failing: {exc.message}") from exc
+                    raise SaveFailed(f"{where}: download kept failing: {exc.message}", keep_run=True) from exc
                 self.stats.retries += 1
                 await anyio.sleep(backoff(tries, base=self.backoff_base))
             except UnsafeName as exc:
@@ -130,6 +132,18 @@ class OutputSaver:
             self.type_mismatches += 1
             self.last_type_mismatch = f"{name}: {download.type_mismatch}"
         return saved
+
+    async def _listed_urls(self, run_id: str) -> list[str]:
+        """A run may say 'succeeded' a moment before its outputs are listed (a replica behind):
+        ask again, backing off, before concluding it has none."""
+        for attempt in range(1, LISTING_TRIES + 1):
+            self.stats.url_refreshes += 1
+            fresh = await self._refresh(run_id)
+            if fresh is not None and fresh.urls:
+                return list(fresh.urls)
+            if attempt < LISTING_TRIES:
+                await anyio.sleep(backoff(attempt, base=self.backoff_base))
+        return []
 
     async def _refresh(self, run_id: str) -> RunInfo | None:
         for attempt in range(1, REFRESH_TRIES + 1):

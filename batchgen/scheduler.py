@@ -41,6 +41,7 @@ from .creating import CreateOutcome, Creator, Result
 from .errors import (
     BatchgenError,
     OutputError,
+    TransientError,
 )
 from .events import Events
 from .ledger import Ledger
@@ -65,6 +66,7 @@ INTERRUPT_GRACE = 3.0  # seconds creates already sent get to answer after Ctrl-C
 # Which reason for ending wins when several come: the more serious, the later in this list.
 _PRECEDENCE = (
     Outcome.DONE,
+    Outcome.RUNS_KEPT,
     Outcome.CAPPED,
     Outcome.ACCOUNT,
     Outcome.MANIFEST,
@@ -152,6 +154,7 @@ class Scheduler:
             wake=lambda: self._changed_event,
             on_succeeded=self._succeeded,
             on_failed=self._run_failed,
+            on_unreachable=lambda run, error: self._keep_run(run, error, "poll"),
             on_fatal=self._fatal,
         )
         throttle.limit_runs(concurrency)
@@ -420,6 +423,14 @@ class Scheduler:
             self._retry.append(run.job)
             self._changed()
 
+    def _keep_run(self, run: Run, error: str, what: str) -> None:
+        """Polls of the run, or downloads of its files, kept failing: its attempt stays open in the ledger,
+        so the next session polls it and downloads them. A new run now would pay again for what exists."""
+        self.poller.untrack(run)
+        self.events.emit("retried", what=what, job_id=run.job.spec.job_id, run_id=run.run_id, error=error)
+        self._end(Stop.RUNNING, Outcome.RUNS_KEPT, TransientError(error))
+        self._job_finished(run.job)
+
     # -- saving ---------------------------------------------------------------------
 
     async def _save_loop(self, receive: MemoryObjectReceiveStream[tuple[Run, RunInfo]]) -> None:
@@ -435,6 +446,8 @@ class Scheduler:
         try:
             saved = await self.saver.save(run.job.spec, info)
         except SaveFailed as exc:
+            if exc.keep_run:
+                return self._keep_run(run, exc.message, "download")
             return self._run_failed(run, exc.message, retry=exc.retry, kind="download")
         if self.sidecars:
             self._write_sidecars(run.job.spec, run.run_id, saved, "run")

@@ -40,13 +40,25 @@ _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\
 _SEPARATORS = frozenset("\u2028\u2029\x85")
 
 
+def _secret_forms(secrets: Iterable[str]) -> set[str]:
+    """Each secret long enough to be one, as written and as URLs and JSON may escape it."""
+    return {
+        form
+        for secret in secrets
+        if len(secret) >= MIN_SECRET_LENGTH
+        for form in (secret, quote(secret, safe=""), quote(secret), json.dumps(secret)[1:-1])
+    }
+
+
+def holds_secret(text: str, secrets: Iterable[str]) -> bool:
+    """Whether ``text`` holds one of ``secrets`` in a form ``scrub`` would remove."""
+    return any(form in text for form in _secret_forms(secrets))
+
+
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` without the given secrets, Authorization/Bearer values and URL query strings."""
-    for secret in secrets:
-        if len(secret) < MIN_SECRET_LENGTH:
-            continue
-        for form in {secret, quote(secret, safe=""), quote(secret), json.dumps(secret)[1:-1]}:
-            text = text.replace(form, REDACTED)
+    for form in _secret_forms(secrets):
+        text = text.replace(form, REDACTED)
     text = _AUTHORIZATION.sub(lambda m: m[1] + (m[2] + " " if m[2] else "") + REDACTED, text)
     text = _BEARER.sub(lambda m: m[1] + " " + REDACTED, text)
     return _URL_QUERY.sub(lambda m: m[1] + "?" + REDACTED, text)

@@ -161,7 +161,11 @@ def map_aiohttp_exceptions() -> Iterator[None]:
         raise httpx.ConnectError(_text(exc)) from exc
     except aiohttp.ServerFingerprintMismatch as exc:
         raise httpx.ConnectError(_text(exc)) from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
+    except aiohttp.ClientPayloadError as exc:  # the body stopped short: say so, without aiohttp's internal "400"
+        why = exc.__cause__ if exc.__cause__ is not None else (exc.args[1] if len(exc.args) > 1 else None)
+        detail = getattr(why, "message", "")
+        raise httpx.RemoteProtocolError(f"the body ended early: {detail}" if detail else _text(exc)) from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError) as exc:
         raise httpx.RemoteProtocolError(_text(exc)) from exc
     except (aiohttp.NonHttpUrlClientError, aiohttp.InvalidURL) as exc:
         raise httpx.UnsupportedProtocol(_text(exc)) from exc

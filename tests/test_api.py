@@ -27,7 +27,7 @@ from batchgen.errors import (
     TransientError,
     Unauthorized,
 )
-from batchgen.images import IMAGE_TYPES, sniff_image
+from batchgen.images import IMAGE_TYPES, JPEG_END, PNG_END, sniff_image
 from batchgen.models import JobSpec, image_input
 from batchgen.simulator import SimConfig, Simulator
 from batchgen.text import MAX_SERVER_TEXT, REDACTED, printable, scrub, server_text
@@ -36,8 +36,11 @@ from .conftest import API_KEY, BASE_URL, export_records
 
 ESC = "\x1b"
 HOSTILE_TEXT = f"{ESC}]0;pwned\x07{ESC}[2J\u202eevil\x9b31m"
-PNG = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + b"\x00" * 13 + struct.pack(">I", zlib.crc32(b"IHDR"))
-JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 40
+PNG = (
+    b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + b"\x00" * 13 + struct.pack(">I", zlib.crc32(b"IHDR"))
+    + b"\x00\x00\x00\x00" + PNG_END
+)  # fmt: skip
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 40 + JPEG_END
 WEBP = b"RIFF\x24\x00\x00\x00WEBPVP8 " + b"\x00" * 40
 NOT_IMAGES = {
     "html": (b"<!DOCTYPE html><html><body>Please sign in</body></html>", "image/png", "an HTML page"),
@@ -425,6 +428,7 @@ SIM_REFUSALS = {  # fault (probability 1) → what the job's error must say
     "body_empty": "an empty body",
     "body_bin": "no accepted image format",
     "body_huge": "cap",
+    "body_cut_image": "cut short",
     "redirect_bad_scheme": "non-http",
     "output_data_url": "non-http",
     "output_file_url": "non-http",

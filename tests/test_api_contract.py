@@ -47,16 +47,17 @@ from batchgen.errors import (
     RunNotFound,
     TransientError,
     Unauthorized,
+    UnusableRun,
 )
-from batchgen.images import IMAGE_TYPES, SNIFF_BYTES
+from batchgen.images import IMAGE_TYPES, JPEG_END, PNG_END, SNIFF_BYTES
 from batchgen.models import JobSpec, RunInfo, image_input
 from batchgen.text import MAX_SERVER_TEXT, REDACTED
 
 from .conftest import API_KEY, BASE_URL
 
 JOB = JobSpec(job_id="lamp", input=image_input("a ceramic lamp"))
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(24))
-JPEG = b"\xff\xd8\xff\xe0" + bytes(range(24))
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(24)) + b"\x00\x00\x00\x00" + PNG_END  # signature ... IEND chunk
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(24)) + JPEG_END
 FILE_URL = "http://files.test/out/lamp.png"
 Answer = Callable[[httpx.Request], "httpx.Response | Awaitable[httpx.Response]"]
 
@@ -528,11 +529,12 @@ def test_a_create_answered_204_may_have_made_a_run():
 @pytest.mark.parametrize(
     "run_id", ["a\x1b[2Jb", "a\nb", "\u202eabc", "x" * (MAX_RUN_ID_LENGTH + 1)], ids=["esc", "newline", "bidi", "long"]
 )
-def test_a_create_answered_with_an_unusable_id_may_have_made_a_run(run_id):
-    """An id that cannot be one path segment is a TransientError that may have made a run, never rewritten."""
+def test_a_create_answered_with_an_unusable_id_made_a_run_that_cannot_be_followed(run_id):
+    """An id that cannot be one path segment is UnusableRun (a run made, another create would meet the same), never
+    rewritten."""
     error = failure(reply(201, {"id": run_id}), "create_run", JOB)
-    assert type(error) is TransientError
-    assert error.maybe_created and error.status == 201
+    assert type(error) is UnusableRun
+    assert error.status == 201
     assert error.message.startswith("the API accepted the run but answered with an unusable id: refusing run id")
     assert "\x1b" not in error.message and "\n" not in error.message
 
@@ -798,12 +800,35 @@ def test_an_image_in_small_pieces_is_judged_on_its_first_bytes_and_saved_whole(s
     assert saved == body and result.size == len(body) and result.content_type == "image/png"
 
 
-def test_an_image_shorter_than_the_sniffed_bytes_is_still_an_image():
-    """A body of only the PNG signature (under SNIFF_BYTES) is judged at its end and saved."""
+def test_a_body_shorter_than_the_sniffed_bytes_is_judged_at_its_end():
+    """A body of only the PNG signature (under SNIFF_BYTES) is judged at its end: a PNG cut short, not saved."""
     signature = PNG[:8]
     assert len(signature) < SNIFF_BYTES
-    result, saved = download(files(signature))
-    assert saved == signature and result.content_type == "image/png" and result.size == 8
+    failed, _ = download_failure(files(signature))
+    assert type(failed) is NotAnImage and "a PNG cut short" in failed.message
+
+
+@pytest.mark.parametrize(
+    ("body", "cut"),
+    [
+        (PNG[:-1], "a PNG cut short"),
+        (PNG[: len(PNG) // 2], "a PNG cut short"),
+        (JPEG[:-2], "a JPEG cut short"),
+        (b"RIFF\x30\x00\x00\x00WEBPVP8 " + bytes(20), "a WebP cut short (its header promises 56 bytes)"),
+    ],
+)
+def test_an_image_that_stops_before_its_formats_end_is_refused(body, cut):
+    """Served whole (Content-Length matching), a PNG without IEND, a JPEG without EOI, a short WebP: refused."""
+    failed, _ = download_failure(files(body))
+    assert type(failed) is NotAnImage and cut in failed.message, failed
+
+
+def test_complete_images_with_padding_after_their_end_are_saved():
+    """A JPEG padded after its end-of-image marker and a WebP followed by a spare byte are whole images."""
+    webp = b"RIFF\x0c\x00\x00\x00WEBPVP8 \x00\x00\x00\x00"
+    for body in (JPEG + bytes(16), webp + b"\x00"):
+        result, saved = download(files(body))
+        assert saved == body and result.size == len(body)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from batchgen import ExitCode, run_batch
 from batchgen.ledger import Ledger
 from batchgen.simulator import SimConfig, Simulator
 
-from .conftest import batchgen_cli, env_for, export_records, wait_until
+from .conftest import API_KEY, batchgen_cli, env_for, export_records, wait_until
 
 
 def served(sim: Simulator) -> dict[str, set[str]]:
@@ -245,6 +246,13 @@ def test_simulated_images_never_stand_in_for_real_ones(write_manifest, tmp_path)
 # -- a 404 right after the create -------------------------------------------------------------
 
 
+async def send_answer(send: Any, status: int, body: bytes, content_type: bytes) -> None:
+    """One whole ASGI answer, its length declared."""
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class NotFoundAtFirst:
     """The simulator behind an eventually consistent front: each run answers 404 to its first polls."""
 
@@ -256,11 +264,7 @@ class NotFoundAtFirst:
         if scope["type"] == "http" and scope["method"] == "GET" and path.startswith("/api/v1/runs/"):
             count = self.seen[path] = self.seen.get(path, 0) + 1
             if count <= self.misses:
-                body = b'{"error": {"message": "run not found"}}'
-                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-                await send({"type": "http.response.start", "status": 404, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                return
+                return await send_answer(send, 404, b'{"error": {"message": "run not found"}}', b"application/json")
         await self.sim(scope, receive, send)
 
 
@@ -272,6 +276,135 @@ def test_a_run_that_answers_404_at_first_is_not_paid_for_again(write_manifest, r
     assert result.exit_code == ExitCode.OK
     assert sim.stats()["creates"] == 4 and result.stats.failed_runs == 0
     assert all(count > 3 for count in front.seen.values())
+
+
+def test_outputs_a_storage_host_keeps_refusing_are_fetched_later_never_bought_again(write_manifest, run, tmp_path):
+    """Every file fetch answering 503: no second run is bought; the next run, the host back, saves each run's image."""
+    sim = Simulator(SimConfig(latency=0.02, faults={"file_unavailable": 1.0}))
+    manifest, out = write_manifest(3), tmp_path / "out"
+    first = run(manifest, sim, max_attempts=3)
+    assert sim.stats()["creates"] == 3, "a run whose image exists was bought again"
+    assert first.exit_code == ExitCode.UNAVAILABLE and "without paying again" in first.message, first.message
+    assert first.counts["running"] == 3 and not list(out.glob("*.png"))
+    sim.config.faults = {}
+    second = run(manifest, sim, max_attempts=3)
+    assert second.exit_code == ExitCode.OK, second.message
+    assert sim.stats()["creates"] == 3
+    files_match_their_own_runs(out, sim)
+
+
+def test_a_run_that_lists_its_outputs_a_moment_after_succeeding_is_saved(write_manifest, run, tmp_path):
+    """Answers saying 'succeeded' without output URLs for a while: the run is asked again until they come, paid once."""
+    sim = Simulator(SimConfig(latency=0.02, output_lag=3))
+    result = run(write_manifest(3), sim)
+    assert result.exit_code == ExitCode.OK, result.message
+    assert sim.stats()["creates"] == 3
+    files_match_their_own_runs(tmp_path / "out", sim)
+
+
+class RewrittenAnswers:
+    """The simulator behind a front that rewrites the JSON answers of the requests ``picks`` chooses with ``edit``;
+    it records the query of every file request."""
+
+    def __init__(self, sim: Simulator, picks: Callable[[str, str], bool], edit: Callable[[dict[str, Any]], None]):
+        self.sim, self.picks, self.edit, self.file_queries = sim, picks, edit, []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/files/"):
+            self.file_queries.append(scope["query_string"].decode())
+        if scope["type"] != "http" or not self.picks(scope["method"], scope["path"]):
+            return await self.sim(scope, receive, send)
+        start: dict[str, Any] = {}
+
+        async def rewrite(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            body = json.loads(message["body"])
+            if start["status"] < 300:
+                self.edit(body)
+            data = json.dumps(body).encode()
+            headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(data)).encode())]})
+            await send({"type": "http.response.body", "body": data})
+
+        await self.sim(scope, receive, rewrite)
+
+
+def unusable_ids(sim: Simulator, tail: str) -> RewrittenAnswers:
+    """Each create answered with its run's id and ``tail``: a run made, its id unusable."""
+    return RewrittenAnswers(sim, lambda method, _: method == "POST", lambda body: body.update(id=body["id"] + tail))
+
+
+@pytest.mark.parametrize(
+    ("tail", "reason"), [("\t", "cannot be one URL path segment"), (API_KEY, "holds the API key")], ids=["tab", "key"]
+)
+def test_a_create_answered_with_an_id_that_cannot_be_kept_is_not_bought_again(
+    write_manifest, run, tmp_path, tail, reason
+):
+    """Creates answered 201 with an id holding a tab, or the API key: each job fails after its one run (a possible
+    double charge), and the key is written nowhere."""
+    sim = Simulator(SimConfig(latency=0.02))
+    result = run(write_manifest(3), sim, transport=httpx.ASGITransport(app=unusable_ids(sim, tail)), max_attempts=3)
+    assert sim.stats()["creates"] == 3, "a create the API answered with an unusable id was sent again"
+    assert result.exit_code == ExitCode.JOBS_FAILED and result.unknown_creates_total == 3
+    for record in export_records(tmp_path / "out"):
+        assert record["state"] == "failed" and record["error_kind"] == "unknown", record
+        assert reason in record["error"] and "\t" not in record["error"]
+    for path in (tmp_path / "out").rglob("*"):
+        assert not path.is_file() or API_KEY.encode() not in path.read_bytes(), path
+
+
+def key_in_urls(sim: Simulator) -> RewrittenAnswers:
+    """Every output URL a poll answers with carries the API key in its query."""
+
+    def add_key(body: dict[str, Any]) -> None:
+        if isinstance(body.get("output"), dict):
+            body["output"]["urls"] = [f"{url}&token={API_KEY}" for url in body["output"]["urls"]]
+
+    return RewrittenAnswers(sim, lambda method, path: method == "GET" and path.startswith("/api/v1/runs/"), add_key)
+
+
+def test_an_output_url_holding_the_api_key_is_not_fetched(write_manifest, run, tmp_path):
+    """Output URLs carrying the API key in their query: never requested (the key would reach the file host), the job
+    fails with the reason after its one run, and no file holds the key."""
+    sim = Simulator(SimConfig(latency=0.02))
+    front = key_in_urls(sim)
+    result = run(write_manifest(2), sim, transport=httpx.ASGITransport(app=front))
+    assert front.file_queries == [], "the API key was sent to the file host"
+    assert result.exit_code == ExitCode.JOBS_FAILED and sim.stats()["creates"] == 2
+    for record in export_records(tmp_path / "out"):
+        assert record["state"] == "failed" and "holds the API key" in record["error"], record
+    for path in (tmp_path / "out").rglob("*"):
+        assert not path.is_file() or API_KEY.encode() not in path.read_bytes(), path
+
+
+class PollsDown:
+    """The simulator behind a gateway that answers every poll 502 while ``down``; creates go through."""
+
+    def __init__(self, sim: Simulator):
+        self.sim, self.down = sim, True
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.down and scope["type"] == "http" and scope["method"] == "GET" and "/runs/" in scope["path"]:
+            return await send_answer(send, 502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", b"text/html")
+        await self.sim(scope, receive, send)
+
+
+def test_runs_whose_polls_keep_failing_are_kept_for_the_next_run_not_bought_again(write_manifest, run, tmp_path):
+    """Every poll answered 502 for longer than the run timeout: no second run is bought; the next run, polls
+    answered again, saves each run's own image."""
+    sim = Simulator(SimConfig(latency=0.02))
+    front = PollsDown(sim)
+    manifest, transport = write_manifest(3), httpx.ASGITransport(app=front)
+    first = run(manifest, sim, transport=transport, run_timeout=0.5, max_attempts=3)
+    assert sim.stats()["creates"] == 3, "a run that could not be polled was bought again"
+    assert first.exit_code == ExitCode.UNAVAILABLE and "without paying again" in first.message, first.message
+    front.down = False
+    second = run(manifest, sim, transport=transport, run_timeout=0.5, max_attempts=3)
+    assert second.exit_code == ExitCode.OK, second.message
+    assert sim.stats()["creates"] == 3
+    files_match_their_own_runs(tmp_path / "out", sim)
 
 
 # -- two ledgers, one folder ------------------------------------------------------------------

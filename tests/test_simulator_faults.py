@@ -115,6 +115,27 @@ async def test_hostile_bodies_answer_200_with_something_that_is_not_the_image(fa
 
 
 @pytest.mark.anyio
+async def test_a_cut_image_starts_like_the_png_and_declares_its_own_short_length():
+    """body_cut_image answers 200 with the PNG's first half, Content-Length saying just that: only its end is wrong."""
+    sim, clock = make(faults={"body_cut_image": 1.0})
+    async with api_client(sim) as client, files_client(sim) as files:
+        answer = await files.get(await succeeded_url(sim, clock, client))
+    assert answer.status_code == 200 and answer.content.startswith(PNG_SIGNATURE)
+    assert int(answer.headers["content-length"]) == len(answer.content) and b"IEND" not in answer.content
+    assert sim.stats()["faults"] == {"body_cut_image": 1} and sim.stats()["downloads"] == 0
+
+
+@pytest.mark.anyio
+async def test_file_unavailable_answers_503_to_file_fetches_only():
+    """file_unavailable: the file host answers 503 while creates and polls go through."""
+    sim, clock = make(faults={"file_unavailable": 1.0})
+    async with api_client(sim) as client, files_client(sim) as files:
+        answer = await files.get(await succeeded_url(sim, clock, client))
+    assert answer.status_code == 503
+    assert sim.stats()["faults"] == {"file_unavailable": 1} and sim.stats()["downloads"] == 0
+
+
+@pytest.mark.anyio
 async def test_huge_body_streams_without_a_length():
     """body_huge streams huge_body_bytes that start like a PNG, with no Content-Length to refuse it by."""
     size = 3 * 1024 * 1024 + 5

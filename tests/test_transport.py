@@ -20,8 +20,8 @@ import anyio
 import httpx
 import pytest
 
-from batchgen.api import RunbaseClient, Timeouts
-from batchgen.errors import OutputUnusable, Redirected, RunIdRefused, TransientError
+from batchgen.api import MAX_RUN_ID_LENGTH, RunbaseClient, Timeouts
+from batchgen.errors import OutputUnusable, Redirected, RunIdRefused, TransientError, UnusableRun
 from batchgen.models import JobSpec, image_input
 from batchgen.simulator import API_PREFIX, SimConfig, Simulator, SimulatorServer
 from batchgen.transport import AiohttpNetworkTransport, network_transport
@@ -234,7 +234,7 @@ def test_run_ids_reach_the_run_path_literally_on_the_wire(network, run_id):
     assert unquote(segment) == run_id
 
 
-@pytest.mark.parametrize("run_id", ["", "a\x1bb", "a\nb", "\u202eabc", "x" * 513])
+@pytest.mark.parametrize("run_id", ["", "a\x1bb", "a\nb", "\u202eabc", "x" * (MAX_RUN_ID_LENGTH + 1)])
 def test_run_ids_that_cannot_be_one_segment_are_refused_without_a_request(network, run_id):
     """Empty ids, control characters, bidi overrides and absurd lengths are refused, never rewritten."""
     with RawServer(json_run) as server:
@@ -248,17 +248,17 @@ def test_run_ids_that_cannot_be_one_segment_are_refused_without_a_request(networ
         assert server.heads == []
 
 
-def test_a_create_answered_with_an_unusable_id_may_have_made_a_run(network):
-    """A create answered with an id holding ESC is a run we cannot poll: reported as maybe created."""
+def test_a_create_answered_with_an_unusable_id_made_a_run_that_cannot_be_followed(network):
+    """A create answered with an id holding ESC is a run we cannot poll: UnusableRun, with the answer's status."""
     with RawServer(answer(201, b'{"id": "a\\u001b[2Jb", "status": "queued"}')) as server:
 
         async def main() -> None:
             async with client_for(network, server.base_url) as client:
                 await client.create_run(JOB)
 
-        with pytest.raises(TransientError, match="unusable id") as caught:
+        with pytest.raises(UnusableRun, match="unusable id") as caught:
             anyio.run(main)
-        assert caught.value.maybe_created
+        assert caught.value.status == 201
         assert len(server.heads) == 1
 
 
@@ -323,6 +323,28 @@ def test_a_create_that_reached_the_server_may_have_made_a_run(network, reply, me
             anyio.run(main)
     assert caught.value.maybe_created
     assert isinstance(caught.value.__cause__, httpx.HTTPError | TimeoutError)
+
+
+def _cut_file(head: bytes, sock: socket.socket) -> None:
+    sock.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100\r\n\r\n\x89PNG\r\n\x1a\n" + bytes(20)
+    )
+    sock.close()
+
+
+def test_a_download_cut_short_says_so_in_words(network):
+    """A file body that stops before its Content-Length: a TransientError saying the body ended early (how much
+    came, with aiohttp), without a parser's internal status code."""
+    with RawServer(_cut_file) as server:
+
+        async def main() -> None:
+            async with client_for(network, server.base_url) as client:
+                await client.download(server.base_url + "/out.png", io.BytesIO())
+
+        with pytest.raises(TransientError) as caught:
+            anyio.run(main)
+    said = {"aiohttp": "the body ended early: Not enough data", "httpx": "without sending complete message body"}
+    assert said[network] in caught.value.message and "400" not in caught.value.message, caught.value.message
 
 
 def test_a_refused_connection_made_no_run(network):

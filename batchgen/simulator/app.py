@@ -412,6 +412,10 @@ class Simulator:
 
     def _add_output(self, view: dict[str, Any], run: SimRun, wall: float, req: Request) -> None:
         facts = run.facts
+        if run.bare_answers < self.config.output_lag:
+            run.bare_answers += 1
+            view["output"] = None  # a replica that has the status and not yet the outputs
+            return
         if facts.has("no_output_urls"):
             variant = facts.digest[0] % 4  # each run always answers the same way
             if variant < 3:
@@ -452,7 +456,7 @@ class Simulator:
         if float(expires) < wall:
             return await Response(403, b"link expired", TEXT).send(send)
         url_key = f"{run.plain_id}/{n}?expires={expires}&sig={sig}"
-        eligible: tuple[str, ...] = ("truncated",)
+        eligible: tuple[str, ...] = ("file_unavailable", "truncated")
         if "hop" not in query:  # the target of a redirect is served straight
             eligible += ("redirect", "redirect_bad_scheme")
             if url_key not in self._fetched_urls:
@@ -460,9 +464,10 @@ class Simulator:
         eligible += BODY_FAULTS
         self._fetched_urls.add(url_key)
         fault = self._draws.draw(self.config.faults, eligible)
-        if fault == "expire_first_fetch":
+        if fault in ("expire_first_fetch", "file_unavailable"):
             self._inject(fault)
-            return await Response(403, b"link expired", TEXT).send(send)
+            status, text = (403, b"link expired") if fault == "expire_first_fetch" else (503, b"unavailable")
+            return await Response(status, text, TEXT).send(send)
         if fault in ("redirect", "redirect_bad_scheme"):
             self._inject(fault)
             host = req.headers.get("host", "")

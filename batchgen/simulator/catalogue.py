@@ -26,6 +26,8 @@ CATALOGUE: dict[str, str] = {
     "body_huge": "a file fetch streams huge_body_bytes (--huge-body-mb) of PNG-looking data, no Content-Length",
     "body_bin": "a file fetch answers 200 application/octet-stream 'output.bin': bytes that are no image",
     "png_octet_stream": "a file fetch answers the real PNG labelled application/octet-stream (not a fault to refuse)",
+    "body_cut_image": "a file fetch answers 200 with the first half of the PNG, Content-Length matching what is sent",
+    "file_unavailable": "a file fetch answers 503: the storage host is down while the API is not",
     # per run
     "odd_run_id": "the run's id is one URL normalisation would break (., .., a/b, ?x, %2e, ...)",
     "not_found_after_create": "polls answer 404 for not_found_seconds (--not-found-seconds) after the create",
@@ -38,7 +40,7 @@ RUN_FAULTS = ("odd_run_id", "not_found_after_create", "output_data_url", "output
 # for the image, ids it must not let URL handling rewrite, text it must scrub before showing.
 OFF_PATH_FAULTS = (
     "echo_headers", "control_chars", "body_html_login", "body_xml_error", "body_empty", "body_svg_script",
-    "body_huge", "body_bin", "png_octet_stream", *RUN_FAULTS,
+    "body_huge", "body_bin", "png_octet_stream", "body_cut_image", *RUN_FAULTS,
 )  # fmt: skip
 # The network and server faults a client survives by retrying. Kept apart from OFF_PATH_FAULTS
 # so that a random fault plan drawn from FAULTS keeps meaning what it meant before those existed.

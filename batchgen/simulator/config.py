@@ -47,6 +47,7 @@ class SimConfig:
     image_scale: float = 1 / 16  # PNG size = the provider's size times this
     faults: dict[str, float] = field(default_factory=dict)  # fault name -> probability (see faults)
     not_found_seconds: float = 2.0  # how long not_found_after_create answers 404
+    output_lag: int = 0  # answers a succeeded run gives without its output URLs before it lists them
     huge_body_bytes: int = HUGE_BODY_BYTES  # the size of the body_huge fault's body
     slow_seconds: float = 30.0  # the delay of the "slow" fault
     seed: int = 0  # faults, outcomes, ids and images follow from it
@@ -82,6 +83,8 @@ class SimConfig:
             raise ValueError("not_found_seconds must be at most 6553")
         if self.output_ttl is not None and not self.output_ttl > 0:
             raise ValueError("output_ttl must be > 0 seconds or None")
+        if isinstance(self.output_lag, bool) or not isinstance(self.output_lag, int) or self.output_lag < 0:
+            raise ValueError(f"output_lag must be a whole number of answers >= 0, not {self.output_lag!r}")
         if not isinstance(self.huge_body_bytes, int) or self.huge_body_bytes < 1:
             raise ValueError("huge_body_bytes must be a whole number of bytes >= 1")
 

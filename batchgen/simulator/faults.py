@@ -30,6 +30,7 @@ CREATE_FAULTS = (*ERROR_FAULTS, "reset_after_create", "malformed_json")
 GET_FAULTS = (*ERROR_FAULTS, "reset", "truncated", "malformed_json")
 BODY_FAULTS = (
     "body_html_login", "body_xml_error", "body_empty", "body_svg_script", "body_huge", "body_bin", "png_octet_stream",
+    "body_cut_image",
 )  # fmt: skip
 ECHOED_STATUSES = (400, 401, 402, 403, 500)
 
@@ -139,6 +140,8 @@ def hostile_body(fault: str, png: bytes, huge_bytes: int) -> Response:
         return Response(200, b"\x00BIN" + noise, "application/octet-stream", disposition)
     if fault == "png_octet_stream":
         return Response(200, png, "application/octet-stream")
+    if fault == "body_cut_image":  # PNG signature and header intact, the image data and IEND missing
+        return Response(200, png[: len(png) // 2], "image/png")
     return Response(500, f"unknown body fault {fault}".encode(), TEXT)  # pragma: no cover
 
 

@@ -152,6 +152,7 @@ class SimRun:
     created_here: bool
     input: dict[str, Any] | None = None  # known only to the process that created it
     polls: int = 0
+    bare_answers: int = 0  # succeeded answers given without output URLs (SimConfig.output_lag)
     first_terminal_get_at: float | None = None  # wall clock
     answer_lost: bool = False  # the create's answer was aborted or mangled on purpose
     files: dict[int, dict[str, Any]] = field(default_factory=dict)  # n -> what was served
