@@ -49,15 +49,15 @@ from batchgen.errors import (
     Unauthorized,
     UnusableRun,
 )
-from batchgen.images import IMAGE_TYPES, JPEG_END, PNG_END, SNIFF_BYTES
+from batchgen.images import IMAGE_TYPES, JPEG_END, JPEG_HEADERS, PNG_END, PNG_IHDR, PNG_SIGNATURE, SNIFF_BYTES
 from batchgen.models import JobSpec, RunInfo, image_input
 from batchgen.text import MAX_SERVER_TEXT, REDACTED
 
 from .conftest import API_KEY, BASE_URL
 
 JOB = JobSpec(job_id="lamp", input=image_input("a ceramic lamp"))
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(24)) + b"\x00\x00\x00\x00" + PNG_END  # signature ... IEND chunk
-JPEG = b"\xff\xd8\xff\xe0" + bytes(range(24)) + JPEG_END
+PNG = PNG_SIGNATURE + PNG_IHDR + bytes(range(17)) + b"\x00\x00\x00\x00" + PNG_END  # signature, IHDR ... IEND
+JPEG = b"\xff\xd8\xff\xe0\x00\x10" + JPEG_HEADERS[0] + bytes(range(24)) + JPEG_END
 FILE_URL = "http://files.test/out/lamp.png"
 Answer = Callable[[httpx.Request], "httpx.Response | Awaitable[httpx.Response]"]
 
@@ -800,12 +800,22 @@ def test_an_image_in_small_pieces_is_judged_on_its_first_bytes_and_saved_whole(s
     assert saved == body and result.size == len(body) and result.content_type == "image/png"
 
 
-def test_a_body_shorter_than_the_sniffed_bytes_is_judged_at_its_end():
-    """A body of only the PNG signature (under SNIFF_BYTES) is judged at its end: a PNG cut short, not saved."""
+def test_a_body_shorter_than_the_sniffed_bytes_is_judged_on_what_there_is():
+    """A body of only the PNG signature (under SNIFF_BYTES) starts as a PNG does: by the API's description of
+    an image it is one, and is saved as it came."""
     signature = PNG[:8]
     assert len(signature) < SNIFF_BYTES
-    failed, _ = download_failure(files(signature))
-    assert type(failed) is NotAnImage and "a PNG cut short" in failed.message
+    result, saved = download(files(signature))
+    assert saved == signature and result.content_type == "image/png"
+
+
+def test_a_body_that_only_starts_like_an_image_is_one():
+    """Bytes that start with an image's signature and go on as no real file does (a fake's placeholder,
+    an identifying trailer) are an image by the API's description: saved as they came, not held to an end
+    their format does not promise."""
+    for body in (PNG_SIGNATURE + b"image for job 3", b"\xff\xd8\xff\xe0" + bytes(40), b"RIFF\xff\x00\x00\x00WEBPjunk"):
+        result, saved = download(files(body))
+        assert saved == body and result.size == len(body)
 
 
 @pytest.mark.parametrize(
@@ -824,9 +834,10 @@ def test_an_image_that_stops_before_its_formats_end_is_refused(body, cut):
 
 
 def test_complete_images_with_padding_after_their_end_are_saved():
-    """A JPEG padded after its end-of-image marker and a WebP followed by a spare byte are whole images."""
+    """A JPEG padded after its end-of-image marker, a WebP followed by a spare byte and a PNG with bytes
+    after its IEND chunk are whole images."""
     webp = b"RIFF\x0c\x00\x00\x00WEBPVP8 \x00\x00\x00\x00"
-    for body in (JPEG + bytes(16), webp + b"\x00"):
+    for body in (JPEG + bytes(16), webp + b"\x00", PNG + b"job 3, after the end"):
         result, saved = download(files(body))
         assert saved == body and result.size == len(body)
 
