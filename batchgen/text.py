@@ -27,6 +27,10 @@ from urllib.parse import quote
 REDACTED = "[redacted]"
 MAX_SERVER_TEXT = 300
 MIN_SECRET_LENGTH = 4  # shorter "secrets" would redact ordinary words
+# A key this long found in a run id or an output URL is the key, not chance: such an id or URL is
+# refused (holds_secret). A shorter one is a test's key ("test", "fake-key"), which a fake server's
+# ids and addresses may hold by chance (files.test): masked in text all the same, never refused.
+MIN_REFUSED_SECRET_LENGTH = 16
 
 # "Bearer <token>" anywhere, whatever the case and quoting around it.
 _BEARER = re.compile(r"(?i)\b(bearer)(\s+|%20|\+)(?!\[redacted\])[^\s\"'<>,;)}\]]+")
@@ -51,8 +55,10 @@ def _secret_forms(secrets: Iterable[str]) -> set[str]:
 
 
 def holds_secret(text: str, secrets: Iterable[str]) -> bool:
-    """Whether ``text`` holds one of ``secrets`` in a form ``scrub`` would remove."""
-    return any(form in text for form in _secret_forms(secrets))
+    """Whether ``text`` holds one of ``secrets`` of at least MIN_REFUSED_SECRET_LENGTH characters, in a
+    form ``scrub`` would remove."""
+    long_enough = [secret for secret in secrets if len(secret) >= MIN_REFUSED_SECRET_LENGTH]
+    return any(form in text for form in _secret_forms(long_enough))
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:

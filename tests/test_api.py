@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -30,7 +31,15 @@ from batchgen.errors import (
 from batchgen.images import IMAGE_TYPES, JPEG_END, PNG_END, sniff_image
 from batchgen.models import JobSpec, image_input
 from batchgen.simulator import SimConfig, Simulator
-from batchgen.text import MAX_SERVER_TEXT, REDACTED, printable, scrub, server_text
+from batchgen.text import (
+    MAX_SERVER_TEXT,
+    MIN_REFUSED_SECRET_LENGTH,
+    REDACTED,
+    holds_secret,
+    printable,
+    scrub,
+    server_text,
+)
 
 from .conftest import API_KEY, BASE_URL, export_records
 
@@ -74,6 +83,16 @@ def test_scrub_removes_the_key_and_authorization_values_in_every_shape():
         for secret in ("some-other-token", "dXNlcjpwYXNz", "abc.def", "X-Amz-Signature"):
             assert secret not in cleaned
     assert scrub("nothing secret here: bearer", [API_KEY]) == "nothing secret here: bearer"
+
+
+def test_only_a_key_long_enough_to_be_one_makes_an_id_or_url_refused():
+    """A real key (as written or escaped) in a run id or an output URL is found; a short test key that a fake
+    server's addresses hold by chance ('test' in files.test) is not, so its files are fetched."""
+    assert len(API_KEY) >= MIN_REFUSED_SECRET_LENGTH
+    assert holds_secret(f"https://files.example/a.png?token={API_KEY}", [API_KEY])
+    assert holds_secret("run_" + quote(API_KEY, safe=""), [API_KEY])
+    assert not holds_secret("http://files.test/out/test-1.png", ["test"])
+    assert not holds_secret("run-fake-key-1", ["fake-key"])
 
 
 def test_printable_escapes_what_a_terminal_would_act_on_and_keeps_the_rest():
