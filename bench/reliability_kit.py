@@ -125,9 +125,12 @@ def check_folder(report: Report, label: str, out: Path, sim: Simulator, jobs: in
     return {"never_recorded": never_recorded, "unknown": unknown, "runs": len(served)}
 
 
-def in_process(report: Report, folder: str, sim: Simulator, jobs: int, **options: Any) -> tuple[Any, Path]:
-    base = report.folder(folder)
-    manifest = write_manifest(base, jobs, prefix=folder)
+def in_process(
+    report: Report, folder: str, sim: Simulator, jobs: int, *, again: bool = False, **options: Any
+) -> tuple[Any, Path]:
+    """``run_batch`` of a manifest of ``jobs`` in a new folder, or (``again``) the same command once more."""
+    base = report.root / folder if again else report.folder(folder)
+    manifest = base / "catalogue.yaml" if again else write_manifest(base, jobs, prefix=folder)
     options.setdefault("reuse_index", report.root / "cache" / "reuse.sqlite")
     result = run_batch(
         manifest,
