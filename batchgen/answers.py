@@ -11,7 +11,7 @@ import ipaddress
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from .errors import ApiError, RunIdRefused
+from .models import RunInfo
 from .text import server_text
 
 MAX_RETRY_AFTER = 3600.0
@@ -129,6 +130,30 @@ def check_key_stays_private(base_url: str, *, allow: bool = False) -> None:
         f"key would cross it unencrypted. Use https://{parts.netloc}{parts.path} (plain http:// is taken for this "
         f"machine and private networks only; set {ALLOW_HTTP}=1 if this host is yours and the way to it trusted)"
     )
+
+
+# Statuses runbase-api.md lists: plain words, kept as they are.
+_PLAIN_STATUSES = frozenset(
+    ("queued", "starting", "running", "processing", "succeeded", "failed", "error", "canceled", "cancelled")
+)
+MAX_STATUS_LENGTH = 40
+
+
+def run_info(run_id: str, data: dict[str, Any], text: Callable[..., str]) -> RunInfo:
+    """A run's answer as batchgen keeps it: its status as a lower-case word and its error, each made safe
+    to store and show by ``text`` (the client's scrubber: ``text(s)`` or ``text(s, limit)``), its output URLs."""
+    status = data.get("status")
+    if isinstance(status, str):
+        status = status.strip().lower()
+        if status not in _PLAIN_STATUSES:  # the words every answer holds need no scrubbing
+            status = text(status, MAX_STATUS_LENGTH)
+    else:
+        status = "unknown"
+    error = data.get("error")
+    if isinstance(error, dict):
+        error = error.get("message") or json.dumps(error)
+    shown = None if error is None or error == "" else text(str(error))
+    return RunInfo(run_id=run_id, status=status, urls=output_urls(data), error=shown)
 
 
 def output_urls(data: dict[str, Any]) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ from .answers import (
     ALLOW_HTTP,
     MAX_RETRY_AFTER,
     MAX_RUN_ID_LENGTH,
+    MAX_STATUS_LENGTH,
     Download,
     Sink,
     Timeouts,
@@ -41,8 +42,8 @@ from .answers import (
     check_run_id,
     content_length,
     error_texts,
-    output_urls,
     parse_retry_after,
+    run_info,
     run_path,
 )
 from .errors import (
@@ -90,15 +91,9 @@ __all__ = [  # what other modules take from here; the rest of the answers' vocab
 logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
-MAX_STATUS_LENGTH = 40
 # A download may take as long as the API deadline plus this many seconds per byte received:
 # a host that trickles bytes is given up instead of holding a saver for hours.
 MIN_DOWNLOAD_RATE = 32 * 1024  # bytes per second
-
-# Statuses runbase-api.md lists: plain words, kept as they are.
-_PLAIN_STATUSES = frozenset(
-    ("queued", "starting", "running", "processing", "succeeded", "failed", "error", "canceled", "cancelled")
-)
 
 # Exceptions raised before the request left this machine: a create that failed
 # this way certainly made no run.
@@ -228,7 +223,7 @@ class RunbaseClient:
                 f"the API accepted the run but answered with an unusable id: {exc.message}",
                 status=response.status_code,
             ) from exc
-        return self._run_info(run_id, data)
+        return run_info(run_id, data, self._text)
 
     async def get_run(self, run_id: str, *, before_send: Callable[[], Awaitable[None]] | None = None) -> RunInfo:
         """GET /runs/{id}, the id as one percent-encoded path segment (``RunIdRefused`` if it cannot be).
@@ -254,7 +249,7 @@ class RunbaseClient:
                 f"asked about run {self._text(repr(run_id), 80)}, the API answered about "
                 f"{self._text(repr(answered), 80)}: the id does not survive the way to the API"
             )
-        return self._run_info(run_id, data)
+        return run_info(run_id, data, self._text)
 
     async def download(self, url: str, sink: Sink) -> Download:
         """Stream the image at ``url`` into ``sink``: http(s) only on every hop, PNG/JPEG/WebP
@@ -492,24 +487,6 @@ class RunbaseClient:
                 maybe_created=creating,
             )
         return data
-
-    def _run_info(self, run_id: str, data: dict[str, Any]) -> RunInfo:
-        status = data.get("status")
-        if isinstance(status, str):
-            status = status.strip().lower()
-            if status not in _PLAIN_STATUSES:  # the words every answer holds need no scrubbing
-                status = self._text(status, MAX_STATUS_LENGTH)
-        else:
-            status = "unknown"
-        return RunInfo(run_id=run_id, status=status, urls=output_urls(data), error=self._run_error(data))
-
-    def _run_error(self, data: dict[str, Any]) -> str | None:
-        error = data.get("error")
-        if isinstance(error, dict):
-            error = error.get("message") or json.dumps(error)
-        if error is None or error == "":
-            return None
-        return self._text(str(error))
 
     def _error_text(self, response: httpx.Response) -> str:
         """The most useful short text in an error body, whatever the body is, scrubbed."""
