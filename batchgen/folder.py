@@ -151,20 +151,23 @@ class OutputFolder:
         refuses, as a real run would take the simulator's placeholders for done, and a simulated one would
         put placeholders among real images. A folder without images changes hands freely."""
         path = self.state / MADE_BY
-        other = self.made_by_other(maker)
-        if other is not None:
-            return other
-        if _read_mark(path) != maker:
-            try:
-                _write_own(path, maker + "\n")
-            except OSError as exc:
-                raise OutputError(f"cannot write to {path}: {exc.strerror or exc}") from exc
+        recorded = _read_mark(path)
+        if recorded == maker:
+            return None
+        if self._other_maker(recorded, maker) is not None:
+            return recorded
+        try:
+            _write_own(path, maker + "\n")
+        except OSError as exc:
+            raise OutputError(f"cannot write to {path}: {exc.strerror or exc}") from exc
         return None
 
     def made_by_other(self, maker: str) -> str | None:
         """What an earlier run recorded as making this folder's images, when that is not ``maker`` and its
         images are still here (read only: ``--dry-run`` asks too)."""
-        recorded = _read_mark(self.state / MADE_BY)
+        return self._other_maker(_read_mark(self.state / MADE_BY), maker)
+
+    def _other_maker(self, recorded: str, maker: str) -> str | None:
         if recorded and recorded != maker and next(self.images(), None) is not None:
             return recorded
         return None

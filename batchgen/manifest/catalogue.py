@@ -338,6 +338,8 @@ class _Unmet:
         self.seen: list[list[str]] = [[] for _ in conditions]
 
     def passes(self, row: Row) -> bool:
+        if self.passed:  # a row passed: nothing will be reported, only each row's verdict is wanted
+            return all(condition.holds(row) for condition in self.conditions)
         self.rows += 1
         passed = True
         for index, condition in enumerate(self.conditions):
@@ -345,8 +347,8 @@ class _Unmet:
                 self.held[index] += 1
             else:
                 passed = False
-                seen, cell = self.seen[index], _text(row.get(condition.column, ""))
-                if len(seen) < self.SHOWN and cell not in seen:
+                seen = self.seen[index]
+                if len(seen) < self.SHOWN and (cell := _text(row.get(condition.column, ""))) not in seen:
                     seen.append(cell)
         self.passed += passed
         return passed
