@@ -292,10 +292,8 @@ def test_polls_that_count_against_the_limit_are_paced_with_the_creates():
     assert out.ratio <= MAX_RATIO
 
 
-def test_bucket_fit_keeps_only_the_buckets_that_explain_every_answer():
-    """A sender at 15/s against a bucket of 10/s holding 3: after 10 s the lowest fitted rate is
-    10/s within a grid step, none reaches the 15/s that was refused, and the smallest fitted
-    bucket is no bigger than 3."""
+def _fitted_to_ten_per_second() -> BucketFit:
+    """A fit that has seen a sender at 15/s against a bucket of 10/s holding 3, for 10 s."""
     fit = BucketFit(0.0, full=True)
     tokens, updated = 3.0, 0.0
     for k in range(150):
@@ -306,12 +304,52 @@ def test_bucket_fit_keeps_only_the_buckets_that_explain_every_answer():
             fit.accept(t)
         else:
             fit.refuse(t)
+    return fit
+
+
+def test_bucket_fit_keeps_only_the_buckets_that_explain_every_answer():
+    """A sender at 15/s against a bucket of 10/s holding 3: after 10 s the lowest fitted rate is
+    10/s within a grid step, none reaches the 15/s that was refused, and the smallest fitted
+    bucket is no bigger than 3."""
+    fit = _fitted_to_ten_per_second()
     bounds = fit.bounds()
     assert bounds is not None
     lo, hi = bounds
     assert 10 * (1 - SPREAD) <= lo <= 10 * (1 + SPREAD)
     assert 10 <= hi < 15
     assert fit.held(math.inf) <= 3
+
+
+def test_an_accept_no_bucket_explains_is_believed_only_from_a_sender_faster_than_every_bucket():
+    """Three more requests accepted at the moment of the last one, which no fitted bucket would
+    let through: sent no faster than the fit's highest rate, they cannot show that the limit rose
+    (a stall or a late arrival can), so the fit keeps its buckets; sent faster, they end it."""
+    for rise in (False, True):
+        fit = _fitted_to_ten_per_second()
+        before = fit.bounds()
+        assert before is not None
+        believed = [fit.accept(149 / 15, rise=rise) for _ in range(3)]
+        if rise:
+            assert fit.bounds() is None
+        else:
+            assert False in believed
+            assert fit.bounds() == before
+
+
+def test_the_pace_is_not_sent_up_by_an_accept_that_came_late():
+    """A controller whose fit holds 10/s, sending below it, is told of a bunch of accepts no
+    bucket explains: it notes them as not believed and keeps its pace and fit, where taking them
+    for a rise of the limit would start a ramp up that ends in a 429's pause."""
+    rate = Pacer(clock=lambda: 0.0).rate
+    rate.fit = _fitted_to_ten_per_second()
+    rate.settle(10.0)
+    pace, bounds = rate.pace, rate.fit.bounds()
+    assert bounds is not None and pace < bounds[1]
+    for _ in range(3):
+        rate.accepted(Send(Kind.CREATE, 149 / 15, 0, True, pace, result=Result.ACCEPTED))
+    assert rate.fit is not None and rate.fit.bounds() == bounds
+    assert rate.pace == pace and not rate.growing
+    assert [h[1] for h in rate.history if h[1] in ("not believed", "limit rose")][-1] == "not believed"
 
 
 if __name__ == "__main__":  # python -m tests.test_pacing: the grid's figures on the model

@@ -29,11 +29,15 @@ Ideas taken, and why:
 * **Probe upward after quiet periods, fast once clear of the old limit** (CUBIC's
   max-probing: slow near the last known maximum, then ever faster): after QUIET seconds
   without a 429 the pace rises above the fit's upper bound as exp(a·t²). Answers beyond
-  every surviving bucket mean the limit rose and the ramp continues. The quiet period is
-  set by two budgets: a 429 whose pause the bucket does not refill costs the batch that
-  pause, so probes come at most every cost / TIME_BUDGET seconds (50 s with whole-second
-  Retry-After and a small bucket); and at most one create in 1 / REFUSAL_BUDGET is a
-  failed probe (10 s at 10/s, 2 s at 50/s and above).
+  every surviving bucket mean the limit rose and the ramp continues, but only if they were
+  sent faster than every surviving bucket allows: sent slower, no more can have got through
+  than the buckets allowed, so such an answer reached the server later than it seemed (a
+  stall, a busy loop) and is noted and not believed, rather than taken for a rise that would
+  ramp the pace into a 429's pause. The quiet period is set by two budgets: a 429 whose
+  pause the bucket does not refill costs the batch that pause, so probes come at most every
+  cost / TIME_BUDGET seconds (50 s with whole-second Retry-After and a small bucket); and
+  at most one create in 1 / REFUSAL_BUDGET is a failed probe (10 s at 10/s, 2 s at 50/s
+  and above).
 * **Don't grow when something else limits** (concurrency-limits' AIMD and Vegas only raise
   the limit while in-flight is near it): the pace grows only while requests wait for it.
 * **A cap on running runs** is recognised by its signature (429s at one in-flight level,

@@ -28,8 +28,11 @@ class BucketFit:
         self.count = 0  # accepted since t0
         self.refusals = 0
 
-    def accept(self, t: float, eps: float = 0.0) -> None:
-        """An answer 'accepted' to a request that reached the server at ``t`` ± ``eps``.
+    def accept(self, t: float, eps: float = 0.0, *, rise: bool = True) -> bool:
+        """An answer 'accepted' to a request that reached the server at ``t`` ± ``eps``; False
+        if no bucket explains it and, ``rise`` being False (the request was not sent faster than
+        every bucket allows, so more cannot have got through), it was not believed: a stall or a
+        late arrival beyond ``eps``, which must not end the fit.
 
         Every candidate is looked at for every answer, so the loop keeps to arithmetic on local
         lists: candidates ruled out are collected and removed afterwards (seldom), rather than
@@ -37,12 +40,14 @@ class BucketFit:
         tau, count, full = t - self.t0, self.count, self.full
         peak, peak_at, b_lo, b_hi = self.peak, self.peak_at, self.b_lo, self.b_hi
         slack = SPREAD * tau + eps
-        out = []
+        out: list[int] = []
+        was: list[float] = []  # their b_lo before this answer (0: unchanged)
         for i in self.alive:
             r = GRID[i]
             v = r * tau - count
             if not full and v < -r * slack:
                 out.append(i)  # from an empty bucket, this rate could not have earned the token
+                was.append(0.0)
                 continue
             # How far below the last full bucket, at least: the times of both ends may be off.
             top = peak[i]
@@ -50,12 +55,19 @@ class BucketFit:
             if v > top:
                 peak[i], peak_at[i] = v, t
             if 1 + drawdown > b_lo[i]:
-                b_lo[i] = 1 + drawdown
-                if b_lo[i] >= b_hi[i]:
+                if 1 + drawdown >= b_hi[i]:
                     out.append(i)
-        if out:
-            self._rule_out(out)
+                    was.append(b_lo[i])
+                b_lo[i] = 1 + drawdown
         self.count += 1
+        if out:
+            if not rise and len(out) == len(self.alive):
+                for i, before in zip(out, was, strict=True):
+                    if before:
+                        b_lo[i] = before
+                return False
+            self._rule_out(out)
+        return True
 
     def refuse(self, t: float, eps: float = 0.0) -> None:
         """A 429 (of the rate) to a request that reached the server at ``t`` ± ``eps``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from .fit import GRID, BucketFit
+from .fit import GRID, SPREAD, BucketFit
 from .send import Send
 
 START_PACE = 4.0  # requests per second before anything is known
@@ -108,7 +108,10 @@ class RateControl:
             self._set(self.pace * 2 ** (1 / max(2.0, self.pace * STARTUP_DOUBLING)))
         if self.fit is None:
             return
-        self.fit.accept(send.at, self.eps)
+        bounds = self.fit.bounds()
+        rise = bounds is None or send.pace > bounds[1] * (1 + SPREAD)
+        if not self.fit.accept(send.at, self.eps, rise=rise):
+            self.history.append((send.at, "not believed", self.pace, self.bounds))
         if self.fit.bounds() is None:  # more got through than any bucket allowed: the limit rose
             self.history.append((send.at, "limit rose", self.pace, self.bounds))
             self.fit, self.bounds, self.refused_at = None, None, math.inf
