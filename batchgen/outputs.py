@@ -233,6 +233,24 @@ def _opened_folder(output_dir: Path, folder: Path) -> Iterator[int]:
         os.close(fd)
 
 
+def rename_below(output_dir: Path, source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``, both inside ``output_dir``, through descriptors of their folders opened
+    without following a symlink (``_opened_folder``): a folder checked before and swapped for a symlink since
+    cannot redirect the rename out of the output folder, nor bring a file in from outside. Raises UnsafeName
+    when a folder on either path is not a plain folder now."""
+    if not _RENAME_IN_FOLDER:
+        os.rename(source, target)
+        return
+    with _opened_folder(output_dir, source.parent) as src, _opened_folder(output_dir, target.parent) as dst:
+        os.rename(source.name, target.name, src_dir_fd=src, dst_dir_fd=dst)
+
+
+def failure_reason(exc: BaseException) -> object:
+    """What to say after "cannot ...:" for a failed file operation: the system's words (``No space left on
+    device``) rather than the exception's ``[Errno 28] ...`` with the path again; else the exception."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+
+
 def in_plain_folders(output_dir: Path, path: Path) -> bool:
     """Whether ``path`` (inside ``output_dir``) is reached through folders of ``output_dir`` alone: no
     folder between them is a symlink (someone may have put one there, pointing outside, between runs).

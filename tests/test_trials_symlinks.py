@@ -5,13 +5,22 @@ is swapped for a symlink between the check and the rename."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from batchgen import ExitCode
+from batchgen.folder import REPLACED_DIR, STATE_DIR, OutputFolder
+from batchgen.ledger import Ledger
 from batchgen.ledger.store import SIDE_FILES
-from batchgen.models import LEDGER_NAME
+from batchgen.models import LEDGER_NAME, SavedOutput
+from batchgen.regenerate import VERSIONS_DIR, mark
 
 from .conftest import batchgen_cli
+from .served import sha256
 from .test_security_review import write_catalogue
 
 
@@ -52,3 +61,57 @@ def test_a_new_ledger_is_not_created_through_a_dangling_symlink(tmp_path, run):
     assert result.exit_code == ExitCode.LOCAL, result.message
     assert LEDGER_NAME in result.message
     assert list(outside.iterdir()) == []
+
+
+def swap_at_rename(monkeypatch: pytest.MonkeyPatch, folder: Path, outside: Path) -> list[Any]:
+    """Have ``folder`` replaced by a symlink to ``outside`` at the last moment: as the rename is asked for,
+    before it happens (the widest window there is between any check and the rename)."""
+    real_rename: Callable[..., None] = os.rename
+    swapped: list[Any] = []
+
+    def rename(*args: Any, **kwargs: Any) -> None:
+        if not swapped:
+            swapped.append(args)
+            real_rename(folder, folder.with_name(folder.name + ".real"))
+            folder.symlink_to(outside)
+        real_rename(*args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+    return swapped
+
+
+def test_keep_aside_renames_into_the_folder_it_checked(tmp_path, monkeypatch):
+    """keep_aside moves a file with other bytes to .batchgen/replaced/sub/; when that folder is swapped for a
+    symlink to a folder outside just before the rename, the file does not land outside."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    (out / "sub").mkdir(parents=True)
+    (out / STATE_DIR / REPLACED_DIR / "sub").mkdir(parents=True)
+    (out / "sub" / "a1.png").write_bytes(b"the user's own")
+    outside.mkdir()
+    swapped = swap_at_rename(monkeypatch, out / STATE_DIR / REPLACED_DIR / "sub", outside)
+
+    kept = OutputFolder(out).keep_aside(
+        SavedOutput(n=0, path="sub/a1.png", bytes=3, sha256="0" * 64, content_type="image/png")
+    )
+    assert swapped
+    assert list(outside.iterdir()) == []
+    assert kept == f"{STATE_DIR}/{REPLACED_DIR}/sub/a1.png"
+    assert (out / STATE_DIR / REPLACED_DIR / "sub.real" / "a1.png").read_bytes() == b"the user's own"
+
+
+def test_retry_renames_into_the_folder_it_checked(tmp_path, run, monkeypatch):
+    """retry moves a job's image to .batchgen/versions/a1/<attempt>/sub/; when that folder is swapped for a
+    symlink to a folder outside just before the rename, the image does not land outside."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    assert run(write_catalogue(tmp_path)).exit_code == ExitCode.OK
+    image = sha256(out / "sub" / "a1.png")
+    outside.mkdir()
+    with Ledger(out / LEDGER_NAME) as ledger:
+        (recorded,) = ledger.outputs_of(["a1"])
+        versions = out / STATE_DIR / VERSIONS_DIR / "a1" / str(recorded["attempt_id"]) / "sub"
+        versions.mkdir(parents=True)
+        swapped = swap_at_rename(monkeypatch, versions, outside)
+        mark(ledger, out, ["a1"])
+    assert swapped
+    assert list(outside.iterdir()) == []
+    assert sha256(versions.with_name("sub.real") / "a1.png") == image
