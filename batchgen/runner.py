@@ -12,9 +12,11 @@ import math
 import os
 import shutil
 import signal
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,13 @@ from .scheduler import INTERRUPT_GRACE, Scheduler, Stop
 from .syncing import ManifestSync
 from .throttle import Throttle
 
+# Said when a batch is interrupted before its first create (Outcome.INTERRUPTED's message counts the jobs that
+# wait, and the manifest's rows may not be in the ledger yet).
+INTERRUPTED_EARLY = (
+    "interrupted before anything was sent, while the manifest was read and the folder checked; nothing recorded "
+    "was lost. Run the same command again to finish."
+)
+
 
 def run_batch(manifest: str | os.PathLike[str], **options: Any) -> BatchResult:
     """Run a batch to its end (or to a stop) and return what happened. Options: see BatchConfig."""
@@ -62,13 +71,16 @@ def run_batch(manifest: str | os.PathLike[str], **options: Any) -> BatchResult:
 async def run_batch_async(config: BatchConfig) -> BatchResult:
     started = time.monotonic()
     try:
-        config = resolve(config)
-        api_key = api_key_of(config)
-        if not config.manifest.is_file():
-            list(iter_jobs(config.manifest))  # reports why (missing, a folder...) without touching anything
-        _check_output_dir(config.output_dir)
-        fresh_paths = _new_paths(config)
-        ledger = Ledger(config.ledger_file)
+        with _interrupts_at_once(config.handle_signals):
+            config = resolve(config)
+            api_key = api_key_of(config)
+            if not config.manifest.is_file():
+                list(iter_jobs(config.manifest))  # reports why (missing, a folder...) without touching anything
+            _check_output_dir(config.output_dir)
+            fresh_paths = _new_paths(config)
+            ledger = Ledger(config.ledger_file)
+    except KeyboardInterrupt:
+        return BatchResult(Outcome.INTERRUPTED, ExitCode.INTERRUPTED, INTERRUPTED_EARLY, output_dir=config.output_dir)
     except Unauthorized as exc:
         return BatchResult(Outcome.UNAUTHORIZED, ExitCode.UNAUTHORIZED, str(exc))
     except UsageError as exc:
@@ -79,8 +91,13 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
         return BatchResult(Outcome.ERROR, ExitCode.LOCAL, str(exc))
     with ledger, OutputFolder(config.output_dir) as folder:
         try:
-            left_behind = ledger.images_left_behind()
-            sync, notes = _prepare(config, ledger, folder)
+            with _interrupts_at_once(config.handle_signals):
+                left_behind = ledger.images_left_behind()
+                sync, notes = _prepare(config, ledger, folder)
+        except KeyboardInterrupt:
+            ledger.rollback()  # the manifest's rows read so far: the next run reads them again
+            result = batch_result(Outcome.INTERRUPTED, ledger, BatchStats(), started, config.output_dir)
+            return replace(result, message=INTERRUPTED_EARLY)
         except (ManifestError, UsageError) as exc:
             ledger.close()
             folder.close()
@@ -359,6 +376,30 @@ async def _read_rest(sync: ManifestSync, scheduler: Scheduler, progress: Progres
     if progress is not None:
         counts = sync.ledger.counts()
         progress.total = counts["pending"] + counts["running"] + scheduler.stats.succeeded + scheduler.stats.failed
+
+
+@contextmanager
+def _interrupts_at_once(enabled: bool) -> Iterator[None]:
+    """While a batch opens and prepares (the ledger opened, the manifest's first part read, a lost ledger
+    mended, the files checked: seconds to minutes for a large batch, and no await in them), SIGINT and SIGTERM
+    raise KeyboardInterrupt where they land. The event loop's own handling of SIGINT would only cancel the
+    batch at its next await, once all that is done, and end it without saying how to go on."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, _interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 async def _watch_signals(scheduler: Scheduler) -> None:
