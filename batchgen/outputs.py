@@ -210,6 +210,7 @@ def make_folders(output_dir: Path, folder: Path) -> None:
 _NO_SYMLINK = getattr(os, "O_NOFOLLOW", 0)
 _FOLDER = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _RENAME_IN_FOLDER = bool(_NO_SYMLINK) and {os.open, os.rename} <= os.supports_dir_fd
+_UNLINK_IN_FOLDER = _RENAME_IN_FOLDER and os.unlink in os.supports_dir_fd
 
 
 @contextmanager
@@ -243,6 +244,16 @@ def rename_below(output_dir: Path, source: Path, target: Path) -> None:
         return
     with _opened_folder(output_dir, source.parent) as src, _opened_folder(output_dir, target.parent) as dst:
         os.rename(source.name, target.name, src_dir_fd=src, dst_dir_fd=dst)
+
+
+def unlink_below(output_dir: Path, path: Path) -> None:
+    """Remove the file ``path`` inside ``output_dir`` through a descriptor of its folder, as ``rename_below``
+    renames: a folder swapped for a symlink since it was checked cannot have a file outside removed."""
+    if not _UNLINK_IN_FOLDER:
+        os.unlink(path)
+        return
+    with _opened_folder(output_dir, path.parent) as folder:
+        os.unlink(path.name, dir_fd=folder)
 
 
 def failure_reason(exc: BaseException) -> object:

@@ -42,6 +42,7 @@ from .outputs import (
     numbered,
     output_path,
     rename_below,
+    unlink_below,
 )
 
 VERSIONS_DIR = "versions"  # under STATE_DIR
@@ -131,8 +132,11 @@ def mark(ledger: Ledger, output_dir: Path, job_ids: list[str], *, dry_run: bool 
         result.versions.append({**recorded, "path": rel, "bytes": size, "sha256": sha256})
         if not present:
             moves.append((source, target))
-        elif not dry_run:
-            os.unlink(source)  # this very version is already kept (an earlier retry stopped before its commit)
+        elif not dry_run:  # this very version is already kept (a retry stopped before its commit)
+            try:
+                unlink_below(output_dir, source)
+            except (OSError, UnsafeName) as exc:
+                raise OutputError(f"cannot remove {source}, already kept as {target}: {failure_reason(exc)}") from exc
     if dry_run:
         return result
     done: list[tuple[Path, Path]] = []

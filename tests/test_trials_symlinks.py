@@ -115,3 +115,36 @@ def test_retry_renames_into_the_folder_it_checked(tmp_path, run, monkeypatch):
     assert swapped
     assert list(outside.iterdir()) == []
     assert sha256(versions.with_name("sub.real") / "a1.png") == image
+
+
+def test_retry_removes_an_image_already_kept_only_from_the_folder_it_checked(tmp_path, run, monkeypatch):
+    """A retry that stopped before its commit left the image both in place and kept among the versions; the
+    next retry removes the one in place. When its folder sub/ is swapped, just before the removal, for a
+    symlink to a folder outside holding a file of that name, the file outside stays."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    assert run(write_catalogue(tmp_path)).exit_code == ExitCode.OK
+    image = (out / "sub" / "a1.png").read_bytes()
+    outside.mkdir()
+    (outside / "a1.png").write_bytes(image)
+    real_unlink: Callable[..., None] = os.unlink
+    swapped: list[Any] = []
+
+    def unlink(*args: Any, **kwargs: Any) -> None:
+        if not swapped:
+            swapped.append(args)
+            os.rename(out / "sub", out / "sub.real")
+            (out / "sub").symlink_to(outside)
+        real_unlink(*args, **kwargs)
+
+    with Ledger(out / LEDGER_NAME) as ledger:
+        (recorded,) = ledger.outputs_of(["a1"])
+        kept = out / STATE_DIR / VERSIONS_DIR / "a1" / str(recorded["attempt_id"]) / "sub" / "a1.png"
+        kept.parent.mkdir(parents=True)
+        kept.write_bytes(image)  # as the stopped retry left it
+        monkeypatch.setattr(os, "unlink", unlink)
+        mark(ledger, out, ["a1"])
+    assert swapped
+    assert (outside / "a1.png").exists(), "the file outside was removed"
+    assert (outside / "a1.png").read_bytes() == image
+    assert not (out / "sub.real" / "a1.png").exists()
+    assert kept.read_bytes() == image
