@@ -25,7 +25,7 @@ _EXPORTS = {
     "Manifest": "manifest",
     "read_manifest": "manifest",
     "RunInfo": "models",
-    "BatchConfig": "runner",
+    "BatchConfig": "config",
     "BatchResult": "outcomes",
     "ExitCode": "exitcodes",
     "run_batch": "runner",
@@ -34,6 +34,7 @@ _EXPORTS = {
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:  # what type checkers and editors see; tests/test_package.py keeps it equal to _EXPORTS
+    from .config import BatchConfig as BatchConfig
     from .errors import (
         AccountError as AccountError,
         ApiError as ApiError,
@@ -56,7 +57,6 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_package.py k
     )
     from .outcomes import BatchResult as BatchResult
     from .runner import (
-        BatchConfig as BatchConfig,
         run_batch as run_batch,
         run_batch_async as run_batch_async,
     )

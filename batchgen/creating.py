@@ -41,6 +41,7 @@ from .models import AttemptStatus, BatchStats, JobSpec, PendingJob
 from .pacing import Send
 from .pricing import Budget
 from .throttle import GentleStart, Throttle, backoff
+from .words import plural
 
 MAX_CREATE_TRIES = 6  # transient failures of one create before the job fails
 # Creates failing in a row across the whole batch, with no success between them, that
@@ -207,7 +208,8 @@ class Creator:
             if not await budget.reserve(cost):
                 for other, other_cost in reserved:
                     other.give_back(other_cost)
-                return CapReached(f"--max-{budget.unit} {budget.limit:g} reached ({budget.spent:g} {budget.unit} used)")
+                used = plural(budget.spent, budget.unit.removesuffix("s"), budget.unit)
+                return CapReached(f"--max-{budget.unit} {budget.limit:g} reached ({budget.spent:g} {used} used)")
             reserved.append((budget, cost))
         return reserved
 

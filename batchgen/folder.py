@@ -49,7 +49,17 @@ from typing import Any
 
 from .errors import LedgerBusy, OutputError
 from .models import SavedOutput
-from .outputs import TEMP_PREFIX, TEMP_SUFFIX, UnsafeName, file_sha256, make_folders, numbered, output_path
+from .outputs import (
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+    UnsafeName,
+    failure_reason,
+    file_sha256,
+    make_folders,
+    numbered,
+    output_path,
+    rename_below,
+)
 
 try:
     import fcntl
@@ -295,10 +305,9 @@ class OutputFolder:
         candidate = next(place for place in numbered(target) if not os.path.lexists(place))
         try:
             make_folders(self.path, candidate.parent)  # never through a symlink: .batchgen/ and below are ours
-            os.rename(final, candidate)
+            rename_below(self.path, final, candidate)  # and not through one put there since
         except (OSError, UnsafeName) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise OutputError(f"cannot keep {final} aside in {candidate.parent}: {why}") from exc
+            raise OutputError(f"cannot keep {final} aside in {candidate.parent}: {failure_reason(exc)}") from exc
         return candidate.relative_to(self.path).as_posix()
 
     def images(self) -> Iterator[str]:

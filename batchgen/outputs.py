@@ -210,6 +210,7 @@ def make_folders(output_dir: Path, folder: Path) -> None:
 _NO_SYMLINK = getattr(os, "O_NOFOLLOW", 0)
 _FOLDER = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _RENAME_IN_FOLDER = bool(_NO_SYMLINK) and {os.open, os.rename} <= os.supports_dir_fd
+_UNLINK_IN_FOLDER = _RENAME_IN_FOLDER and os.unlink in os.supports_dir_fd
 
 
 @contextmanager
@@ -231,6 +232,34 @@ def _opened_folder(output_dir: Path, folder: Path) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def rename_below(output_dir: Path, source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``, both inside ``output_dir``, through descriptors of their folders opened
+    without following a symlink (``_opened_folder``): a folder checked before and swapped for a symlink since
+    cannot redirect the rename out of the output folder, nor bring a file in from outside. Raises UnsafeName
+    when a folder on either path is not a plain folder now."""
+    if not _RENAME_IN_FOLDER:
+        os.rename(source, target)
+        return
+    with _opened_folder(output_dir, source.parent) as src, _opened_folder(output_dir, target.parent) as dst:
+        os.rename(source.name, target.name, src_dir_fd=src, dst_dir_fd=dst)
+
+
+def unlink_below(output_dir: Path, path: Path) -> None:
+    """Remove the file ``path`` inside ``output_dir`` through a descriptor of its folder, as ``rename_below``
+    renames: a folder swapped for a symlink since it was checked cannot have a file outside removed."""
+    if not _UNLINK_IN_FOLDER:
+        os.unlink(path)
+        return
+    with _opened_folder(output_dir, path.parent) as folder:
+        os.unlink(path.name, dir_fd=folder)
+
+
+def failure_reason(exc: BaseException) -> object:
+    """What to say after "cannot ...:" for a failed file operation: the system's words (``No space left on
+    device``) rather than the exception's ``[Errno 28] ...`` with the path again; else the exception."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
 
 
 def in_plain_folders(output_dir: Path, path: Path) -> bool:

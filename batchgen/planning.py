@@ -22,6 +22,7 @@ from .manifest import Manifest, Requests
 from .manifest.ids import FingerprintSet
 from .models import INPUT_FIELDS, SPEC_HASH_PREFIX, JobSpec, JobState, image_input
 from .pricing import Prices
+from .words import plural
 
 CHUNK = 2000
 DISTINCT_AT_ONCE = 1 << 19  # fingerprints in one set at a time to count the distinct ones (about 36 MB)
@@ -279,8 +280,10 @@ def describe(result: Plan) -> list[str]:
     width = max((len(f"{model}  quality {q}  {r}") for model, q, r in result.lines), default=0)
     for (model, quality, ratio), line in sorted(result.lines.items()):
         label = f"{model}  quality {quality}  {ratio}".ljust(width)
-        cost = f"  {line.credits:g} credits" if line.credits is not None else "  (no price given)"
-        lines.append(f"  {label}  {line.runs:>7} runs{cost}")
+        cost = (
+            f"  {line.credits:g} {plural(line.credits, 'credit')}" if line.credits is not None else "  (no price given)"
+        )
+        lines.append(f"  {label}  {line.runs:>7} {plural(line.runs, 'run')}{cost}")
     credits = result.credits
     if credits is not None and result.lines:
         lines.append(f"credits: {credits:g}")

@@ -33,7 +33,17 @@ from .errors import OutputError, UsageError
 from .folder import STATE_DIR
 from .ledger import Ledger
 from .models import JobState
-from .outputs import UnsafeName, file_sha256, in_plain_folders, make_folders, numbered, output_path
+from .outputs import (
+    UnsafeName,
+    failure_reason,
+    file_sha256,
+    in_plain_folders,
+    make_folders,
+    numbered,
+    output_path,
+    rename_below,
+    unlink_below,
+)
 
 VERSIONS_DIR = "versions"  # under STATE_DIR
 
@@ -122,24 +132,26 @@ def mark(ledger: Ledger, output_dir: Path, job_ids: list[str], *, dry_run: bool 
         result.versions.append({**recorded, "path": rel, "bytes": size, "sha256": sha256})
         if not present:
             moves.append((source, target))
-        elif not dry_run:
-            os.unlink(source)  # this very version is already kept (an earlier retry stopped before its commit)
+        elif not dry_run:  # this very version is already kept (a retry stopped before its commit)
+            try:
+                unlink_below(output_dir, source)
+            except (OSError, UnsafeName) as exc:
+                raise OutputError(f"cannot remove {source}, already kept as {target}: {failure_reason(exc)}") from exc
     if dry_run:
         return result
     done: list[tuple[Path, Path]] = []
     try:
         for source, target in moves:
             make_folders(output_dir, target.parent)  # never through a symlink: .batchgen/ and below are ours
-            os.rename(source, target)
+            rename_below(output_dir, source, target)  # and not through one put there since
             done.append((source, target))
     except (OSError, UnsafeName) as exc:
-        _put_back(done)
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise OutputError(f"cannot move {source} aside to {target}: {why}; nothing changed") from exc
+        _put_back(output_dir, done)
+        raise OutputError(f"cannot move {source} aside to {target}: {failure_reason(exc)}; nothing changed") from exc
     try:
         ledger.mark_for_retry(result.jobs, result.versions)
     except BaseException:
-        _put_back(done)
+        _put_back(output_dir, done)
         raise
     return result
 
@@ -172,11 +184,11 @@ def _free_place(output_dir: Path, target: Path, rel: str, size: int, sha256: str
     raise AssertionError("numbered() never ends")
 
 
-def _put_back(done: list[tuple[Path, Path]]) -> None:
+def _put_back(output_dir: Path, done: list[tuple[Path, Path]]) -> None:
     for source, target in reversed(done):
         try:
-            os.rename(target, source)
-        except OSError:
+            rename_below(output_dir, target, source)
+        except (OSError, UnsafeName):
             pass  # still kept under .batchgen/versions: nothing is lost
 
 

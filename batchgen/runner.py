@@ -12,10 +12,11 @@ import math
 import os
 import shutil
 import signal
+import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +24,21 @@ import anyio
 import httpx
 
 from . import __version__
-from .api import ALLOW_HTTP, DEFAULT_BASE_URL, RunbaseClient, Timeouts, check_base_url, check_key_stays_private
-from .errors import ApiError, BatchgenError, LedgerError, ManifestError, OutputError, Unauthorized, UsageError
+from .api import RunbaseClient, Timeouts
+from .config import (
+    SIMULATED_BASE_URL as SIMULATED_BASE_URL,  # re-exported: tests read it from here
+    BatchConfig as BatchConfig,  # part of this module's interface, as before
+    api_key_of,
+    resolve,
+)
+from .errors import BatchgenError, LedgerError, ManifestError, OutputError, Unauthorized, UsageError
 from .events import Events
 from .exitcodes import ExitCode
 from .folder import STATE_DIR, OutputFolder, mixed_folder
 from .ledger import Ledger
 from .ledger.reuse import ReuseIndex, default_index_path
 from .manifest import iter_jobs, read_manifest
-from .models import LEDGER_NAME, BatchStats, JobSpec, Outcome, SavedOutput
+from .models import BatchStats, JobSpec, Outcome, SavedOutput
 from .outcomes import (
     BatchResult as BatchResult,  # part of this module's interface, as before
     batch_result,
@@ -43,59 +50,16 @@ from .progress import Progress
 from .recovery import check_files, needs_repair, repair, unknown_images
 from .references import ReferenceCheck
 from .reusing import Reuser
-from .scheduler import INTERRUPT_GRACE, NOT_FOUND_GRACE, Scheduler, Stop
+from .scheduler import INTERRUPT_GRACE, Scheduler, Stop
 from .syncing import ManifestSync
 from .throttle import Throttle
 
-SIMULATED_BASE_URL = "http://api.runbase.test/api/v1"
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    """Everything a batch run takes. ``api_key`` is kept out of ``repr``."""
-
-    manifest: Path
-    output_dir: Path = Path("output")
-    ledger_path: Path | None = None  # default: output_dir / batchgen.sqlite
-    concurrency: int = 8
-    rate: float | None = None  # creates per second, if the account's limit is known
-    max_attempts: int = 3
-    base_url: str | None = None  # default: $RUNBASE_BASE_URL or the public API
-    api_key: str | None = field(default=None, repr=False)  # default: $RUNBASE_API_KEY
-    simulate: bool = False
-    retry_failed: bool = False
-    timeout: float = 30.0  # seconds to wait for one API answer
-    run_timeout: float = 900.0  # a run still unfinished after this long is tried again
-    max_download_bytes: int = 100 * 1024 * 1024
-    backoff_base: float = 0.5  # seconds before the first retry of a transient failure; doubles after
-    progress: str = "auto"  # auto | bar | lines | none
-    handle_signals: bool = False  # SIGINT/SIGTERM stop the batch cleanly (the CLI sets this)
-    transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False, compare=False)
-    simulator_options: dict[str, Any] = field(default_factory=dict, compare=False)
-    sync_head_start: float = 0.5  # seconds of manifest reading before the first create may go out
-    allow_unknown_files: bool = False  # write into a folder holding images batchgen has no record of
-    reuse: bool = True  # give a job an identical request's image instead of paying for a new run
-    reuse_index: Path | None = None  # default: $BATCHGEN_CACHE_DIR or the user's cache folder, reuse.sqlite
-    max_runs: int | None = None  # runs this invocation may create at most (exact, whatever the concurrency)
-    max_credits: float | None = None  # credits this invocation may spend at most (needs prices)
-    prices: Mapping[str, float] = field(default_factory=dict)  # credits per run: {"high": 2, "medium": 1, ...}
-    sidecar: bool = False  # a JSON file next to each image: job id, prompt, options, run id, metadata
-    check_references: bool = True  # ask each reference image URL once before paying for its job
-    not_found_grace: float = NOT_FOUND_GRACE  # seconds a known run may answer 404 before it is given up
-    events: Events | None = field(default=None, repr=False, compare=False)  # events.py: logs, the why-waiting line
-
-    def __post_init__(self) -> None:
-        # Python callers pass strings as often as Paths.
-        object.__setattr__(self, "manifest", Path(self.manifest))
-        object.__setattr__(self, "output_dir", Path(self.output_dir))
-        if self.ledger_path is not None:
-            object.__setattr__(self, "ledger_path", Path(self.ledger_path))
-        if self.reuse_index is not None:
-            object.__setattr__(self, "reuse_index", Path(self.reuse_index))
-
-    @property
-    def ledger_file(self) -> Path:
-        return self.ledger_path or self.output_dir / LEDGER_NAME
+# Said when a batch is interrupted before its first create (Outcome.INTERRUPTED's message counts the jobs that
+# wait, and the manifest's rows may not be in the ledger yet).
+INTERRUPTED_EARLY = (
+    "interrupted before anything was sent, while the manifest was read and the folder checked; nothing recorded "
+    "was lost. Run the same command again to finish."
+)
 
 
 def run_batch(manifest: str | os.PathLike[str], **options: Any) -> BatchResult:
@@ -107,13 +71,16 @@ def run_batch(manifest: str | os.PathLike[str], **options: Any) -> BatchResult:
 async def run_batch_async(config: BatchConfig) -> BatchResult:
     started = time.monotonic()
     try:
-        config = _resolve(config)
-        api_key = _api_key(config)
-        if not config.manifest.is_file():
-            list(iter_jobs(config.manifest))  # reports why (missing, a folder...) without touching anything
-        _check_output_dir(config.output_dir)
-        fresh_paths = _new_paths(config)
-        ledger = Ledger(config.ledger_file)
+        with _interrupts_at_once(config.handle_signals):
+            config = resolve(config)
+            api_key = api_key_of(config)
+            if not config.manifest.is_file():
+                list(iter_jobs(config.manifest))  # reports why (missing, a folder...) without touching anything
+            _check_output_dir(config.output_dir)
+            fresh_paths = _new_paths(config)
+            ledger = Ledger(config.ledger_file)
+    except KeyboardInterrupt:
+        return BatchResult(Outcome.INTERRUPTED, ExitCode.INTERRUPTED, INTERRUPTED_EARLY, output_dir=config.output_dir)
     except Unauthorized as exc:
         return BatchResult(Outcome.UNAUTHORIZED, ExitCode.UNAUTHORIZED, str(exc))
     except UsageError as exc:
@@ -124,8 +91,13 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
         return BatchResult(Outcome.ERROR, ExitCode.LOCAL, str(exc))
     with ledger, OutputFolder(config.output_dir) as folder:
         try:
-            left_behind = ledger.images_left_behind()
-            sync, notes = _prepare(config, ledger, folder)
+            with _interrupts_at_once(config.handle_signals):
+                left_behind = ledger.images_left_behind()
+                sync, notes = _prepare(config, ledger, folder)
+        except KeyboardInterrupt:
+            ledger.rollback()  # the manifest's rows read so far: the next run reads them again
+            result = batch_result(Outcome.INTERRUPTED, ledger, BatchStats(), started, config.output_dir)
+            return replace(result, message=INTERRUPTED_EARLY)
         except (ManifestError, UsageError) as exc:
             ledger.close()
             folder.close()
@@ -406,6 +378,30 @@ async def _read_rest(sync: ManifestSync, scheduler: Scheduler, progress: Progres
         progress.total = counts["pending"] + counts["running"] + scheduler.stats.succeeded + scheduler.stats.failed
 
 
+@contextmanager
+def _interrupts_at_once(enabled: bool) -> Iterator[None]:
+    """While a batch opens and prepares (the ledger opened, the manifest's first part read, a lost ledger
+    mended, the files checked: seconds to minutes for a large batch, and no await in them), SIGINT and SIGTERM
+    raise KeyboardInterrupt where they land. The event loop's own handling of SIGINT would only cancel the
+    batch at its next await, once all that is done, and end it without saying how to go on."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, _interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 async def _watch_signals(scheduler: Scheduler) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
@@ -415,66 +411,6 @@ async def _watch_signals(scheduler: Scheduler) -> None:
             async for _ in signals:  # a second signal: stop without waiting
                 break
         scheduler.force_finish()
-
-
-def _resolve(config: BatchConfig) -> BatchConfig:
-    if config.concurrency < 1:
-        raise UsageError("--concurrency must be at least 1")
-    if config.max_attempts < 1:
-        raise UsageError("--max-attempts must be at least 1")
-    if config.rate is not None and config.rate <= 0:
-        raise UsageError("--rate must be a positive number of creates per second")
-    if config.max_runs is not None and config.max_runs < 1:
-        raise UsageError("--max-runs must be at least 1")
-    if config.max_credits is not None and not config.max_credits > 0:
-        raise UsageError("--max-credits must be a positive number")
-    if config.max_credits is not None:
-        _check_priced(config)
-    if config.simulate:
-        base_url = config.base_url or SIMULATED_BASE_URL
-    else:
-        base_url = config.base_url or os.environ.get("RUNBASE_BASE_URL") or DEFAULT_BASE_URL
-    try:
-        check_base_url(base_url)
-        if not config.simulate and config.transport is None:  # a transport given is a test's, in-process
-            check_key_stays_private(base_url, allow=os.environ.get(ALLOW_HTTP) == "1")
-    except ApiError as exc:
-        raise UsageError(str(exc)) from None
-    return replace(config, base_url=base_url)
-
-
-def _check_priced(config: BatchConfig) -> None:
-    """--max-credits needs every job's price: say which is missing before anything is sent."""
-    prices = job_prices(config.manifest, config.prices)
-    if not prices:
-        raise UsageError(
-            "--max-credits needs the credits per run: give --price (e.g. high=2,medium=1) or 'pricing:' in the manifest"
-        )
-    unpriced = Counter(
-        f"{job.model} quality {job.input.get('quality', '(not set)')}"
-        for job in iter_jobs(config.manifest)
-        if prices.of(job) is None
-    )
-    if unpriced:
-        kinds = ", ".join(f"{kind} ({n} job(s))" for kind, n in unpriced.most_common(3))
-        raise UsageError(f"--max-credits: no price for {kinds}; add them to --price (or a 'default=' price)")
-
-
-def _api_key(config: BatchConfig) -> str:
-    if config.simulate and config.transport is None:
-        return "simulated"  # the in-process simulator never sees a real key
-    given = config.api_key if config.api_key is not None else os.environ.get("RUNBASE_API_KEY")
-    key = (given or "").strip()
-    if not key:
-        state = "is not set" if given is None else "is empty"
-        raise Unauthorized(f"RUNBASE_API_KEY {state}: export your Runbase API key, or use --simulate")
-    if key.lower().startswith("bearer "):
-        raise Unauthorized("RUNBASE_API_KEY starts with 'Bearer ': set it to the key alone (batchgen adds 'Bearer ')")
-    if any(ch.isspace() or not ch.isprintable() for ch in key):
-        raise Unauthorized("RUNBASE_API_KEY contains spaces or control characters; check how it was set")
-    if not key.isascii():  # an HTTP header cannot carry it; said without quoting any of it
-        raise Unauthorized("RUNBASE_API_KEY contains a character that is not ASCII; check how it was set")
-    return key
 
 
 def _fingerprint(manifest: Path) -> str | None:

@@ -247,7 +247,7 @@ def test_dry_run_counts_a_manifest_run_before_another_as_done(tmp_path):
     assert_exit(plan, 0)
     again = batchgen_cli("run", str(EXAMPLE), "--simulate", "--output", str(out), "--no-progress", "--no-reuse")
     assert_exit(again, 0)
-    created = int(re.search(r"(\d+) runs created", again.stderr).group(1))
+    created = int(re.search(r"(\d+) runs? created", again.stderr).group(1))
     assert f"runs that would be created now: {created}" in plan.stdout, plan.stdout + again.stderr
     assert "already done" in plan.stdout, plan.stdout
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..words import plural
 from . import LEDGER_NAME, add_location, positive_int
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ def _print_status(report: dict[str, Any]) -> None:
     detail = ", ".join(f"{n} {status}" for status, n in sorted(attempts.items()))
     print(
         f"attempts: {sum(attempts.values())}"
-        + (f" ({detail}); {report['runs_created']} runs created" if detail else "")
+        + (f" ({detail}); {report['runs_created']} {plural(report['runs_created'], 'run')} created" if detail else "")
     )
     if report["failed_by_kind"]:
         kinds = sorted(report["failed_by_kind"].items(), key=lambda item: -item[1])
@@ -153,10 +154,11 @@ def _session_line(session: dict[str, Any]) -> str:
     line = f"{session['finished']} ({took:.1f} s): {session['outcome']}, exit {session['exit_code']}"
     stats = session.get("stats") or {}
     if stats:
+        created, retries = stats.get("created", 0), stats.get("retries", 0)
         line += (
-            f" — {stats.get('created', 0)} runs created, {stats.get('reused', 0)} reused, "
+            f" — {created} {plural(created, 'run')} created, {stats.get('reused', 0)} reused, "
             f"{stats.get('succeeded', 0)} succeeded, {stats.get('failed', 0)} failed, "
-            f"{stats.get('rate_limited', 0)} rate-limited, {stats.get('retries', 0)} retries"
+            f"{stats.get('rate_limited', 0)} rate-limited, {retries} {plural(retries, 'retry', 'retries')}"
         )
     return line
 

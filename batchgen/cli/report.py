@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from ..words import plural
 from . import LEDGER_NAME
 
 DEFAULT_OUTPUT = Path("output")
@@ -78,8 +79,8 @@ def _report(args: argparse.Namespace) -> int:
         ) from exc
     counts = data.card_counts()
     print(
-        f"{out}: {len(data.jobs)} jobs, {counts['succeeded']} succeeded, {counts['failed']} failed, "
-        f"{counts['pending']} pending, {counts['missing']} with missing or changed files"
+        f"{out}: {len(data.jobs)} {plural(len(data.jobs), 'job')}, {counts['succeeded']} succeeded, "
+        f"{counts['failed']} failed, {counts['pending']} pending, {counts['missing']} with missing or changed files"
     )
     return 0
 

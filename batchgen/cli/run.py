@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import __version__
 from ..exitcodes import ExitCode, exit_code_help
+from ..words import plural
 from . import EXIT_LOCAL, EXIT_USAGE, add_location, positive_float, positive_int
 
 if TYPE_CHECKING:
@@ -290,9 +291,10 @@ def _print_summary(log: Log, result: BatchResult, summary: dict[str, Any], *, qu
         c, s = result.counts, result.stats
         log.line(
             f"{c.get('succeeded', 0)} succeeded, {c.get('failed', 0)} failed, "
-            f"{c.get('pending', 0) + c.get('running', 0)} pending — this run: {s.created} runs created, "
-            f"{s.downloads} files saved, {s.reused} reused, {s.retries} retries, {s.rate_limited} rate-limited, "
-            f"{s.failed_runs} failed runs, in {result.elapsed:.1f} s"
+            f"{c.get('pending', 0) + c.get('running', 0)} pending — this run: {s.created} {plural(s.created, 'run')} "
+            f"created, {s.downloads} {plural(s.downloads, 'file')} saved, {s.reused} reused, {s.retries} "
+            f"{plural(s.retries, 'retry', 'retries')}, {s.rate_limited} rate-limited, {s.failed_runs} failed "
+            f"{plural(s.failed_runs, 'run')}, in {result.elapsed:.1f} s"
         )
         if result.unknown_creates_total:
             log.line(
@@ -318,7 +320,7 @@ def _validate(args: argparse.Namespace) -> int:
         return _problems(args, exc)
     if args.check_urls and _print_dead_links(args):
         return EXIT_USAGE
-    print(f"{args.manifest}: {plan.jobs} job{'s' if plan.jobs != 1 else ''}, valid")
+    print(f"{args.manifest}: {plan.jobs} {plural(plan.jobs, 'job')}, valid")
     from ..planning import describe
 
     print("\n".join(describe(plan)[1:]))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
+
+SIDE_FILES = ("-wal", "-shm", "-journal", ".lock")  # beside the ledger: sqlite's, and the run lock
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class Ledger(LedgerReads, LedgerExports, LedgerWrites):
@@ -71,6 +75,7 @@ class Ledger(LedgerReads, LedgerExports, LedgerWrites):
             return
         if self.path.is_dir():
             raise LedgerError(f"cannot use {self.path} as the ledger: it is a folder")
+        self._refuse_symlinks()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so nothing is implicit.
@@ -95,6 +100,21 @@ class Ledger(LedgerReads, LedgerExports, LedgerWrites):
         except LedgerError:
             self._db.close()
             raise
+
+    def _refuse_symlinks(self) -> None:
+        """Refuse a ledger (or one of the files sqlite keeps beside it, or its lock) that is a symlink: sqlite
+        would write through it, to a file outside the folder someone pointed it at between runs."""
+        for side in (self.path, *(Path(f"{self.path}{suffix}") for suffix in SIDE_FILES)):
+            try:
+                found = os.lstat(side)
+            except OSError:
+                continue
+            if stat.S_ISLNK(found.st_mode):
+                raise LedgerError(
+                    f"{side} is a symlink, not a file of batchgen's ledger: batchgen writes nothing through it; "
+                    "remove it (the ledger is repaired from the folder's journal), or give the file it points "
+                    "to with --ledger"
+                )
 
     def _next_id(self, column: str, table: str) -> int:
         return int(self._db.execute(f"SELECT coalesce(max({column}), 0) + 1 FROM {table}").fetchone()[0])
@@ -246,7 +266,7 @@ class Ledger(LedgerReads, LedgerExports, LedgerWrites):
             return
         lock_path = str(self.path) + ".lock"
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW, 0o644)
         except OSError as exc:
             raise LedgerError(f"cannot create the lock file {lock_path}: {exc.strerror or exc}") from exc
         try:
