@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from batchgen.pacing import START_PACE, Kind
-from batchgen.throttle import GentleStart, PollPlanner, Throttle, backoff
+from batchgen.throttle import SPREAD_GAP, GentleStart, PollPlanner, Throttle, backoff
 
 
 class FakeClock:
@@ -273,3 +273,48 @@ def test_widely_spread_durations_lower_the_first_poll_target():
         tight.finished_between(0.99, 1.01)
     assert planner.target < tight.target
     assert tight.growth < planner.growth
+
+
+def poll_spread(planner: PollPlanner, durations: list[float]) -> list[tuple[int, float]]:
+    """Poll runs of these durations one after another: (polls taken, latency added) for each."""
+    seen = []
+    for duration in durations:
+        age = planner.next_poll(0.0)
+        polls = 1
+        planner.first_poll_result(age >= duration, age)
+        while age < duration:
+            gap = planner.next_poll(age)
+            age += gap
+            polls += 1
+            if age >= duration:
+                planner.finished_between(age - gap, age)
+            else:
+                planner.still_running(age)
+        seen.append((polls, age - duration))
+    return seen
+
+
+def test_widely_spread_durations_cost_few_polls_for_little_latency():
+    """Runs whose durations spread widely (lognormal, sigma 1) take under 4.5 polls each once the
+    planner has settled (5.4 when gaps only grew with the run's age), seen under 20 % of the mean
+    duration after they finish."""
+    rng = random.Random(5)
+    durations = [4 * rng.lognormvariate(0, 1.0) for _ in range(600)]
+    planner = PollPlanner()
+    poll_spread(planner, durations[:300])
+    settled = poll_spread(planner, durations[300:])
+    mean = sum(durations[300:]) / 300
+    assert sum(polls for polls, _ in settled) / 300 < 4.5
+    assert sum(added for _, added in settled) / 300 < 0.2 * mean
+
+
+def test_no_gap_is_shorter_than_a_share_of_the_spread_of_durations():
+    """Once durations are seen to spread from about 2 s to 8 s, a run still going at 3 s is next
+    polled no sooner than SPREAD_GAP of that spread (q80 - q20), more than growth x its age."""
+    durations = [2.0, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0, 8.0]
+    planner = PollPlanner()
+    for d in durations:
+        planner.finished_between(d, d)
+    n = len(durations) - 1
+    spread = durations[int(0.8 * n)] - durations[int(0.2 * n)]
+    assert planner.next_poll(3.0) >= SPREAD_GAP * spread > 3.0 * planner.growth
