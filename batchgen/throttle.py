@@ -184,6 +184,12 @@ class GentleStart:
         self.is_open = True
 
 
+# The shortest gap between polls of a run, as a share of the spread of durations seen (q80 - q20).
+# bench/poll_model.py's best schedules for lognormal durations poll about every 0.2-0.3 of that
+# spread around the median; growth x age alone polls there every few percent of the age.
+SPREAD_GAP = 0.2
+
+
 class PollPlanner:
     """When to poll a run next, learned from how runs have gone so far.
 
@@ -197,7 +203,11 @@ class PollPlanner:
 
     Later polls: the gap grows with the run's age (``growth``), which bounds
     the time between a run finishing and us seeing it to that share of its
-    duration, and slow runs cost few polls.
+    duration, and slow runs cost few polls. Where durations spread widely, the
+    gap is also never shorter than ``SPREAD_GAP`` of their spread (the 20th to
+    80th percentile of the durations seen): runs still going at an age where
+    many finish are polled about as often as at the first poll's age, not every
+    few percent of it, which costs fewer polls for a little more latency.
 
     Which quantile: runs that needed several polls tell how long they really
     took (within ``growth``). When those durations are tightly bunched, as
@@ -223,6 +233,7 @@ class PollPlanner:
         self.max_gap = max_gap
         self._updates = 0
         self._durations: deque[float] = deque(maxlen=window)
+        self.spread_gap = 0.0  # the shortest gap once durations are seen to spread (SPREAD_GAP of it)
 
     def first_poll_result(self, finished: bool, delay: float) -> None:
         """A run's first poll, made ``delay`` seconds after its creation, found it finished or not."""
@@ -255,9 +266,11 @@ class PollPlanner:
             n = len(ordered) - 1
             # These runs all outlived their first poll, so this is the spread of the upper
             # part of the distribution; the constants are set for that.
-            spread = math.log(ordered[int(0.8 * n)] / max(ordered[int(0.2 * n)], 1e-9))
+            low, high = ordered[int(0.2 * n)], ordered[int(0.8 * n)]
+            spread = math.log(high / max(low, 1e-9))
             self.target = min(0.9, max(0.2, 0.9 - 1.35 * spread))
             self.growth = min(0.25, max(0.05, 0.05 + 0.15 * spread))
+            self.spread_gap = SPREAD_GAP * (high - low)
 
     def next_poll(self, age: float) -> float:
         """Seconds from now until the next poll of a run ``age`` seconds old."""
@@ -267,4 +280,4 @@ class PollPlanner:
         # a few runs have shown how long runs take, no gap is shorter than half that delay
         # (the first wave would otherwise creep up in steps of 12%: ~18 polls for a 4 s run).
         learning = self.first / 2 if len(self._durations) < 8 else 0.0
-        return min(self.max_gap, max(self.min_gap, age * self.growth, self.first - age, learning))
+        return min(self.max_gap, max(self.min_gap, age * self.growth, self.first - age, learning, self.spread_gap))

@@ -114,10 +114,19 @@ class AiohttpNetworkTransport(AiohttpTransport):
         extensions = {"http_version": b"HTTP/1.1"}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
+        stream: httpx.AsyncByteStream
+        length = response.content_length
+        if length is not None and length <= CHUNK_SIZE:
+            # A body that would come as one chunk anyway (every API answer): read in one call, not
+            # through a stream of chunks, each of which costs a generator step and an exception map.
+            with map_aiohttp_exceptions():
+                stream = httpx.ByteStream(await response.read())
+        else:
+            stream = _ResponseStream(response)
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,  # bytes as received: httpx decodes them (ASCII, UTF-8, else Latin-1)
-            stream=_ResponseStream(response),
+            stream=stream,
             request=request,
             extensions=extensions,
         )

@@ -2,7 +2,10 @@
 package and summed by kind (HTTP libraries, batchgen, pacing, sqlite, the event loop, the rest).
 
 bench/run.py --profile calls profile_scenario_5 and print_profile; bench/scale.py groups its
-profiles with group_of and short_name, so both tables read alike.
+profiles with group_of and short_name, so both tables read alike. On its own, at any size
+(the profiled command is the benchmark's own, ``harness.batchgen_cmd``):
+
+    python bench/profiles.py [--jobs 1500] [--top 25] [--source worktree]
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import PY, Simulator, client_env, run_measured, write_manifest
+from harness import PY, Simulator, batchgen_cmd, client_env, run_measured, write_manifest
 
 if TYPE_CHECKING:
     from run import Scenario
@@ -24,8 +27,8 @@ def profile_scenario_5(sc: Scenario, work: Path, top: int = 25) -> dict[str, Any
     out = work / "s5-profile"
     prof = work / "s5-batchgen.prof"
     with Simulator(sc.sim_args(), work / "s5-profile.sim.log") as sim:
-        cmd = [PY, "-m", "cProfile", "-o", str(prof), "-m", "batchgen", "run", str(manifest), "--output", str(out),
-               "--no-progress", "--concurrency", str(sc.concurrency)]  # fmt: skip
+        # The command scenario 5 measures (--no-reuse included), under cProfile.
+        cmd = [PY, "-m", "cProfile", "-o", str(prof), *batchgen_cmd(manifest, out, sc.concurrency)[1:]]
         done = run_measured(cmd, client_env(sim.base_url), work / "s5-profile.log")
         counts = sim.stats()
     stats = pstats.Stats(str(prof))
@@ -116,3 +119,35 @@ def print_profile(profile: dict[str, Any]) -> None:
             continue
         print(f"  {k['seconds']:7.2f} s {100 * k['share']:5.1f} %  {k['ms_per_job']:6.2f} ms/job "
               f"{k['ms_per_request']:6.3f} ms/request  {k['name']}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Scenario 5 (no latency, no limit) at ``--jobs`` jobs under cProfile; prints the tables above
+    and the top functions by own time. Nothing is stored: the figures depend on the machine's load."""
+    import argparse
+    import tempfile
+
+    from harness import take_snapshot
+    from run import throughput_scenarios
+
+    parser = argparse.ArgumentParser(description="scenario 5 under cProfile: where batchgen's CPU goes")
+    parser.add_argument("--jobs", type=int, default=1500, help="jobs in the run (scenario 5 has 5,000)")
+    parser.add_argument("--top", type=int, default=25, help="functions shown by own time")
+    parser.add_argument("--source", default="worktree", help="the batchgen to measure (see bench/run.py --source)")
+    args = parser.parse_args(argv)
+    scenario = throughput_scenarios(False, 1.0)[5]
+    scenario.n = args.jobs
+    with tempfile.TemporaryDirectory(prefix="batchgen-profile-") as tmp:
+        work = Path(tmp)
+        take_snapshot(args.source, work)
+        profile = profile_scenario_5(scenario, work, top=args.top)
+    print(f"scenario 5, {args.jobs} jobs under cProfile: {profile['wall_s']:.1f} s wall, {profile['cpu_s']:.1f} s CPU")
+    print_profile(profile)
+    print(f"\ntop {args.top} by own time:")
+    for e in profile["by_tottime"]:
+        print(f"  {e['tottime']:7.2f} s own {e['cumtime']:7.2f} s cum {e['ncalls']:>8}  {e['function']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

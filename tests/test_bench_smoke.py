@@ -70,6 +70,15 @@ def test_bench_profile_summarises_scenario_5_by_kind(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
+def test_profile_command_runs_scenario_5_at_a_given_size() -> None:
+    """`bench/profiles.py --jobs N` profiles scenario 5 at N jobs on its own and prints where the time went."""
+    printed = bench_command("profiles.py", "--jobs", "20", "--top", "5").stdout
+    assert "scenario 5, 20 jobs under cProfile" in printed
+    assert "HTTP libraries" in printed and "batchgen (its own Python)" in printed
+    assert "top 5 by own time:" in printed
+
+
+@pytest.mark.timeout(300)
 def test_scale_quick_measures_every_step(tmp_path: Path) -> None:
     """`bench/scale.py --quick` (20,000 rows, nothing saved): start, resume, status and export all measured."""
     done = bench_command("scale.py", "--quick", "--work", str(tmp_path / "work"))

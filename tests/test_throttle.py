@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from batchgen.pacing import START_PACE, Kind
-from batchgen.throttle import GentleStart, PollPlanner, Throttle, backoff
+from batchgen.throttle import SPREAD_GAP, GentleStart, PollPlanner, Throttle, backoff
 
 
 class FakeClock:
@@ -231,10 +231,10 @@ def test_a_wave_of_runs_polled_together_moves_the_first_delay_once():
     assert start < planner.first < 2 * start
 
 
-def poll_runs(planner: PollPlanner, duration: float, runs: int) -> list[tuple[int, float]]:
-    """Poll `runs` runs of a fixed duration one after another: (polls taken, age when seen finished)."""
+def poll_runs(planner: PollPlanner, durations: list[float]) -> list[tuple[int, float]]:
+    """Poll runs of these durations one after another: (polls taken, age when seen finished) for each."""
     seen = []
-    for _ in range(runs):
+    for duration in durations:
         age = planner.next_poll(0.0)
         polls = 1
         planner.first_poll_result(age >= duration, age)
@@ -255,8 +255,8 @@ def test_first_poll_settles_just_after_a_fixed_generation_time(duration):
     """With a fixed generation time, once settled at least 85 of 100 runs take a single poll,
     made less than 8 % after the run finished."""
     planner = PollPlanner()
-    poll_runs(planner, duration, 300)
-    single = [age for polls, age in poll_runs(planner, duration, 100) if polls == 1]
+    poll_runs(planner, [duration] * 300)
+    single = [age for polls, age in poll_runs(planner, [duration] * 100) if polls == 1]
     assert len(single) >= 85
     assert max(single) < duration * 1.08
 
@@ -273,3 +273,28 @@ def test_widely_spread_durations_lower_the_first_poll_target():
         tight.finished_between(0.99, 1.01)
     assert planner.target < tight.target
     assert tight.growth < planner.growth
+
+
+def test_widely_spread_durations_cost_few_polls_for_little_latency():
+    """Runs whose durations spread widely (lognormal, sigma 1) take under 4.5 polls each once the
+    planner has settled (5.4 when gaps only grew with the run's age), seen under 20 % of the mean
+    duration after they finish."""
+    rng = random.Random(5)
+    durations = [4 * rng.lognormvariate(0, 1.0) for _ in range(600)]
+    planner = PollPlanner()
+    poll_runs(planner, durations[:300])
+    settled = poll_runs(planner, durations[300:])
+    assert sum(polls for polls, _ in settled) / 300 < 4.5
+    assert sum(seen - d for (_, seen), d in zip(settled, durations[300:], strict=True)) < 0.2 * sum(durations[300:])
+
+
+def test_no_gap_is_shorter_than_a_share_of_the_spread_of_durations():
+    """Once durations are seen to spread from about 2 s to 8 s, a run still going at 3 s is next
+    polled no sooner than SPREAD_GAP of that spread (q80 - q20), more than growth x its age."""
+    durations = [2.0, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0, 8.0]
+    planner = PollPlanner()
+    for d in durations:
+        planner.finished_between(d, d)
+    n = len(durations) - 1
+    spread = durations[int(0.8 * n)] - durations[int(0.2 * n)]
+    assert planner.next_poll(3.0) >= SPREAD_GAP * spread > 3.0 * planner.growth
