@@ -11,6 +11,7 @@ from batchgen import ExitCode
 from batchgen.words import plural
 
 from .conftest import batchgen_cli
+from .manifest_files import problems_of, write
 
 ONE_THEN_PLURAL = re.compile(r"(?<![\d.,])1 (runs|files|jobs|credits|retries)\b")
 
@@ -47,3 +48,12 @@ def test_a_run_capped_at_one_run_says_it_in_the_singular(write_manifest, tmp_pat
     assert "1 run created" in status.stdout, status.stdout
     for text in (ran.stderr, status.stdout):
         assert not ONE_THEN_PLURAL.search(text), text
+
+
+def test_a_manifest_problem_counts_one_in_the_singular(tmp_path):
+    """A CSV whose header has one column and a row with two cells: 'the header has 1 column'; 1,001 problems:
+    the last says '... and 1 more problem not listed'."""
+    (problem,) = problems_of(write(tmp_path, "a.csv", "prompt\na,b\n"))
+    assert "the header has 1 column (" in problem.message, problem.message
+    problems = problems_of(write(tmp_path, "b.csv", "id,prompt\n" + "../x,p\n" * 1001))
+    assert problems[-1].message == "... and 1 more problem not listed"

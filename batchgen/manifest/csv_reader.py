@@ -30,6 +30,7 @@ from operator import itemgetter
 from typing import IO, Any, NamedTuple
 
 from ..models import ASPECT_RATIOS, DEFAULT_MODEL, JOB_FIELDS, MAX_JOB_ID_LENGTH, MAX_PROMPT_LENGTH, QUALITIES, JobSpec
+from ..words import plural
 from .fields import SURROGATE_RE, split_urls, url_problem
 from .problems import Problems, closest, not_utf8
 from .records import REPORTED, Batch, Record, Requests
@@ -415,7 +416,10 @@ def _row_record(
     if not values and not "".join(row).strip():
         return None
     if len(row) > width and any(row[width:]):
-        message = f"the row has {len(row)} cells but the header has {width} columns (cells split at {delimiter})"
+        message = (
+            f"the row has {len(row)} cells but the header has {width} {plural(width, 'column')} "
+            f"(cells split at {delimiter})"
+        )
         problems.add(row_number, None, message + note)
     if "prompt" not in layout.fields:
         values["prompt"] = REPORTED

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ManifestError, Problem
 from ..models import JOB_FIELDS
+from ..words import plural
 
 MAX_PROBLEMS = 1000
 
@@ -44,9 +45,8 @@ class Problems:
             return
         listed = list(self.listed)
         if self.unlisted:
-            listed.append(
-                Problem(self.path, None, None, f"... and {self.unlisted} more problems not listed", self.where_kind)
-            )
+            more = f"... and {self.unlisted} more {plural(self.unlisted, 'problem')} not listed"
+            listed.append(Problem(self.path, None, None, more, self.where_kind))
         raise ManifestError(listed)
 
 

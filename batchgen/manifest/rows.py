@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..words import plural
 from .csv_reader import DELIMITER_NAMES, UNCLOSED_QUOTE, line_breaks, open_csv, quote_left_open, undecodable_byte
 from .jsonl_reader import MAX_JSONL_LINE_BYTES, bounded_lines
 from .problems import Problems, describe, not_utf8
@@ -98,7 +99,7 @@ def _csv_rows(rows: RowsFile, problems: Problems) -> Iterator[tuple[int, Row]]:
                         rows.line,
                         "rows",
                         f"{rows.shown} row {number}: the row has {len(cells)} cells but the header has "
-                        f"{len(header)} columns (cells split at {DELIMITER_NAMES[delimiter]}"
+                        f"{len(header)} {plural(len(header), 'column')} (cells split at {DELIMITER_NAMES[delimiter]}"
                         f"{'; a quoted cell may span lines' if line_breaks(cells) else ''})",
                     )
                     continue
