@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from itertools import islice
 from json.encoder import encode_basestring
@@ -32,6 +33,11 @@ INPUT_COLUMNS = ["prompt", "aspect_ratio", "quality", "image_urls"]
 
 WIDTH = 10  # the job's columns of an export row; then n, bytes, sha256, path of one file
 _INPUT, _MODEL = '{"input":', ',"model":"'
+_TEXT, _IN_TEXT = r'"[^"\\]*"', r'"([^"\\]*)"'  # a JSON string with nothing escaped (and its text)
+_PLAIN_INPUT = re.compile(
+    rf'\{{"input":\{{(?:"aspect_ratio":{_IN_TEXT},)?(?:"image_urls":\[((?:{_TEXT}(?:,{_TEXT})*)?)\],)?'
+    rf'"prompt":{_IN_TEXT}(?:,"quality":{_IN_TEXT})?\}}'
+)
 File = tuple[int, str, str]  # (n, absolute path, sha256)
 Row = tuple[Any, ...]  # a row of Ledger.export_chunks
 
@@ -132,7 +138,7 @@ def _jsonl_lines(ledger: Ledger) -> Iterator[str]:
         )
         if missing:
             line += f',"missing_outputs":[{",".join(q(f[1]) for f in missing)}]'
-        yield line + "}\n"
+        yield line + "}"
 
 
 def write_csv(ledger: Ledger, out: TextIO) -> int:
@@ -156,41 +162,51 @@ def _csv_lines(ledger: Ledger, keys: list[str], width: int) -> Iterator[str]:
             error = None
         elif state == "running":
             state = "pending"
-        given = loads(spec)[0].get("input") or {}
-        prompt, ratio, quality, urls = (
-            given.get("prompt"),
-            given.get("aspect_ratio"),
-            given.get("quality"),
-            given.get("image_urls"),
-        )
-        if type(urls) is list:
-            urls = "|".join(map(str, urls))
-        outputs = "|".join(f[1] for f in present)
-        extra: list[Any] = []
-        if keys and metadata != "{}":
-            values = loads(metadata)[0]
-            extra = [values.get(key) for key in keys]
-        elif keys:
-            extra = [None] * len(keys)
+        given = plain_input(spec) or parsed_input(loads(spec)[0].get("input") or {})
+        outputs = present[0][1] if len(present) == 1 else "|".join([f[1] for f in present])
         line = (
             f"{job_id},{state},{'' if run_id is None else run_id},{outputs},{'' if error is None else error},"
-            f"{attempts},{unknown},{prompt if type(prompt) is str else _text(prompt)},"
-            f"{ratio if type(ratio) is str else _text(ratio)},{quality if type(quality) is str else _text(quality)},"
-            f"{urls if type(urls) is str else _text(urls)}"
+            f"{attempts},{unknown},{given[0]},{given[1]},{given[2]},{given[3]}"
         )
-        if extra:
-            line += "," + ",".join(map(_text, extra))
+        extra: list[str] = []
+        if keys:
+            values = loads(metadata)[0] if metadata != "{}" else {}
+            extra = [_text(values.get(key)) for key in keys]
+            line += "," + ",".join(extra)
         if line.count(",") != width - 1 or '"' in line or "\n" in line or "\r" in line:
-            fields = [job_id, state, run_id, outputs, error, attempts, unknown, prompt, ratio, quality, urls, *extra]
+            fields = [job_id, state, run_id, outputs, error, attempts, unknown, *given, *extra]
             line = _csv_line([_text(value) for value in fields])
-        yield line + "\n"
+        yield line
+
+
+def plain_input(spec: str) -> tuple[str, str, str, str] | None:
+    """The CSV fields (prompt, aspect_ratio, quality, image_urls) of a stored spec, cut out of its text by
+    one regular expression; None unless the input holds only those keys, each a string (image_urls a list
+    of strings) with nothing escaped in it. Two thirds of the time of parsing the spec.
+
+    The ledger stores the spec sorted and compact (``{"input":{"aspect_ratio":..,"image_urls":[..],
+    "prompt":..,"quality":..},...``). A string without a backslash holds no quote, so each quote
+    the expression meets opens or closes a string, as in the JSON, and the string is its text."""
+    found = _PLAIN_INPUT.match(spec)
+    if found is None:
+        return None
+    ratio, urls, prompt, quality = found.groups("")
+    return prompt, ratio, quality, urls[1:-1].replace('","', "|")
+
+
+def parsed_input(given: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The CSV fields (prompt, aspect_ratio, quality, image_urls) of a job's parsed input."""
+    urls = given.get("image_urls")
+    if type(urls) is list:
+        urls = "|".join(map(str, urls))
+    return _text(given.get("prompt")), _text(given.get("aspect_ratio")), _text(given.get("quality")), _text(urls)
 
 
 def _write(lines: Iterator[str], out: TextIO) -> int:
-    """Write the lines BATCH at a time; how many there were."""
+    """Write the lines (given without their line end) BATCH at a time; how many there were."""
     written = 0
     while batch := list(islice(lines, BATCH)):
-        out.write("".join(batch))
+        out.write("\n".join(batch) + "\n")
         written += len(batch)
     return written
 
