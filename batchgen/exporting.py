@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator
 from itertools import islice
 from json.encoder import encode_basestring
+from operator import itemgetter
 from typing import Any, TextIO
 
 from .ledger import Ledger
@@ -31,15 +32,15 @@ BATCH = 2000  # lines written per write call
 FIXED_COLUMNS = ["job_id", "state", "run_id", "outputs", "error", "attempts", "unknown_creates"]
 INPUT_COLUMNS = ["prompt", "aspect_ratio", "quality", "image_urls"]
 
-WIDTH = 10  # the job's columns of an export row; then n, bytes, sha256, path of one file
+WIDTH, CSV_WIDTH = 10, 8  # a job's columns in a row of export_chunks / csv_export_chunks; then n, bytes, path
 _INPUT, _MODEL = '{"input":', ',"model":"'
 _TEXT, _IN_TEXT = r'"[^"\\]*"', r'"([^"\\]*)"'  # a JSON string with nothing escaped (and its text)
 _PLAIN_INPUT = re.compile(
     rf'\{{"input":\{{(?:"aspect_ratio":{_IN_TEXT},)?(?:"image_urls":\[((?:{_TEXT}(?:,{_TEXT})*)?)\],)?'
     rf'"prompt":{_IN_TEXT}(?:,"quality":{_IN_TEXT})?\}}'
 )
-File = tuple[int, str, str]  # (n, absolute path, sha256)
-Row = tuple[Any, ...]  # a row of Ledger.export_chunks
+Row = tuple[Any, ...]  # a row of Ledger.export_chunks or Ledger.csv_export_chunks: a job and one of its files
+PATH, SHA256, CSV_PATH = WIDTH + 2, WIDTH + 3, CSV_WIDTH + 2
 
 
 def _base(ledger: Ledger) -> str:
@@ -47,46 +48,46 @@ def _base(ledger: Ledger) -> str:
     return folder.rstrip(os.sep) + os.sep
 
 
-def _jobs(chunks: Iterator[list[Row]], base: str) -> Iterator[tuple[Row, list[File], list[File]]]:
-    """Group the rows (one per file, in lists) by job: (the row of its first file, present files,
-    missing files), each file as (n, absolute path, sha256), in order of n. A file is present when
-    it is there with the bytes recorded."""
+def _jobs(chunks: Iterator[list[Row]], base: str, width: int) -> Iterator[tuple[Row, list[Row], list[Row]]]:
+    """Group the rows (one per file, in lists) by job: (the row of its first file, the rows of its present
+    files, those of its missing files), in order of n; a job's columns are the first ``width`` of a row,
+    then its file's n, bytes and path. A file is present when it is there with the bytes recorded."""
     with lookup_below(base) as (prefix, fd):
-        yield from _grouped(chunks, base, prefix, fd)
+        yield from _grouped(chunks, prefix, fd, width)
 
 
 def _grouped(
-    chunks: Iterator[list[Row]], base: str, prefix: str, fd: int | None
-) -> Iterator[tuple[Row, list[File], list[File]]]:
+    chunks: Iterator[list[Row]], prefix: str, fd: int | None, width: int
+) -> Iterator[tuple[Row, list[Row], list[Row]]]:
     stat = os.stat
     job: tuple[Any, ...] | None = None
-    present: list[File] = []
-    missing: list[File] = []
+    present: list[Row] = []
+    missing: list[Row] = []
     several = False  # the job has more than one file: sort them by n
+    by_n = itemgetter(width)
     for rows in chunks:
         for row in rows:
             if job is None or row[0] != job[0]:
                 if job is not None:
                     if several:
-                        present.sort()
-                        missing.sort()
+                        present.sort(key=by_n)
+                        missing.sort(key=by_n)
                         several = False
                     yield job, present, missing
                 job, present, missing = row, [], []
             else:
                 several = True
-            if row[WIDTH] is None:
+            if row[width] is None:
                 continue
-            path = row[WIDTH + 3]
             try:
-                here = stat(prefix + path, dir_fd=fd).st_size == row[WIDTH + 1]
+                here = stat(prefix + row[width + 2], dir_fd=fd).st_size == row[width + 1]
             except OSError:
                 here = False
-            (present if here else missing).append((row[WIDTH], base + path, row[WIDTH + 2]))
+            (present if here else missing).append(row)
     if job is not None:
         if several:
-            present.sort()
-            missing.sort()
+            present.sort(key=by_n)
+            missing.sort(key=by_n)
         yield job, present, missing
 
 
@@ -112,7 +113,8 @@ def write_jsonl(ledger: Ledger, out: TextIO) -> int:
 def _jsonl_lines(ledger: Ledger) -> Iterator[str]:
     q = encode_basestring
     tail, model = "", ""  # the end of the last spec cut by split_spec, and its model: most jobs share them
-    for job, present, missing in _jobs(ledger.export_chunks(), _base(ledger)):
+    base = _base(ledger)
+    for job, present, missing in _jobs(ledger.export_chunks(), base, WIDTH):
         job_id, state, run_id, error, kind, attempts, unknown, source, spec, metadata = job[:WIDTH]
         if state == "succeeded":
             said = '"error":null,"error_kind":null,"attempts":'
@@ -128,16 +130,17 @@ def _jsonl_lines(ledger: Ledger) -> Iterator[str]:
             model, given = split_spec(spec)
             tail = f"{_MODEL[:-1]}{model}}}"
         if len(present) == 1:
-            saved = f'[{q(present[0][1])}],"sha256":[{q(present[0][2])}]'
+            saved = f'[{q(base + present[0][PATH])}],"sha256":[{q(present[0][SHA256])}]'
         else:
-            saved = f'[{",".join(q(f[1]) for f in present)}],"sha256":[{",".join(q(f[2]) for f in present)}]'
+            paths, hashes = ",".join([q(base + f[PATH]) for f in present]), ",".join([q(f[SHA256]) for f in present])
+            saved = f'[{paths}],"sha256":[{hashes}]'
         line = (
             f'{{"job_id":{q(job_id)},"state":"{state}","run_id":{"null" if run_id is None else q(run_id)},{said}'
             f'{attempts},"unknown_creates":{unknown},"source":{source},"model":{model},"input":{given},'
             f'"metadata":{metadata},"outputs":{saved}'
         )
         if missing:
-            line += f',"missing_outputs":[{",".join(q(f[1]) for f in missing)}]'
+            line += f',"missing_outputs":[{",".join([q(base + f[PATH]) for f in missing])}]'
         yield line + "}"
 
 
@@ -156,14 +159,14 @@ def write_csv(ledger: Ledger, out: TextIO) -> int:
 def _csv_lines(ledger: Ledger, keys: list[str], width: int) -> Iterator[str]:
     base = _base(ledger)
     loads = json.JSONDecoder().raw_decode  # json.loads less its checks for surrounding whitespace
-    for job, present, _ in _jobs(ledger.export_chunks(), base):
-        job_id, state, run_id, error, _, attempts, unknown, _, spec, metadata = job[:WIDTH]
+    for job, present, _ in _jobs(ledger.csv_export_chunks(), base, CSV_WIDTH):
+        job_id, state, run_id, error, attempts, unknown, spec, metadata = job[:CSV_WIDTH]
         if state == "succeeded":
             error = None
         elif state == "running":
             state = "pending"
         given = plain_input(spec) or parsed_input(loads(spec)[0].get("input") or {})
-        outputs = present[0][1] if len(present) == 1 else "|".join([f[1] for f in present])
+        outputs = base + present[0][CSV_PATH] if len(present) == 1 else "|".join([base + f[CSV_PATH] for f in present])
         line = (
             f"{job_id},{state},{'' if run_id is None else run_id},{outputs},{'' if error is None else error},"
             f"{attempts},{unknown},{given[0]},{given[1]},{given[2]},{given[3]}"
