@@ -52,38 +52,32 @@ def _jobs(chunks: Iterator[list[Row]], base: str, width: int) -> Iterator[tuple[
     """Group the rows (one per file, in lists) by job: (the row of its first file, the rows of its present
     files, those of its missing files), in order of n; a job's columns are the first ``width`` of a row,
     then its file's n, bytes and path. A file is present when it is there with the bytes recorded."""
-    with lookup_below(base) as (prefix, fd):
-        yield from _grouped(chunks, prefix, fd, width)
-
-
-def _grouped(
-    chunks: Iterator[list[Row]], prefix: str, fd: int | None, width: int
-) -> Iterator[tuple[Row, list[Row], list[Row]]]:
     stat = os.stat
     job: tuple[Any, ...] | None = None
     present: list[Row] = []
     missing: list[Row] = []
     several = False  # the job has more than one file: sort them by n
-    by_n = itemgetter(width)
-    for rows in chunks:
-        for row in rows:
-            if job is None or row[0] != job[0]:
-                if job is not None:
-                    if several:
-                        present.sort(key=by_n)
-                        missing.sort(key=by_n)
-                        several = False
-                    yield job, present, missing
-                job, present, missing = row, [], []
-            else:
-                several = True
-            if row[width] is None:
-                continue
-            try:
-                here = stat(prefix + row[width + 2], dir_fd=fd).st_size == row[width + 1]
-            except OSError:
-                here = False
-            (present if here else missing).append(row)
+    by_n, size_at, path_at = itemgetter(width), width + 1, width + 2
+    with lookup_below(base) as (prefix, fd):
+        for rows in chunks:
+            for row in rows:
+                if job is None or row[0] != job[0]:
+                    if job is not None:
+                        if several:
+                            present.sort(key=by_n)
+                            missing.sort(key=by_n)
+                            several = False
+                        yield job, present, missing
+                    job, present, missing = row, [], []
+                else:
+                    several = True
+                if row[width] is None:
+                    continue
+                try:
+                    here = stat(prefix + row[path_at], dir_fd=fd).st_size == row[size_at]
+                except OSError:
+                    here = False
+                (present if here else missing).append(row)
     if job is not None:
         if several:
             present.sort(key=by_n)
