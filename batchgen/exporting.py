@@ -220,7 +220,9 @@ def _text(value: Any) -> str:
 
 
 def _csv_line(fields: list[str]) -> str:
-    """The line the csv module writes for these fields (its default dialect, minimal quoting)."""
+    """The line the csv module writes for these fields (its default dialect, minimal quoting), without its
+    line end. That dialect's line end is what makes the module quote a field holding a line break: written
+    with none, such a field would end the CSV's row in the middle."""
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow(fields)
-    return buffer.getvalue()
+    csv.writer(buffer).writerow(fields)
+    return buffer.getvalue()[: -len(csv.excel.lineterminator)]

@@ -144,7 +144,7 @@ def cell(value: Any) -> str:
 
 
 def csv_text(records: list[dict[str, Any]]) -> str:
-    """The CSV the csv module writes (its default dialect, one line end ``\\n``) from the JSONL records."""
+    """The CSV the csv module writes (its default dialect, lines ending in ``\\n``) from the JSONL records."""
     keys = list(dict.fromkeys(key for record in records for key in record["metadata"]))
     keys = [key for key in keys if key not in FIXED_COLUMNS and key not in INPUT_COLUMNS]
     lines = [FIXED_COLUMNS + INPUT_COLUMNS + keys]
@@ -160,8 +160,8 @@ def csv_text(records: list[dict[str, Any]]) -> str:
     text = io.StringIO()
     for line in lines:
         row = io.StringIO()
-        csv.writer(row, lineterminator="").writerow([cell(value) for value in line])
-        text.write(row.getvalue() + "\n")
+        csv.writer(row).writerow([cell(value) for value in line])
+        text.write(row.getvalue().removesuffix("\r\n") + "\n")
     return text.getvalue()
 
 
@@ -189,7 +189,28 @@ def test_csv_export_holds_the_jsonl_content_byte_for_byte(tmp_path):
     records = [json.loads(line) for line in exported(out).splitlines()]
     assert {r["state"] for r in records} == {"succeeded", "failed", "pending"}
     assert any(r["missing_outputs"] for r in records if "missing_outputs" in r)
-    assert exported(out, "--format", "csv") == csv_text(records)
+    table = exported(out, "--format", "csv")
+    assert table == csv_text(records)
+    rows = list(csv.DictReader(io.StringIO(table, newline="")))
+    assert [row["job_id"] for row in rows] == [r["job_id"] for r in records]
+    (awkward,) = [row for row in rows if row["prompt"] == AWKWARD]
+    assert awkward["text"] == METADATA["text"] and awkward["sku"] == METADATA["sku"]
+
+
+def test_csv_fields_with_line_breaks_are_quoted_and_read_back(tmp_path):
+    """A prompt, error or metadata value holding a line break (and nothing else to quote) is quoted in the CSV,
+    so a CSV reader gets each job back as one row with the text as it was."""
+    out = tmp_path / "out"
+    out.mkdir()
+    jobs = [JobSpec("lf", image_input("two\nlines"), metadata={"note": "a\nb"}), JobSpec("cr", image_input("x\ry"))]
+    with Ledger(out / "batchgen.sqlite") as ledger:
+        ledger.sync_manifest("m.yaml", jobs, output_dir=str(out))
+        attempt = ledger.begin_attempt(jobs[1])
+        ledger.attempt_ended(attempt, "cr", AttemptStatus.FAILED, "first\nsecond", job_failed=True)
+        ledger.flush()
+    rows = list(csv.DictReader(io.StringIO(exported(out, "--format", "csv"), newline="")))
+    assert [(r["job_id"], r["prompt"], r["note"]) for r in rows] == [("lf", "two\nlines", "a\nb"), ("cr", "x\ry", "")]
+    assert rows[1]["error"] == "first\nsecond"
 
 
 def test_input_fields_cut_from_the_spec_text_are_those_of_the_parsed_spec():
