@@ -1,11 +1,13 @@
 """``batchgen export``: one record per job of the ledger, JSON lines or CSV, streamed in manifest order.
 
-Built for a million jobs: one streamed statement (``ledger.export_rows``: a row per
-file, plain columns, no JSON function in sqlite), and each line assembled from
-the JSON text the ledger already holds, without parsing it again: the spec is
-stored as sorted, compact JSON (``{"input":{...},"model":"..."}``), so its
-``input`` and ``model`` are cut out of it as they are. A file that is not there
-with its recorded size is listed under ``missing_outputs``, never under ``outputs``.
+Built for a million jobs: one streamed statement a format (``ledger.export_chunks``, and
+``ledger.csv_export_chunks`` with only the columns CSV shows: a row per file, plain columns,
+no JSON function in sqlite), and each line assembled from the JSON text the ledger already
+holds: the spec is stored as sorted, compact JSON (``{"input":{...},"model":"..."}``), so
+JSONL cuts its ``input`` and ``model`` out as they are, and CSV takes the four input fields
+it shows out of it with one regular expression (``plain_input``), parsing only specs of
+another shape. A file that is not there with its recorded size is listed under
+``missing_outputs``, never under ``outputs``.
 
 Where the time goes at a million jobs (bench/scale.py): reading the rows out of
 sqlite, then one ``stat`` per file, then the text of each line.
@@ -141,9 +143,9 @@ def _jsonl_lines(ledger: Ledger) -> Iterator[str]:
 def write_csv(ledger: Ledger, out: TextIO) -> int:
     """Known columns, then every metadata key (in the order they first appear) as a column of its own.
 
-    Written as the csv module writes (minimal quoting, ``\\n`` line ends), one line at a time
-    without it: a line whose fields hold no comma, quote or line break needs no quoting at all,
-    and only the others are quoted field by field."""
+    Written as the csv module writes (its default dialect's minimal quoting, ``\\n`` line ends), one
+    line at a time without it: a line whose fields hold no comma, quote or line break needs no
+    quoting at all, and only the others are quoted field by field."""
     keys = [k for k in ledger.metadata_keys() if k not in FIXED_COLUMNS and k not in INPUT_COLUMNS]
     header = FIXED_COLUMNS + INPUT_COLUMNS + keys
     out.write(_csv_line(header) + "\n")

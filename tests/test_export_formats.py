@@ -218,16 +218,15 @@ def test_input_fields_cut_from_the_spec_text_are_those_of_the_parsed_spec():
     cut takes; any other shape (escapes, other keys or types, no prompt) is left to the parser."""
     taken = 0
     values = ["", "a b", "x],[y", "p] },{", "é ☀", ",", "a\\b", 'q"t', 1, None, ["u"]]
+    plain_urls = ([], ["a", "b,c]"], ["a"])
     for prompt, ratio, quality in itertools.product(values, repeat=3):
-        given = {"prompt": prompt, "aspect_ratio": ratio, "quality": quality}
-        for urls in ([], ["a", "b,c]"], ["a"], ["a\\"], [1], "u"):
-            given = {key: value for key, value in given.items() if value is not None} | {"image_urls": urls}
-            for spec in (given, {key: value for key, value in given.items() if key != "image_urls"}):
-                stored = JobSpec("j", spec, "m/x", sample=2).to_record()[0]
-                cut = plain_input(stored)
-                assert cut is None or cut == parsed_input(json.loads(stored)["input"]), stored
-                taken += cut is not None
-                plain = all(type(v) is str and "\\" not in v and '"' not in v for v in spec.values() if v != urls)
-                plain = plain and "prompt" in spec and (urls not in spec.values() or urls in ([], ["a", "b,c]"], ["a"]))
-                assert (cut is not None) == plain, stored
+        named = (("prompt", prompt), ("aspect_ratio", ratio), ("quality", quality))
+        fields = {key: value for key, value in named if value is not None}
+        texts = "prompt" in fields and all(type(v) is str and "\\" not in v and '"' not in v for v in fields.values())
+        for urls in (None, *plain_urls, ["a\\"], [1], "u"):
+            stored = JobSpec("j", fields if urls is None else fields | {"image_urls": urls}, "m/x", sample=2)
+            cut = plain_input(stored.to_record()[0])
+            assert cut is None or cut == parsed_input(stored.input), stored
+            assert (cut is not None) == (texts and (urls is None or urls in plain_urls)), stored
+            taken += cut is not None
     assert taken > 100
