@@ -209,8 +209,8 @@ def _distinct(table: array[int]) -> int:
         parts *= 2
     if parts == 1:
         return len(set(table))
-    if parts == 2:  # by sign: one comparison a value
-        return len(set(compress(table, map((0).__gt__, table)))) + len(set(compress(table, map((0).__le__, table))))
+    if parts == 2:  # by sign: one comparison a value, and the table read once a half
+        return len(set(filter((0).__gt__, table))) + len(set(filter((0).__le__, table)))
     mask = parts - 1
     return sum(len(set(compress(table, map(part.__eq__, map(mask.__and__, table))))) for part in range(parts))
 

@@ -66,6 +66,20 @@ class FingerprintSet:
         self.count += added
         return present
 
+    def add(self, fingerprint: int) -> bool:
+        """Add one (not 0); False when it was already present. ``add_many`` for a single value, without its lists."""
+        if self.count >= self._limit:
+            self._grow()
+        table, mask = self._table, self._mask
+        slot = fingerprint & mask
+        while current := table[slot]:
+            if current == fingerprint:
+                return False
+            slot = (slot + 1) & mask
+        table[slot] = fingerprint
+        self.count += 1
+        return True
+
     def __contains__(self, fingerprint: int) -> bool:
         table, mask = self._table, self._mask
         slot = fingerprint & mask
@@ -105,7 +119,7 @@ class Claims:
 
     def claim(self, key: str, position: int, payload: Any = None, line: int = 0, prefix: str = "") -> bool:
         """Record ``key``; False (and the key becomes a suspect) when it may be taken."""
-        if self._fingerprints.add_many((self._fingerprint(key.lower()) or 1,)):
+        if not self._fingerprints.add(self._fingerprint(key.lower()) or 1):
             self.suspects.append(Suspect(position, key, payload, line or position, prefix))
             return False
         return True
