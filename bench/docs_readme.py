@@ -200,19 +200,24 @@ def readme_scale(results: list[Result]) -> str:
             f"the finished batch took {wall('resume a finished batch')} (every file checked), `status` "
             f"{wall('status')}, `export` {wall('export jsonl')} (JSONL) and {wall('export csv')} (CSV)."
         )
-    manifest = newest(results, "manifest")
-    if manifest is not None:
-        cells = [
-            f"{num(r['median_wall_s'], 1)} s and {num(r['max_peak_rss_mb'], 0)} MB for {num(r['rows'])} rows"
-            for r in manifest.rows
-            if r.get("command") == "validate"
-        ]
-        if cells:
-            sentences.append(
-                f"`batchgen validate` (every row checked and the run planned: what the ledger and the "
-                f"reuse index hold, identical requests, the bill) took {' and '.join(cells)} at "
-                f"`{manifest.commit}` (`python bench/manifest_bench.py`)."
-            )
+    cells, seen = [], set()
+    for manifest in series(results, "manifest"):  # newest first: each size's newest figure
+        for r in manifest.rows:
+            if r.get("command") == "validate" and r["rows"] not in seen:
+                seen.add(r["rows"])
+                cells.append(
+                    (
+                        r["rows"],
+                        f"{num(r['median_wall_s'], 1)} s and {num(r['max_peak_rss_mb'], 0)} MB for "
+                        f"{num(r['rows'])} rows at `{manifest.commit}`",
+                    )
+                )
+    if cells:
+        sentences.append(
+            "`batchgen validate` (every row checked and the run planned: what the ledger and the reuse index "
+            f"hold, identical requests, the bill) took {' and '.join(text for _, text in sorted(cells))} "
+            "(`python bench/manifest_bench.py`)."
+        )
     if not sentences:
         return "No scale result is committed yet."
     return " ".join(sentences)
