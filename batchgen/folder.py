@@ -50,6 +50,7 @@ from typing import Any
 from .errors import LedgerBusy, OutputError
 from .models import SavedOutput
 from .outputs import (
+    NO_FOLLOW,
     TEMP_PREFIX,
     TEMP_SUFFIX,
     UnsafeName,
@@ -71,9 +72,6 @@ REPLACED_DIR = "replaced"  # in STATE_DIR: files an output's name held before it
 CLEAN_MARK = "clean"  # in STATE_DIR: the last run to hold the lock left no partial file (module docstring)
 MADE_BY = "made-by"  # in STATE_DIR: "api" or "simulator", what made the folder's images (OutputFolder.claim)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
-# State files are opened without following a symlink under their name: one left there between runs would
-# have batchgen write (append to the journal, truncate for the id or the mark) a file outside the folder.
-_OWN_FILE = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclass(frozen=True)
@@ -109,7 +107,7 @@ class OutputFolder:
                     f"{self.state} is a symlink, not batchgen's own folder: batchgen writes nothing through it; "
                     "remove it (the next run starts a new one)"
                 )
-            fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT | _OWN_FILE, 0o644)
+            fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT | NO_FOLLOW, 0o644)
         except OSError as exc:
             raise OutputError(f"cannot use the output folder {self.path}: {exc.strerror or exc}") from exc
         try:
@@ -244,7 +242,7 @@ class OutputFolder:
         if self._journal_fd is None:
             try:
                 self.state.mkdir(mode=0o755, parents=True, exist_ok=True)
-                self._journal_fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _OWN_FILE, 0o644)
+                self._journal_fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NO_FOLLOW, 0o644)
             except OSError as exc:
                 raise OutputError(f"cannot open {self.journal_path}: {exc.strerror or exc}") from exc
         return self._journal_fd
@@ -337,7 +335,7 @@ def mixed_folder(out: Path, simulated: bool) -> str:
 
 def _write_own(path: Path, text: str) -> None:
     """Write one of the state folder's small ASCII files, never through a symlink under its name."""
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OWN_FILE, 0o644), "w", encoding="ascii") as f:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NO_FOLLOW, 0o644), "w", encoding="ascii") as f:
         f.write(text)
 
 

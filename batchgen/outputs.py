@@ -43,8 +43,10 @@ EXTENSIONS = {
     "image/gif": "gif",
     "image/avif": "avif",
 }
+# Opening a file of batchgen's own: never through a symlink under its name, not inherited by children.
+NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 # Flags for a file batchgen creates: new (never an existing file, nor a symlink's target), not inherited.
-NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NO_FOLLOW
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._~-]{0,199}")
 
 
@@ -119,11 +121,10 @@ class PartialFile:
         saved = SavedOutput(n=n, path=name, bytes=self.size, sha256=self._sha256.hexdigest(), content_type=content_type)
         if self._before_rename is not None:
             self._before_rename(saved)
-        if final.parent == self.output_dir or not _RENAME_IN_FOLDER:
+        if final.parent == self.output_dir:
             os.replace(self.temp_path, final)
         else:  # into the folder checked above even if it was swapped for a symlink since
-            with _opened_folder(self.output_dir, final.parent) as folder:
-                os.replace(self.temp_path, final.name, dst_dir_fd=folder)
+            rename_below(self.output_dir, self.temp_path, final)
         self._renamed = True
         return saved
 
@@ -240,10 +241,10 @@ def rename_below(output_dir: Path, source: Path, target: Path) -> None:
     cannot redirect the rename out of the output folder, nor bring a file in from outside. Raises UnsafeName
     when a folder on either path is not a plain folder now."""
     if not _RENAME_IN_FOLDER:
-        os.rename(source, target)
+        os.replace(source, target)
         return
     with _opened_folder(output_dir, source.parent) as src, _opened_folder(output_dir, target.parent) as dst:
-        os.rename(source.name, target.name, src_dir_fd=src, dst_dir_fd=dst)
+        os.rename(source.name, target.name, src_dir_fd=src, dst_dir_fd=dst)  # (POSIX: replaces, as os.replace)
 
 
 def unlink_below(output_dir: Path, path: Path) -> None:

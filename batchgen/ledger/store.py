@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LedgerBusy, LedgerError
+from ..outputs import NO_FOLLOW
 from .reads import LedgerExports, LedgerReads
 from .schema import READABLE_FROM, SCHEMA_VERSION, check_version, migrate
 from .writes import (
@@ -47,7 +48,6 @@ except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
 
 SIDE_FILES = ("-wal", "-shm", "-journal", ".lock")  # beside the ledger: sqlite's, and the run lock
-_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class Ledger(LedgerReads, LedgerExports, LedgerWrites):
@@ -266,7 +266,7 @@ class Ledger(LedgerReads, LedgerExports, LedgerWrites):
             return
         lock_path = str(self.path) + ".lock"
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW, 0o644)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | NO_FOLLOW, 0o644)
         except OSError as exc:
             raise LedgerError(f"cannot create the lock file {lock_path}: {exc.strerror or exc}") from exc
         try:
