@@ -336,6 +336,40 @@ def test_an_accept_no_bucket_explains_is_believed_only_from_a_sender_faster_than
             assert fit.bounds() == before
 
 
+def test_a_cap_is_judged_by_the_runs_in_flight_when_each_create_leaves():
+    """Creates get their slots, then wait (for their attempt's commit) and leave in another order:
+    the server counts what is running when each arrives. Judged by the count when its slot was
+    given, the 429s of a cap of four came at counts of 0 and 1 and were put down to the rate (seen
+    in a real run of the grid's cap of 16: the pace fell to 9/s, where the cap allows 16/s);
+    judged when each leaves, they come at four and five and the cap is found."""
+    clock = [0.0]
+    pacer = Pacer(clock=lambda: clock[0])
+    cap, running = 4, 0
+
+    def climb(at: float) -> list[Send]:
+        nonlocal running
+        clock[0] = at
+        tickets = [pacer.send(Kind.CREATE) for _ in range(cap + 2)]
+        for ticket in reversed(tickets):  # the last slot given leaves first
+            pacer.leaving(ticket)
+        for ticket in reversed(tickets):
+            if running < cap:
+                running += 1
+                pacer.accepted(ticket)
+            else:
+                pacer.refused(ticket, 1.0)
+        return tickets
+
+    first = climb(0.0)
+    assert sorted(t.in_flight for t in first) == list(range(cap + 2))
+    for _ in range(cap):
+        running -= 1
+        pacer.run_ended()
+    second = climb(2.0)
+    assert [t.result for t in second[:2]] == [Result.CAPPED] * 2
+    assert pacer.running_limit == cap
+
+
 def test_the_pace_is_not_sent_up_by_an_accept_that_came_late():
     """A controller whose fit holds 10/s, sending below it, is told of a bunch of accepts no
     bucket explains: it notes them as not believed and keeps its pace and fit, where taking them

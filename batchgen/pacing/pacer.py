@@ -30,6 +30,7 @@ class Pacer:
         self.credit = 0.0  # requests that may go at once when the pause ends
         self.running = 0  # runs created and not known finished
         self.wire = 0  # creates sent and not answered
+        self.left = 0  # of those, creates whose bytes left (``leaving``)
         self.streak = 0  # 429s since the last accepted request
         self._unfed: deque[Send] = deque()  # counted requests, in the order sent, not yet given to the fit
         self._recent: deque[float] = deque()  # when counted requests left, lately
@@ -112,6 +113,16 @@ class Pacer:
         send.at, send.left = now, True
         if send.counted:
             self.last_left = now
+        if send.kind is Kind.CREATE:
+            # What the server may count when it arrives: the slot was given earlier, and runs
+            # created meanwhile (answers to creates that left before it) count too.
+            send.in_flight = self.running + self.left
+            self.left += 1
+
+    def _off_wire(self, send: Send) -> None:
+        self.wire -= 1
+        if send.left:
+            self.left -= 1
 
     def _round_trip(self, send: Send) -> None:
         """A create was answered: its round trip tells how much arrival times may wander."""
@@ -127,7 +138,7 @@ class Pacer:
         self.streak = 0
         if send.kind is Kind.CREATE:
             self._round_trip(send)
-            self.wire -= 1
+            self._off_wire(send)
             self.running += 1
             self.limit.accepted(send)
             if self.limit.suspect is None:
@@ -138,7 +149,7 @@ class Pacer:
         """No answer that tells anything (a transient failure): the request only leaves the wire."""
         send.result = Result.LOST
         if send.kind is Kind.CREATE:
-            self.wire -= 1
+            self._off_wire(send)
             self.limit.lost(send)
         self._feed()
 
@@ -155,7 +166,7 @@ class Pacer:
         self.rate.quiet_since = max(self.rate.quiet_since, self.pause_until)
         if send.kind is Kind.CREATE:
             self._round_trip(send)
-            self.wire -= 1
+            self._off_wire(send)
             suspected = self.limit.suspect is not None
             send.result = self.limit.refused(send, self.pause_until, pause)
             send.repeat = self.limit.repeat

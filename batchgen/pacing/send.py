@@ -27,7 +27,8 @@ class Send:
 
     kind: Kind
     at: float
-    in_flight: int  # runs created and not known finished, plus creates on the wire, before this one
+    in_flight: int  # runs created and not known finished, plus creates on the wire before this one (once it
+    # leaves: only those that left before it)
     counted: bool  # it took a place in the pace
     pace: float
     result: Result | None = None
