@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from batchgen.pacing import QUIET_MIN, REFUSAL_BUDGET, SPREAD, BucketFit, Kind, Pacer, Result, Send
+from batchgen.pacing.rate import DISBELIEF, DISBELIEF_GAP
 from tests.pacing_model import Limits, convergence, paces, run_model, schedule_of
 
 # Issue 9's targets.
@@ -334,6 +335,24 @@ def test_an_accept_no_bucket_explains_is_believed_only_from_a_sender_faster_than
         else:
             assert False in believed
             assert fit.bounds() == before
+
+
+def test_a_fit_that_accepts_keep_contradicting_is_dropped():
+    """A fit pinned at half the limit by a mistimed 429 (seen in a real run of the grid's 40/s with a
+    bucket of one: [20.5, 20.8]/s, 200 accepts not believed and the pace held at 20/s for a minute):
+    one moment of accepts no bucket explains is a stall and is not believed, but such accepts at
+    three moments seconds apart show the fit is wrong. It is dropped and the pace grows again."""
+    rate = Pacer(clock=lambda: 0.0).rate
+    rate.fit = _fitted_to_ten_per_second()
+    rate.settle(10.0)
+    pace = rate.pace
+    moments = [149 / 15 + DISBELIEF_GAP * k for k in range(DISBELIEF)]
+    for at in moments:
+        for _ in range(3):  # well beyond what any fitted bucket holds, sent at the fit's own pace
+            rate.accepted(Send(Kind.CREATE, at, 0, True, pace, result=Result.ACCEPTED))
+        assert (rate.fit is None) == (at == moments[-1])
+    assert rate.growing and rate.bounds is None
+    assert [h[1] for h in rate.history][-2:] == ["fit wrong", "limit rose"]
 
 
 def test_a_cap_is_judged_by_the_runs_in_flight_when_each_create_leaves():

@@ -33,7 +33,9 @@ Ideas taken, and why:
   sent faster than every surviving bucket allows: sent slower, no more can have got through
   than the buckets allowed, so such an answer reached the server later than it seemed (a
   stall, a busy loop) and is noted and not believed, rather than taken for a rise that would
-  ramp the pace into a 429's pause. The quiet period is set by two budgets: a 429 whose
+  ramp the pace into a 429's pause. Such accepts at three moments seconds apart are more
+  than one stall: the fit itself is wrong (a 429 it learnt from was mistimed), and it is
+  dropped and the pace grows from where it is. The quiet period is set by two budgets: a 429 whose
   pause the bucket does not refill costs the batch that pause, so probes come at most every
   cost / TIME_BUDGET seconds (50 s with whole-second Retry-After and a small bucket); and
   at most one create in 1 / REFUSAL_BUDGET is a failed probe (10 s at 10/s, 2 s at 50/s

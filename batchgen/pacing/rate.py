@@ -20,6 +20,9 @@ TIME_BUDGET = 0.02  # share of time that failed probes may cost
 REFUSAL_BUDGET = 0.01  # share of requests that failed probes may cost
 PROBE_GROWTH = 0.077  # probe pace = bound · exp(a·t²): ×1.08 after 1 s, ×2 after 3 s
 EPS_MIN, EPS_MAX = 0.0, 0.05  # bounds of the arrival-time uncertainty the fit allows for, seconds
+# Accepts no bucket explains, not believed one by one, at this many moments at least DISBELIEF_GAP
+# apart within DISBELIEF_WINDOW seconds: no one stall explains them all, the fit itself is wrong.
+DISBELIEF, DISBELIEF_GAP, DISBELIEF_WINDOW = 3, 0.25, 5.0
 
 
 class RateControl:
@@ -44,6 +47,7 @@ class RateControl:
         self.refused_at = math.inf  # the lowest pace refused since the limit last moved
         self.eps = EPS_MIN  # how far a request's arrival may be from when it left, less the constant delay
         self.history: deque[tuple[float, str, float, tuple[float, float] | None]] = deque(maxlen=200)
+        self.disbelieved: deque[float] = deque(maxlen=DISBELIEF)  # moments accepts were not believed, lately
 
     def _set(self, pace: float) -> None:
         self.pace = max(0.01, min(pace, self.ceiling) if self.ceiling is not None else pace)
@@ -111,9 +115,17 @@ class RateControl:
         bounds = self.fit.bounds()
         rise = bounds is None or send.pace > bounds[1] * (1 + SPREAD)
         if not self.fit.accept(send.at, self.eps, rise=rise):
-            self.history.append((send.at, "not believed", self.pace, self.bounds))
-        if self.fit.bounds() is None:  # more got through than any bucket allowed: the limit rose
+            if not self.disbelieved or send.at - self.disbelieved[-1] >= DISBELIEF_GAP:
+                self.disbelieved.append(send.at)
+            if len(self.disbelieved) < DISBELIEF or send.at - self.disbelieved[0] > DISBELIEF_WINDOW:
+                self.history.append((send.at, "not believed", self.pace, self.bounds))
+                return
+            # Again and again: the fit itself is wrong (a 429 it learnt from was mistimed).
+            self.history.append((send.at, "fit wrong", self.pace, self.bounds))
+            self.fit = None
+        if self.fit is None or self.fit.bounds() is None:  # more got through than any bucket allowed
             self.history.append((send.at, "limit rose", self.pace, self.bounds))
+            self.disbelieved.clear()
             self.fit, self.bounds, self.refused_at = None, None, math.inf
             self.growing, self.grow_base, self.grow_time = True, self.pace, 0.0
 
