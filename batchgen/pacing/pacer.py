@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections import deque
@@ -32,7 +33,7 @@ class Pacer:
         self.wire = 0  # creates sent and not answered
         self.left = 0  # of those, creates whose bytes left (``leaving``)
         self.streak = 0  # 429s since the last accepted request
-        self._unfed: deque[Send] = deque()  # counted requests, in the order sent, not yet given to the fit
+        self._unfed: deque[Send] = deque()  # counted requests, in the order they left, not yet given to the fit
         self._recent: deque[float] = deque()  # when counted requests left, lately
         self._rtts: deque[float] = deque(maxlen=RTT_SAMPLES)  # round trips of creates, lately
         self._answers = 0
@@ -113,6 +114,12 @@ class Pacer:
         send.at, send.left = now, True
         if send.counted:
             self.last_left = now
+            # The fit reads answers in the order their requests left: one that got its slot
+            # earlier but left later is fed after those that left before it.
+            if self._unfed and self._unfed[-1] is not send:
+                with contextlib.suppress(ValueError):  # (always there: it was put there when sent)
+                    self._unfed.remove(send)
+                    self._unfed.append(send)
         if send.kind is Kind.CREATE:
             # What the server may count when it arrives: the slot was given earlier, and runs
             # created meanwhile (answers to creates that left before it) count too.
@@ -200,7 +207,7 @@ class Pacer:
         self.limit.ended = True
 
     def _feed(self) -> None:
-        """Give the rate fit every answered counted request, in the order they were sent."""
+        """Give the rate fit every answered counted request, in the order they left."""
         now = self.clock()
         while self._unfed and self._unfed[0].result is not None:
             send = self._unfed.popleft()
