@@ -247,6 +247,7 @@ def test_undecodable_utf16_and_overlong_lines_match(tmp_path, monkeypatch):
             assert_same(path, batch_lines)
     monkeypatch.setattr(jsonl_reader, "MAX_JSONL_LINE_BYTES", 100)
     monkeypatch.setattr(jsonl_reader, "BLOCK_BYTES", 64)  # lines span blocks, and a long one several
+    monkeypatch.setattr(jsonl_reader, "BATCH_BYTES", 150)  # and batches are cut short by their bytes
     long_line = '{"prompt": "' + "b" * 300 + '"}'
     edge = '{"prompt": "' + "c" * (100 - 14) + '"}'  # exactly the limit
     for ending in ("\n", ""):
@@ -269,3 +270,26 @@ def test_a_later_file_name_meets_ids_claimed_by_batches(tmp_path):
         assert_same(path, batch_lines)
     _, problems = outcome(path, 3)
     assert problems is not None and any("file name" in message for *_, message, _ in problems)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_line_batches_give_the_lines_readline_gives(tmp_path, monkeypatch, seed):
+    """Lines read a block at a time, in batches cut by count and by bytes, are the lines (and over-long lines)
+    bounded_lines reads one readline at a time, with the same numbers."""
+    rng = random.Random(seed)
+    data = b"".join(rng.choice([b"\n", b"\r\n", b"ab", b"x" * 40, b"{}", b" "]) for _ in range(rng.randint(0, 400)))
+    path = tmp_path / "lines.jsonl"
+    path.write_bytes(data)
+    limit = rng.choice([10, 50, 1000])
+    monkeypatch.setattr(jsonl_reader, "BLOCK_BYTES", rng.choice([1, 7, 64, 4096]))
+    monkeypatch.setattr(jsonl_reader, "BATCH_BYTES", rng.choice([1, 100, 1 << 20]))
+    with open(path, "rb") as file:
+        expected = [(number, line if line is None else line.removesuffix(b"\n")) for number, line in
+                    jsonl_reader.bounded_lines(file, limit)]  # fmt: skip
+    with open(path, "rb") as file:
+        batches = list(jsonl_reader.line_batches(file, limit, rng.choice([1, 3, 100])))
+    got = [(first + offset, line) for first, lines, _ended in batches for offset, line in enumerate(lines)]
+    assert got == expected
+    assert all(ended for *_, ended in batches[:-1])
+    if expected and expected[-1][1] is not None:  # whether the last line ended with a newline
+        assert batches[-1][2] == data.endswith(b"\n")

@@ -34,6 +34,7 @@ from .records import Batch, Requests
 _BOM = b"\xef\xbb\xbf"
 _JSON_SPACE = b" \t\r"  # JSON's whitespace within a line; bytes.strip() would also take \x0b and \x0c
 _TWO_OBJECTS_RE = re.compile(r"\}[ \t\r]*,[ \t\r]*\{")
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
 _KEYS = frozenset((*JOB_FIELDS, "metadata"))
 _ASPECT_RATIOS = frozenset((None, *ASPECT_RATIOS))
 _QUALITIES = frozenset((None, *QUALITIES))
@@ -43,10 +44,10 @@ _SCALARS = frozenset((str, int, bool, NoneType))
 
 def checked_batch(first: int, lines: list[bytes | None]) -> Batch | None:
     """The lines numbered from ``first`` as a Batch when every one is a valid job or blank; else None."""
-    jobs, numbers = _decoded(first, lines)
+    jobs, numbers, surrogates = _decoded(first, lines)
     if jobs is None or not jobs:
         return None
-    columns = _columns(jobs)
+    columns = _columns(jobs, surrogates)
     if columns is None:
         return None
     ids, prompts, aspects, qualities, urls, metadata = columns
@@ -59,14 +60,15 @@ def checked_batch(first: int, lines: list[bytes | None]) -> Batch | None:
     )
 
 
-def _decoded(first: int, lines: list[bytes | None]) -> tuple[list[dict[str, Any]] | None, range | list[int]]:
-    """Each non-blank line's object and its line number; None when some line needs the per-line checks."""
+def _decoded(first: int, lines: list[bytes | None]) -> tuple[list[dict[str, Any]] | None, range | list[int], bool]:
+    """Each non-blank line's object and its line number, and whether any text in them may hold an unpaired
+    surrogate; None when some line needs the per-line checks."""
     if None in lines:
-        return None, []
+        return None, [], False
     texts: list[bytes] = lines  # type: ignore[assignment]  # no None in it
     if first == 1:
         if utf16(texts[0]) is not None:
-            return None, []
+            return None, [], False
         if texts[0].startswith(_BOM):  # as the per-line checks decode line 1: utf-8-sig
             texts = [texts[0][len(_BOM) :], *texts[1:]]
     stripped = list(map(bytes.strip, texts, repeat(_JSON_SPACE)))
@@ -77,16 +79,17 @@ def _decoded(first: int, lines: list[bytes | None]) -> tuple[list[dict[str, Any]
     try:
         body = b"\n,".join(stripped).decode("utf-8")
     except UnicodeDecodeError:
-        return None, []
+        return None, [], False
     if _TWO_OBJECTS_RE.search(body):
-        return None, []
+        return None, [], False
     try:
         jobs = json.loads("[" + body + "]")
     except (ValueError, RecursionError):
-        return None, []
+        return None, [], False
     if len(jobs) != len(stripped) or set(map(type, jobs)) != {dict}:
-        return None, []
-    return jobs, numbers
+        return None, [], False
+    # Strictly decoded UTF-8 holds no surrogate: only a \uD800-\uDFFF escape can give one (or a pair, an emoji).
+    return jobs, numbers, _SURROGATE_ESCAPE_RE.search(body) is not None
 
 
 _Columns = tuple[
@@ -99,7 +102,7 @@ _Columns = tuple[
 ]
 
 
-def _columns(jobs: list[dict[str, Any]]) -> _Columns | None:
+def _columns(jobs: list[dict[str, Any]], surrogates: bool) -> _Columns | None:
     """The jobs' fields, column by column, when every value is one the per-job checks pass as it is."""
     keys = set(chain.from_iterable(jobs))
     if not keys <= _KEYS or "prompt" not in keys:
@@ -108,7 +111,8 @@ def _columns(jobs: list[dict[str, Any]]) -> _Columns | None:
         prompts: list[str] = _column(jobs, "prompt")
         if set(map(type, prompts)) != {str} or not prompts_are_plain(prompts):
             raise Invalid("prompt")
-        _no_surrogate(prompts)
+        if surrogates:
+            _no_surrogate(prompts)
         ids: list[str] | None = _column(jobs, "id") if "id" in keys else None
         if ids is not None:
             _plain_ids(ids)
@@ -119,7 +123,7 @@ def _columns(jobs: list[dict[str, Any]]) -> _Columns | None:
         if qualities is not None and not set(qualities) <= _QUALITIES:
             raise Invalid("quality")
         urls = _urls(_column(jobs, "image_urls")) if "image_urls" in keys else None
-        metadata = _metadata(_column(jobs, "metadata")) if "metadata" in keys else [{} for _ in jobs]
+        metadata = _metadata(_column(jobs, "metadata"), surrogates) if "metadata" in keys else [{} for _ in jobs]
     except Invalid:  # the per-job checks say what, and where
         return None
     return ids, prompts, aspects, qualities, urls, metadata
@@ -152,7 +156,7 @@ def _urls(values: list[Any]) -> list[tuple[str, ...]] | None:
     return [() if value is None else check_image_urls(value) for value in values]
 
 
-def _metadata(values: list[Any]) -> list[dict[str, Any]]:
+def _metadata(values: list[Any], surrogates: bool) -> list[dict[str, Any]]:
     """Each job's metadata as check_metadata gives it ({} when not set)."""
     types = set(map(type, values))
     if not types <= {dict, NoneType}:
@@ -163,8 +167,9 @@ def _metadata(values: list[Any]) -> list[dict[str, Any]]:
     if not inner <= _SCALARS:  # nested, or numbers that may not be finite: the per-job rule, on each
         return [check_metadata(value) for value in values]
     # flat: check_metadata would give an equal copy, once no text in it is an unpaired surrogate
-    strings: Iterable[Any] = chain.from_iterable(map(dict.values, values))
-    _no_surrogate(strings if inner == {str} else (value for value in strings if value.__class__ is str))
+    if surrogates:
+        strings: Iterable[Any] = chain.from_iterable(map(dict.values, values))
+        _no_surrogate(strings if inner == {str} else (value for value in strings if value.__class__ is str))
     return values
 
 

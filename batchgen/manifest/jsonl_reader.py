@@ -21,6 +21,7 @@ MAX_JSONL_LINE_BYTES = 4 * 2**20
 JOB_KEYS = (*JOB_FIELDS, "metadata")
 BATCH_LINES = 2048
 BLOCK_BYTES = 1 << 20  # read at a time; a line may span blocks
+BATCH_BYTES = 16 << 20  # a batch of long lines is cut short, so memory stays bounded
 
 
 def read_jsonl(path: str, problems: Problems, *, batch_lines: int = BATCH_LINES) -> Iterator[Record | Batch]:
@@ -89,8 +90,9 @@ def line_batches(file: BinaryIO, limit: int, size: int) -> Iterator[tuple[int, l
     """``(first line's number, up to size lines, whether the last of them ended with a newline)``.
 
     Lines come without their '\\n'; None stands for a line longer than ``limit`` bytes, which is skipped
-    without being held, so memory stays bounded (as ``bounded_lines`` does, a block at a time)."""
-    first, lines = 1, []
+    without being held, so memory stays bounded (as ``bounded_lines`` does, a block at a time); a batch
+    holds about ``BATCH_BYTES`` at most."""
+    first, lines, held = 1, [], 0
     pending, too_long = b"", False  # the start of a line not ended yet; or that line is already too long
     while block := file.read(BLOCK_BYTES):
         split = block.split(b"\n")
@@ -106,9 +108,13 @@ def line_batches(file: BinaryIO, limit: int, size: int) -> Iterator[tuple[int, l
         if len(pending) > limit:
             pending, too_long = b"", True
         lines += parts
-        while len(lines) >= size:
-            yield first, lines[:size], True
-            first, lines = first + size, lines[size:]
+        held += len(block)
+        while len(lines) >= size or (lines and held > BATCH_BYTES):
+            batch, lines = lines[:size], lines[size:]
+            yield first, batch, True
+            first += len(batch)
+        if not lines:
+            held = 0
     if too_long or pending:
         lines.append(None if too_long else pending)
     if lines:
