@@ -139,7 +139,8 @@ def _plain_ids(ids: list[str]) -> None:
     name of batchgen's own file."""
     if set(map(type, ids)) != {str} or not ids_are_plain(ids):
         raise Invalid("id")
-    if "\n" in "".join(ids) or _OWN_STEM in "\n".join(ids).lower():
+    joined = "\n".join(ids)
+    if joined.count("\n") != len(ids) - 1 or _OWN_STEM in joined.lower():
         raise Invalid("id")
 
 
