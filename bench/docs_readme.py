@@ -203,7 +203,7 @@ def readme_scale(results: list[Result]) -> str:
     cells, seen = [], set()
     for manifest in series(results, "manifest"):  # newest first: each size's newest figure
         for r in manifest.rows:
-            if r.get("command") == "validate" and r["rows"] not in seen:
+            if r.get("command") == "validate" and r.get("format", "csv") == "csv" and r["rows"] not in seen:
                 seen.add(r["rows"])
                 cells.append(
                     (

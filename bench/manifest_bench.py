@@ -1,10 +1,12 @@
-"""How long `batchgen validate` takes on a large CSV manifest, and how much memory it holds.
+"""How long `batchgen validate` takes on a large CSV or JSONL manifest, and how much memory it holds.
 
     python bench/manifest_bench.py                  # 1,000,000 and 5,000,000 rows, 3 runs each
     python bench/manifest_bench.py --rows 200000 --repeat 1   # a quick look while developing
+    python bench/manifest_bench.py --rows 200000 --format csv jsonl   # both formats, back to back
 
 Each size gets a CSV written like bench/run.py's scenario 6 (explicit ids, prompts,
-aspect ratio, quality and two metadata columns), cached in --work. Each command
+aspect ratio, quality and two metadata columns), cached in --work; ``--format jsonl``
+writes the same jobs as JSONL (the two metadata columns under ``metadata``). Each command
 runs in its own process, reaped with os.wait4 for its CPU time and peak RSS:
 
 - ``validate``: ``python -m batchgen validate FILE`` (what the targets of issue 10 are about);
@@ -18,6 +20,7 @@ is above the core count are marked ``busy``: they need a quiet machine to mean m
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import json
 import os
@@ -70,6 +73,20 @@ def measure(command: list[str]) -> dict[str, float | int | bool]:
     }
 
 
+def jsonl_manifest(path: Path, rows: int) -> Path:
+    """The CSV manifest's jobs as JSONL, one object per line with the same fields and metadata."""
+    if path.exists():
+        return path
+    source = write_manifest(path.with_suffix(".csv"), rows, metadata=True)
+    tmp = path.with_suffix(".tmp")
+    with open(source, encoding="utf-8", newline="") as file, open(tmp, "w", encoding="utf-8") as out:
+        for row in csv.DictReader(file):
+            job = {key: row.pop(key) for key in ("id", "prompt", "aspect_ratio", "quality")}
+            out.write(json.dumps({**job, "metadata": row}, ensure_ascii=False) + "\n")
+    tmp.rename(path)
+    return path
+
+
 def commit() -> str:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
     dirty = subprocess.run(["git", "status", "--porcelain", "batchgen"], capture_output=True, text=True, cwd=REPO)
@@ -80,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--format", nargs="+", choices=("csv", "jsonl"), default=["csv"], help="manifest formats")
     parser.add_argument("--work", type=Path, default=Path("/tmp/batchgen-manifest-bench"))
     parser.add_argument("--no-stream", action="store_true", help="measure validate only")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/manifest_<commit>.json")
@@ -87,8 +105,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     measured = commit()
     results = []
-    for rows in args.rows:
-        manifest = write_manifest(args.work / f"big-{rows}.csv", rows, metadata=True)
+    for rows, kind in [(rows, kind) for rows in args.rows for kind in args.format]:
+        if kind == "csv":
+            manifest = write_manifest(args.work / f"big-{rows}.csv", rows, metadata=True)
+        else:
+            manifest = jsonl_manifest(args.work / f"big-{rows}.jsonl", rows)
         commands = {"validate": [sys.executable, "-m", "batchgen", "validate", str(manifest)]}
         if not args.no_stream:
             commands["stream"] = [sys.executable, "-c", STREAM, str(manifest)]
@@ -96,6 +117,7 @@ def main() -> None:
             runs = [measure(command) for _ in range(args.repeat)]
             summary = {
                 "rows": rows,
+                "format": kind,
                 "command": name,
                 "file_mb": round(manifest.stat().st_size / 2**20, 1),
                 "median_wall_s": statistics.median(run["wall_s"] for run in runs),
@@ -106,7 +128,7 @@ def main() -> None:
             }
             results.append(summary)
             print(
-                f"{rows:>9,} rows {name:<8} wall {summary['median_wall_s']:6.2f} s"
+                f"{rows:>9,} rows {kind:<5} {name:<8} wall {summary['median_wall_s']:6.2f} s"
                 f"  cpu {summary['median_cpu_s']:6.2f} s"
                 f"  peak RSS {summary['max_peak_rss_mb']:6.1f} MB{'  (busy machine)' if summary['any_busy'] else ''}",
                 flush=True,

@@ -3,6 +3,7 @@
     python bench/scale.py                       # 1,000,000 rows, medians of 3, results in bench/results/
     python bench/scale.py --rows 5000000 --only start --repeat 1
     python bench/scale.py --quick               # 20,000 rows, once: the CI smoke version (nothing saved)
+    python bench/scale.py --rows 200000 --only start --format jsonl --no-save   # a JSONL manifest's start
 
 Each figure is the real CLI in a subprocess, timed from its start, its CPU and peak RSS read
 with wait4:
@@ -45,10 +46,19 @@ PY = sys.executable
 
 
 def write_manifest(path: Path, rows: int) -> None:
+    """``rows`` jobs with ids, prompts and qualities: a CSV, or the same jobs as JSONL when ``path`` ends .jsonl."""
+    jsonl = path.suffix == ".jsonl"
     with open(path, "w", encoding="utf-8") as file:
-        file.write("id,prompt,quality\n")
+        if not jsonl:
+            file.write("id,prompt,quality\n")
         for i in range(rows):
-            file.write(f"item-{i:07d},studio photo of catalogue item {i} on white,{'high' if i % 3 else 'medium'}\n")
+            job_id, prompt, quality = f"item-{i:07d}", f"studio photo of catalogue item {i} on white", "medium"
+            if i % 3:
+                quality = "high"
+            if jsonl:
+                file.write(json.dumps({"id": job_id, "prompt": prompt, "quality": quality}) + "\n")
+            else:
+                file.write(f"{job_id},{prompt},{quality}\n")
 
 
 def measure(
@@ -127,9 +137,9 @@ def creates(origin: str) -> int:
         return int(json.load(answer)["create_requests"])
 
 
-def start(work: Path, rows: int, env: dict[str, str], limit: float) -> dict[str, Any]:
+def start(work: Path, rows: int, env: dict[str, str], limit: float, kind: str = "csv") -> dict[str, Any]:
     """Seconds to the first create of a fresh batch, and its peak RSS while the manifest is read."""
-    manifest, out = work / "start.csv", work / "start-out"
+    manifest, out = work / f"start.{kind}", work / "start-out"
     if not manifest.exists():
         write_manifest(manifest, rows)
     shutil.rmtree(out, ignore_errors=True)
@@ -180,12 +190,12 @@ def _manifest_read(ledger: Path, rows: int) -> bool:
         return False
 
 
-def finished_ledger(work: Path, rows: int, env: dict[str, str]) -> tuple[Path, Path]:
+def finished_ledger(work: Path, rows: int, env: dict[str, str], kind: str = "csv") -> tuple[Path, Path]:
     """A ledger of ``rows`` succeeded jobs, one (empty) file each, synced as `run` would sync it.
 
     Made in a child process: Linux carries a process's peak RSS across exec into the commands
     this script starts, so this one must stay small."""
-    manifest, out = work / "done.csv", work / "done-out"
+    manifest, out = work / f"done.{kind}", work / "done-out"
     if not (out / "batchgen.sqlite").exists():
         write_manifest(manifest, rows)
         subprocess.run([PY, __file__, "--make-ledger", str(manifest), str(out)], env=env, check=True)
@@ -221,6 +231,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", choices=("start", "ledger"), help="measure one half only")
+    parser.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="the manifests' format")
     parser.add_argument("--start-seconds", type=float, default=120.0, help="stop the start run after this long")
     parser.add_argument("--work", type=Path, help="where the manifests and ledgers are made (default: a temp folder)")
     parser.add_argument("--quick", action="store_true", help="20,000 rows once, nothing saved (CI smoke)")
@@ -256,11 +267,11 @@ def main() -> int:
         print(json.dumps(row), flush=True)
 
     if args.only in (None, "start"):
-        runs = [start(work, args.rows, env, args.start_seconds) for _ in range(args.repeat)]
+        runs = [start(work, args.rows, env, args.start_seconds, args.format) for _ in range(args.repeat)]
         firsts = [r["first_create_s"] for r in runs if r["first_create_s"] is not None]
         record("start: first create", runs, first_create_s=statistics.median(firsts) if firsts else None)
     if args.only in (None, "ledger"):
-        manifest, out = finished_ledger(work, args.rows, env)
+        manifest, out = finished_ledger(work, args.rows, env, args.format)
         commands = {
             "resume a finished batch": ["run", str(manifest), "--output", str(out), "--simulate", "--no-progress"],
             "status": ["status", "--output", str(out)],
@@ -281,7 +292,8 @@ def main() -> int:
                 print(json.dumps({"profile": what, "profiled_s": found["profiled_s"], "top": found["groups"][:5]}))
     if not args.no_save:
         extra = {"profiles": profiles} if args.profile and args.only != "start" else {}
-        result = results_file.envelope(f"scale-{args.rows}", rows, load, samples=samples, **extra)
+        name = f"scale-{args.rows}" + ("-jsonl" if args.format == "jsonl" else "")
+        result = results_file.envelope(name, rows, load, samples=samples, **extra)
         print(f"saved {results_file.write(result)}")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

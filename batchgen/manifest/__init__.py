@@ -123,6 +123,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         manifest._expected_jobs = _expected_rows(name)
     elif kind == ".jsonl":
         manifest._records = lambda found: read_jsonl(name, found)
+        manifest._expected_jobs = _expected_rows(name)
     else:
         _open_yaml(manifest, name, problems)
     return manifest

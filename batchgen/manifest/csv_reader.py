@@ -29,8 +29,9 @@ from collections.abc import Iterator
 from operator import itemgetter
 from typing import IO, Any, NamedTuple
 
-from ..models import ASPECT_RATIOS, DEFAULT_MODEL, JOB_FIELDS, MAX_JOB_ID_LENGTH, MAX_PROMPT_LENGTH, QUALITIES, JobSpec
+from ..models import ASPECT_RATIOS, DEFAULT_MODEL, JOB_FIELDS, QUALITIES, JobSpec
 from ..words import plural
+from .columns import ids_are_plain, prompts_are_plain, spec_prompts, specs_from_columns
 from .fields import SURROGATE_RE, split_urls, url_problem
 from .problems import Problems, closest, not_utf8
 from .records import REPORTED, Batch, Record, Requests
@@ -41,8 +42,6 @@ DELIMITER_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs"}
 SAMPLE_CHARS = 64 * 1024
 CHUNK_ROWS = 2048
 
-_DEVICE_PREFIXES = ("\ncon", "\nprn", "\naux", "\nnul", "\ncom", "\nlpt")
-_DEVICE_LINE_RE = re.compile(r"(?m)^(?:con|prn|aux|nul|com[0-9]|lpt[0-9])(?:\.[^\n]*)?$")
 _ASPECT_RATIO_CELLS = frozenset(("", *ASPECT_RATIOS))
 _QUALITY_CELLS = frozenset(("", *QUALITIES))
 
@@ -251,19 +250,6 @@ def _chunk(
             yield record
 
 
-def _ids_are_plain(ids: list[str]) -> bool:
-    """True when every id passes check_id: ASCII letters, digits, '.', '_', '-', not leading '.'/'-', no device name."""
-    joined = "\n" + "\n".join(ids)
-    if not joined.isascii() or "" in ids or max(map(len, ids)) > MAX_JOB_ID_LENGTH:
-        return False
-    if "\n." in joined or "\n-" in joined:
-        return False
-    if not joined.replace("\n", "").replace("-", "").replace(".", "").replace("_", "").isalnum():
-        return False
-    lowered = joined.lower()
-    return not (any(prefix in lowered for prefix in _DEVICE_PREFIXES) and _DEVICE_LINE_RE.search(lowered))
-
-
 def _checked_batch(rows: list[list[str]], first_row: int, layout: _Layout, decoded: bool) -> Batch | None:
     """The chunk as a Batch when every cell is valid; None when some row needs a closer look.
 
@@ -277,14 +263,12 @@ def _checked_batch(rows: list[list[str]], first_row: int, layout: _Layout, decod
         if not text.isascii() and SURROGATE_RE.search(text):
             return None
     prompts = list(map(itemgetter(fields["prompt"]), rows))
-    if not all(prompts) or any(map(str.isspace, prompts)) or max(map(len, prompts)) > MAX_PROMPT_LENGTH:
-        return None
-    if "\x00" in "".join(prompts):
+    if not prompts_are_plain(prompts):
         return None
     ids: list[str] | None = None
     if "id" in fields:
         ids = list(map(itemgetter(fields["id"]), rows))
-        if not _ids_are_plain(ids):
+        if not ids_are_plain(ids):
             return None
     if "aspect_ratio" in fields and not set(map(itemgetter(fields["aspect_ratio"]), rows)) <= _ASPECT_RATIO_CELLS:
         return None
@@ -306,14 +290,6 @@ def _checked_batch(rows: list[list[str]], first_row: int, layout: _Layout, decod
     )
 
 
-def _spec_prompts(prompts: list[str]) -> list[str]:
-    """Prompts as the spec holds them: stripped and, as check_prompt does, with LF line ends (CRLF file = LF file)."""
-    stripped = list(map(str.strip, prompts))
-    if "\r" in "".join(stripped):
-        stripped = [prompt.replace("\r\n", "\n").replace("\r", "\n") for prompt in stripped]
-    return stripped
-
-
 def _column(rows: list[list[str]], layout: _Layout, field: str) -> list[str] | None:
     return list(map(itemgetter(layout.fields[field]), rows)) if field in layout.fields else None
 
@@ -324,7 +300,7 @@ def _requests(
     """The chunk's requests, column by column: what the plan reads instead of specs."""
     unset = [""] * len(rows)
     aspects, qualities = _column(rows, layout, "aspect_ratio"), _column(rows, layout, "quality")
-    return Requests(DEFAULT_MODEL, _spec_prompts(prompts), aspects or unset, qualities or unset, urls)
+    return Requests(DEFAULT_MODEL, spec_prompts(prompts), aspects or unset, qualities or unset, urls)
 
 
 def _specs(
@@ -335,8 +311,6 @@ def _specs(
     layout: _Layout,
 ) -> list[JobSpec]:
     """The chunk's jobs, built column by column where it can be (this is what ``run`` reads per row)."""
-    count = len(rows)
-    stripped = _spec_prompts(prompts)
     aspects, qualities = _column(rows, layout, "aspect_ratio"), _column(rows, layout, "quality")
     names = [name for name, _index in layout.metadata]
     if len(names) > 1:
@@ -345,19 +319,8 @@ def _specs(
     elif names:
         metadata = [{names[0]: row[layout.metadata[0][1]]} for row in rows]
     else:
-        metadata = [{} for _ in range(count)]
-    job_ids = ids if ids is not None else [""] * count
-    specs = []
-    for position in range(count):
-        api_input: dict[str, Any] = {"prompt": stripped[position]}
-        if aspects is not None and aspects[position]:
-            api_input["aspect_ratio"] = aspects[position]
-        if qualities is not None and qualities[position]:
-            api_input["quality"] = qualities[position]
-        if urls is not None and urls[position]:
-            api_input["image_urls"] = list(urls[position])
-        specs.append(JobSpec(job_ids[position], api_input, DEFAULT_MODEL, metadata[position]))
-    return specs
+        metadata = [{} for _ in rows]
+    return specs_from_columns(ids, spec_prompts(prompts), aspects, qualities, urls, metadata)
 
 
 def _layout(header: list[str], row_number: int, delimiter: str, problems: Problems) -> _Layout:

@@ -89,6 +89,11 @@ class FingerprintSet:
             slot = (slot + 1) & mask
         return False
 
+    def copy(self) -> FingerprintSet:
+        twin = FingerprintSet.__new__(FingerprintSet)
+        twin._table, twin._mask, twin._limit, twin.count = array("q", self._table), self._mask, self._limit, self.count
+        return twin
+
     def _grow(self) -> None:
         old = self._table
         self._allocate(2 * len(old))
@@ -124,8 +129,13 @@ class Claims:
             return False
         return True
 
+    def adopt(self, other: Claims) -> None:
+        """Hold every key ``other`` holds, as if each had been claimed here as well (for keys that were
+        claimed in both until now, or were to be: see JobBuilder.names_follow_ids)."""
+        self._fingerprints = other._fingerprints.copy()
+
     def claim_many(
-        self, keys: list[str], lines: range, first_position: int, payloads: Callable[[int], Any]
+        self, keys: list[str], lines: Sequence[int], first_position: int, payloads: Callable[[int], Any]
     ) -> set[int]:
         """Record ``keys`` (on ``lines``, at positions from ``first_position``); return the indexes held back."""
         lowered = "\n".join(keys).lower().split("\n") if all(map(str.isascii, keys)) else [k.lower() for k in keys]

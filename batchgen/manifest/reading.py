@@ -49,7 +49,10 @@ def read_jobs(
             built: list[JobSpec] = item.specs() if build and not requests else []
             held: set[int] = set()
             if item.ids is not None:
-                held = ids.claim_many(item.ids, item.lines, jobs + 1, _payloads(item, built) if build else _valid)
+                payloads = _payloads(item, built) if build else _valid
+                held = ids.claim_many(item.ids, item.lines, jobs + 1, payloads)
+                if item.names and builder.batch_claims_names():
+                    held |= _claim_names(names, item, item.ids, held, jobs + 1, payloads)
             jobs += len(item.lines)
             if not build:
                 yield len(item.lines) - len(held)
@@ -82,6 +85,19 @@ def _payloads(batch: Batch, built: list[JobSpec]) -> Callable[[int], JobSpec]:
         return built[index]
 
     return payload
+
+
+def _claim_names(
+    names: Claims, batch: Batch, keys: list[str], held: set[int], first: int, payloads: Callable[[int], Any]
+) -> set[int]:
+    """Claim a batch's ids as its file names, as JobBuilder.check does: not those already held back as ids."""
+    if not held:
+        return names.claim_many(keys, batch.lines, first, payloads)
+    return {
+        index
+        for index, key in enumerate(keys)
+        if index not in held and not names.claim(key, first + index, payloads(index), batch.lines[index])
+    }
 
 
 def _with_generated_id(spec: JobSpec, generated: GeneratedIds) -> JobSpec:
@@ -125,7 +141,7 @@ def _keys_again(records: RecordSource, field: str, where_kind: str) -> Iterator[
     try:
         for item in records(Problems("", "line", limit=0)):
             if isinstance(item, Batch):
-                if field == "id" and item.ids is not None:
+                if (field == "id" or item.names) and item.ids is not None:
                     for offset, (line, key) in enumerate(zip(item.lines, item.ids, strict=True)):
                         yield position + offset + 1, key, f"{where_kind} {line}"
                 position += len(item.lines)

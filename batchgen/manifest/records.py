@@ -1,14 +1,14 @@
 """From what a reader found to a ``JobSpec``: one job's checks, in one place for every format.
 
 A reader yields a ``Record`` per job (the raw values and where they came from)
-or, for a stretch of CSV rows it has already checked as a whole, a ``Batch``.
+or, for a stretch of CSV rows or JSONL lines it has already checked as a whole, a ``Batch``.
 ``JobBuilder.check`` applies the field rules, claims the id and file name, and
 builds the spec.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from ..models import DEFAULT_MODEL, JobSpec, image_input
@@ -50,12 +50,13 @@ class Requests(NamedTuple):
 
 
 class Batch(NamedTuple):
-    """Consecutive CSV rows whose fields are all valid: only their ids remain to be claimed."""
+    """Consecutive jobs (CSV rows, JSONL lines) whose fields are all valid: only their ids remain to be claimed."""
 
-    lines: range
+    lines: Sequence[int]  # each job's row or line
     ids: list[str] | None  # None: the manifest has no ids; each job gets a generated one
     specs: Callable[[], list[JobSpec]]  # the jobs, with job_id "" when ids is None
     requests: Callable[[], Requests]  # what they ask for, without building the specs
+    names: bool = False  # the ids are the jobs' file names too, to be claimed as JobBuilder.check claims them
 
 
 class JobBuilder:
@@ -65,10 +66,20 @@ class JobBuilder:
         self.problems, self.model, self.ids, self.names, self.generated = problems, model, ids, names, generated
         self.passthrough = model != DEFAULT_MODEL
         self.required = "input" if self.passthrough else "prompt"
+        # Until a job names its file otherwise than by its id, the file names claimed are the ids claimed (less
+        # those held back, whose keys are there already): ``ids`` then stands for both, and a batch whose ids
+        # are its file names leaves them out of ``names``. At the first such job, ``names`` takes on every id
+        # claimed so far, and from then on batches claim their names as this class does.
+        self.names_follow_ids = False
+        self.names_apart = False
 
     def check(self, record: Record, position: int, build: bool) -> JobSpec | bool | None:
         """The record's spec (True when not building); None when it is invalid or held back as a suspect."""
         line, values, field_lines, note, metadata, prefix = record
+        if not self.names_apart and values.get("filename") is not None:
+            self.names_apart = True
+            if self.names_follow_ids:
+                self.names.adopt(self.ids)
         errors: list[tuple[str, str]] = []
         if values.get(self.required) is None:
             errors.append((self.required, f"{self.required} is missing or empty"))
@@ -100,6 +111,11 @@ class JobBuilder:
         if errors or held:
             return None
         return self.build(checked, metadata) if build else True
+
+    def batch_claims_names(self) -> bool:
+        """Whether a batch whose ids are its file names must claim them in ``names`` (see ``names_follow_ids``)."""
+        self.names_follow_ids = not self.names_apart
+        return self.names_apart
 
     def build(self, checked: dict[str, Any], metadata: dict[str, Any] | None) -> JobSpec:
         if self.passthrough:
