@@ -53,6 +53,16 @@ def test_real_skus_as_ids_get_a_hint(tmp_path):
     assert problem.field == "id" and "{{ SKU | slug }}" in problem.message and "rows:" in problem.message
 
 
+@pytest.mark.parametrize(
+    ("cell", "said"), [('"a\nb"', "is not allowed"), ("last-run", "its --sidecar file would be last-run.json")]
+)
+def test_ids_the_row_checks_refuse_are_refused_in_a_clean_chunk_too(tmp_path, cell, said):
+    """A quoted id holding a line break (it ended in a traceback) and the name of batchgen's own file (it was
+    let through) are refused as the row-by-row checks refuse them, on the row that holds them."""
+    (problem,) = problems_of(write(tmp_path, "m.csv", f"id,prompt\n{cell},hello\nb,x\n"))
+    assert (problem.line, problem.field) == (2, "id") and said in problem.message
+
+
 def test_a_product_export_as_a_manifest_points_to_catalogues(tmp_path):
     """A header of a product export (no prompt column) says how to make prompts from its columns."""
     (problem,) = problems_of(write(tmp_path, "m.csv", "ID,Type,SKU,Name,Images\n1,simple,A,Lamp,\n"))

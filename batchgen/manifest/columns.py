@@ -12,22 +12,26 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from ..models import DEFAULT_MODEL, MAX_JOB_ID_LENGTH, MAX_PROMPT_LENGTH, JobSpec
+from ..models import DEFAULT_MODEL, LAST_RUN_NAME, MAX_JOB_ID_LENGTH, MAX_PROMPT_LENGTH, JobSpec
 
+_OWN_STEM = LAST_RUN_NAME.rpartition(".")[0]  # check_id refuses it, in any letter case
 _DEVICE_PREFIXES = ("\ncon", "\nprn", "\naux", "\nnul", "\ncom", "\nlpt")
 _DEVICE_LINE_RE = re.compile(r"(?m)^(?:con|prn|aux|nul|com[0-9]|lpt[0-9])(?:\.[^\n]*)?$")
 
 
 def ids_are_plain(ids: list[str]) -> bool:
-    """True when every id passes check_id: ASCII letters, digits, '.', '_', '-', not leading '.'/'-', no device name."""
+    """True when every id passes check_id: ASCII letters, digits, '.', '_', '-', not leading '.'/'-', no device name,
+    not the name of batchgen's own file (a line break inside an id, which a quoted CSV cell may hold, says no)."""
     joined = "\n" + "\n".join(ids)
-    if not joined.isascii() or "" in ids or max(map(len, ids)) > MAX_JOB_ID_LENGTH:
+    if joined.count("\n") != len(ids) or not joined.isascii() or "" in ids or max(map(len, ids)) > MAX_JOB_ID_LENGTH:
         return False
     if "\n." in joined or "\n-" in joined:
         return False
     if not joined.replace("\n", "").replace("-", "").replace(".", "").replace("_", "").isalnum():
         return False
     lowered = joined.lower()
+    if _OWN_STEM in lowered:
+        return False
     return not (any(prefix in lowered for prefix in _DEVICE_PREFIXES) and _DEVICE_LINE_RE.search(lowered))
 
 

@@ -25,7 +25,7 @@ from itertools import chain, compress, repeat
 from types import NoneType
 from typing import Any
 
-from ..models import ASPECT_RATIOS, DEFAULT_MODEL, JOB_FIELDS, LAST_RUN_NAME, QUALITIES
+from ..models import ASPECT_RATIOS, DEFAULT_MODEL, JOB_FIELDS, QUALITIES
 from .columns import ids_are_plain, prompts_are_plain, spec_prompts, specs_from_columns
 from .fields import SURROGATE_RE, check_image_urls, check_metadata
 from .problems import Invalid, utf16
@@ -38,7 +38,6 @@ _SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
 _KEYS = frozenset((*JOB_FIELDS, "metadata"))
 _ASPECT_RATIOS = frozenset((None, *ASPECT_RATIOS))
 _QUALITIES = frozenset((None, *QUALITIES))
-_OWN_STEM = LAST_RUN_NAME.rpartition(".")[0]  # check_id refuses it, in any letter case
 _SCALARS = frozenset((str, int, bool, NoneType))
 
 
@@ -135,12 +134,8 @@ def _column(jobs: list[dict[str, Any]], field: str) -> list[Any]:
 
 
 def _plain_ids(ids: list[str]) -> None:
-    """Every id is text that check_id passes as it is: what ids_are_plain passes, without a line break or the
-    name of batchgen's own file."""
+    """Every id is text that check_id passes as it is."""
     if set(map(type, ids)) != {str} or not ids_are_plain(ids):
-        raise Invalid("id")
-    joined = "\n".join(ids)
-    if joined.count("\n") != len(ids) - 1 or _OWN_STEM in joined.lower():
         raise Invalid("id")
 
 
