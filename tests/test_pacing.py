@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import pytest
 
 from batchgen.pacing import QUIET_MIN, REFUSAL_BUDGET, SPREAD, BucketFit, Kind, Pacer, Result, Send
-from batchgen.pacing.rate import DISBELIEF, DISBELIEF_GAP
+from batchgen.pacing.fit import GRID, TOLERABLE_FLOOR
+from batchgen.pacing.rate import BETA, DISBELIEF, DISBELIEF_GAP
 from tests.pacing_model import Limits, convergence, paces, run_model, schedule_of
 
 # Issue 9's targets.
@@ -384,6 +385,47 @@ def test_the_fit_reads_answers_in_the_order_their_requests_left():
     in_order = fitted(swap=False)
     assert in_order is not None and in_order[0] <= 10 * (1 + SPREAD) and in_order[1] >= 10 * (1 - SPREAD)
     assert fitted(swap=True) == in_order
+
+
+def test_one_429_that_puts_the_rate_at_a_fraction_of_the_pace_restarts_the_fit():
+    """A controller that found a limit near 25/s paces inside its fit; after the 429's pause two
+    creates are accepted and the third, 30 ms later, is refused, when every bucket of more than a
+    few per second must have held a token. Taken as it is, the fit would rule out everything above
+    a fraction of the pace (seen in a real run: [0.95, 2.78]/s against 40/s, the pace held at 1.4/s
+    for 50 s). A 429 mistimed is likelier than a limit cut that deep: the fit starts over from it,
+    as when the limit fell, and the pace backs off by BETA only."""
+    rate = Pacer(clock=lambda: 0.0).rate
+
+    def answer(at: float, pace: float, result: Result) -> None:
+        send = Send(Kind.CREATE, at, 0, True, pace, result=result)
+        if result is Result.REFUSED:
+            rate.refused(send, at, 1.0)
+        else:
+            rate.accepted(send)
+
+    for k in range(16):
+        answer(k / 40, 40.0, Result.ACCEPTED)
+    answer(0.42, 46.0, Result.REFUSED)
+    pace = rate.pace
+    assert rate.bounds is not None
+    answer(1.45, pace, Result.ACCEPTED)
+    answer(1.48, pace, Result.ACCEPTED)
+    answer(1.51, pace, Result.REFUSED)
+    assert "collapsed" in [h[1] for h in rate.history]
+    assert rate.fit is not None and rate.fit.refusals == 0  # a fresh fit, from this 429
+    assert rate.pace >= pace * BETA * 0.99
+
+
+def test_spacing_for_the_wander_does_not_step_the_pace_down_to_nothing():
+    """Over a fit that allows every rate with a bucket of one (fresh from a 429), spacing requests
+    for 6 ms of wander stepped the pace from 40/s down the whole grid to about 2.5/s; it now stops
+    at TOLERABLE_FLOOR of the pace asked for, and a fit whose lowest rate is near the pace still
+    spaces requests as before."""
+    fresh = BucketFit(0.0, full=False)
+    assert fresh.tolerable(40.0, 0.006) == pytest.approx(40.0 * TOLERABLE_FLOOR)
+    tight = BucketFit(0.0, full=False)
+    tight.alive = [i for i in tight.alive if 38.0 <= GRID[i] <= 42.0]
+    assert 38.0 / (1 + 0.006 * 38.0) * 0.98 < tight.tolerable(40.0, 0.006) < 40.0
 
 
 def test_a_cap_is_judged_by_the_runs_in_flight_when_each_create_leaves():

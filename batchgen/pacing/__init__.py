@@ -25,7 +25,8 @@ Ideas taken, and why:
   when it is dear, never above a pace already refused unless the fit proves more. A 429
   that no bucket explains any more means the limit fell: the fit starts over from that
   429, and the pace drops by BETA (the multiplicative decrease of AIMD/CUBIC) only when
-  nothing better is known.
+  nothing better is known. So does a 429 that leaves the fit's top COLLAPSE times under the
+  pace it was sent at: a request mistimed is likelier than a limit cut that deep.
 * **Probe upward after quiet periods, fast once clear of the old limit** (CUBIC's
   max-probing: slow near the last known maximum, then ever faster): after QUIET seconds
   without a 429 the pace rises above the fit's upper bound as exp(a·t²). Answers beyond
@@ -56,7 +57,8 @@ Ideas taken, and why:
   the server up to ``eps`` earlier or later than it left, with ``eps`` half the spread of
   recent create round trips (90th percentile less the least: the request's share of it).
   A bucket of one refuses two requests that arrive closer than 1/R, so where the fit allows
-  so small a bucket the pace keeps them ``eps`` further apart (``BucketFit.tolerable``);
+  so small a bucket the pace keeps them ``eps`` further apart (``BucketFit.tolerable``, never
+  below TOLERABLE_FLOOR of the pace: over a vague fit the steps would go on down the grid);
   after a pause only what every surviving bucket surely holds is sent at once
   (``BucketFit.held``).
 * **A request is timed when its bytes leave, not when it got its slot**: between the two a

@@ -7,6 +7,7 @@ import math
 GRID_RATIO = 1.015  # candidate rates, 1.5 % apart, 0.05/s to 5000/s
 GRID = [0.05 * GRID_RATIO**i for i in range(int(math.log(1e5) / math.log(GRID_RATIO)) + 1)]
 SPREAD = (GRID_RATIO - 1) / 2  # a candidate stands for the rates this share either side
+TOLERABLE_FLOOR = 0.3  # the least share of a pace that spacing for the wander may leave
 
 
 class BucketFit:
@@ -106,14 +107,19 @@ class BucketFit:
         a bucket is full when a request comes; one arriving 1/pace − eps after the last finds
         B − 1 + R·(1/pace − eps) tokens, which must be one at least: a bucket of two or more
         never minds, a bucket of one needs requests eps further apart than 1/R. (Rates under
-        the pace are the pace's own risk, not the jitter's.)"""
+        the pace are the pace's own risk, not the jitter's.) Each step down brings rates under the
+        old pace into reach, so over a fit that still allows every rate down to a vague lower end
+        (after a restart) the steps went on to about 0.015 / eps, 2.5/s at 6 ms, where nothing
+        sent could narrow the fit again (seen in real runs: 2.5/s for 20 s against 40/s); they
+        stop at TOLERABLE_FLOOR of the pace asked for."""
+        least = pace * TOLERABLE_FLOOR
         for i in reversed(self.alive):
             r = GRID[i]
-            if r < pace:
+            if r < pace or pace <= least:
                 break
             if self.b_lo[i] < 2:
                 pace = min(pace, 1 / (eps + (2 - self.b_lo[i]) / r))
-        return pace
+        return max(pace, least)
 
     def held(self, pause: float) -> float:
         """Tokens every surviving bucket surely holds after ``pause`` seconds from empty: the

@@ -22,6 +22,7 @@ PROBE_GROWTH = 0.077  # probe pace = bound · exp(a·t²): ×1.08 after 1 s, ×2
 EPS_MIN, EPS_MAX = 0.0, 0.05  # bounds of the arrival-time uncertainty the fit allows for, seconds
 # Accepts no bucket explains, not believed one by one, at this many moments at least DISBELIEF_GAP
 # apart within DISBELIEF_WINDOW seconds: no one stall explains them all, the fit itself is wrong.
+COLLAPSE = 4.0  # a 429 that leaves the fit's top this many times under the pace it was sent at restarts it
 DISBELIEF, DISBELIEF_GAP, DISBELIEF_WINDOW = 3, 0.25, 5.0
 
 
@@ -135,8 +136,15 @@ class RateControl:
             self.fit = BucketFit(send.at, full=False)
         else:
             self.fit.refuse(send.at, self.eps)
-            if self.fit.bounds() is None:  # no bucket explains it: the limit fell (or is no bucket)
-                self.history.append((send.at, "limit fell", self.pace, self.bounds))
+            after = self.fit.bounds()
+            # No bucket explains it: the limit fell (or is no bucket). Or one 429 says the rate is
+            # a fraction of the pace it was sent at: more likely mistimed (a request that reached
+            # the server sooner or later than it seemed) than a limit cut that deep. Start over.
+            collapsed = (
+                after is not None and self.bounds is not None and after[1] * COLLAPSE < send.pace <= self.bounds[1]
+            )
+            if after is None or collapsed:
+                self.history.append((send.at, "collapsed" if collapsed else "limit fell", self.pace, self.bounds))
                 self.fit, self.refused_at = BucketFit(send.at, full=False), math.inf
                 if self.bounds is not None:
                     self._set(min(self.pace, self.bounds[1]))
