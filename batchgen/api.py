@@ -22,6 +22,7 @@ headers and fields mean apart from any request (Retry-After, run ids, output URL
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -131,6 +132,14 @@ class RunbaseClient:
         # Built once: what httpx's client would merge into every request (headers, timeouts).
         self._api_url = self.base_url + "/"
         self._runs_url = httpx.URL(self._api_url + "runs")  # parsed once: httpx parses a string URL per request
+        # A run's URL is the base's parts with the run's path (percent-encoded by run_path): built per poll without
+        # parsing the whole URL again (~40 us of each poll's ~70 us request). Not when the base URL has a query or
+        # a fragment, nor with an httpx that keeps a URL's parts otherwise: then the URL is parsed as a string.
+        root = getattr(httpx.URL(self._api_url), "_uri_reference", None)
+        plain = root is not None and hasattr(root, "_replace") and root.query is None and root.fragment is None
+        self._api_root = root if plain else None
+        # The create's headers: the API client's and the JSON body's type (httpx adds Content-Length and Host).
+        self._json_headers = httpx.Headers({**self._api.headers, "Content-Type": "application/json"})
         self._extensions = {"timeout": timeouts.as_httpx().as_dict()}
         self._file_client = FileClient(
             self._files,
@@ -163,7 +172,8 @@ class RunbaseClient:
         'on the wire' only while its request can actually be. A failure before it ran
         (the deadline while waiting for a slot, say) is never ``maybe_created``.
         """
-        body = job.request_body()
+        # The JSON httpx would send for json=body, encoded here: its encoder is the slower path per request.
+        content = json.dumps(job.request_body(), ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
         sent = False
 
         def may_have_left() -> bool:
@@ -175,7 +185,7 @@ class RunbaseClient:
                     await before_send()
                 sent = True
                 request = httpx.Request(
-                    "POST", self._runs_url, headers=self._api.headers, json=body, extensions=self._extensions
+                    "POST", self._runs_url, headers=self._json_headers, content=content, extensions=self._extensions
                 )
                 response = await send(self._api, self._api_transport, request)
         raise_for_status(self._scrub, response, creating=True)
@@ -205,14 +215,12 @@ class RunbaseClient:
     async def get_run(self, run_id: str, *, before_send: Callable[[], Awaitable[None]] | None = None) -> RunInfo:
         """GET /runs/{id}, the id as one percent-encoded path segment (``RunIdRefused`` if it cannot be).
         ``before_send`` is awaited once a connection slot is ours, just before the request leaves."""
-        path = run_path(run_id)
+        url = self._run_url(run_path(run_id))
         with translate(self._scrub, lambda: False), deadline(self._request_deadline, lambda: False):
             async with self._api_slots:
                 if before_send is not None:
                     await before_send()
-                request = httpx.Request(
-                    "GET", self._api_url + path, headers=self._api.headers, extensions=self._extensions
-                )
+                request = httpx.Request("GET", url, headers=self._api.headers, extensions=self._extensions)
                 response = await send(self._api, self._api_transport, request)
         raise_for_status(self._scrub, response, creating=False)
         data = json_object(self._scrub, response, creating=False)
@@ -227,6 +235,14 @@ class RunbaseClient:
                 f"{self._text(repr(answered), 80)}: the id does not survive the way to the API"
             )
         return run_info(run_id, data, self._text)
+
+    def _run_url(self, path: str) -> httpx.URL | str:
+        """The URL of ``path`` (a run's, from ``run_path``) below the base URL."""
+        if self._api_root is None:
+            return self._api_url + path
+        url = httpx.URL.__new__(httpx.URL)
+        url._uri_reference = self._api_root._replace(path=self._api_root.path + path)
+        return url
 
     async def download(self, url: str, sink: Sink) -> Download:
         """Stream the image at ``url`` into ``sink`` through the key-less client (``FileClient.download``)."""
