@@ -26,7 +26,6 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-import anyio
 import httpx
 
 from .answers import (
@@ -45,7 +44,7 @@ from .answers import (
     run_path,
 )
 from .api_files import MAX_REDIRECTS, MIN_DOWNLOAD_RATE, FileClient
-from .api_http import Scrub, deadline, json_object, raise_for_status, send, translate
+from .api_http import Scrub, Slots, deadline, json_object, raise_for_status, send, translate
 from .errors import RunIdRefused, TransientError, UnusableRun
 from .models import DEFAULT_BASE_URL, JobSpec, RunInfo
 from .text import holds_secret
@@ -101,7 +100,7 @@ class RunbaseClient:
         self._request_deadline = timeouts.connect + 2 * timeouts.read
         # Requests wait here rather than in httpcore's pool, whose every hand-out scans
         # all queued requests against all connections: with 128 waiting, most of our CPU.
-        self._api_slots = anyio.CapacityLimiter(max_connections)
+        self._api_slots = Slots(max_connections)
         if transport is None:
             # Imported here: aiohttp loads the system's CA certificates on import, a cost the
             # in-process simulator (and every command that sends nothing) need not pay.

@@ -16,7 +16,7 @@ import anyio
 import httpx
 
 from .answers import Download, Sink, content_length
-from .api_http import Scrub, raise_for_download_status, send, translate
+from .api_http import Scrub, Slots, raise_for_download_status, send, translate
 from .errors import LinkRefused, NotAnImage, OutputUnusable, TransientError
 from .images import IMAGE_TYPES, SNIFF_BYTES, TAIL_BYTES, cut_short, looks_like, sniff_image
 from .text import holds_secret
@@ -42,7 +42,7 @@ class FileClient:
         extensions: dict[str, Any],
     ):
         self._files, self._files_transport, self._scrub = client, transport, scrub
-        self._file_slots = anyio.CapacityLimiter(slots)
+        self._file_slots = Slots(slots)
         self._request_deadline = request_deadline
         self.max_download_bytes = max_download_bytes
         self._extensions = extensions

@@ -64,6 +64,24 @@ class Scrub:
         return self.text(shown, 200)
 
 
+class Slots:
+    """At most ``limit`` requests at once, the others waiting their turn in order. A free slot is taken
+    without a trip through the event loop: anyio's ``CapacityLimiter`` yields on every acquire, free or not,
+    two of the three per job (create, poll, download) costing as much again as the slot itself."""
+
+    def __init__(self, limit: int):
+        self.limiter = anyio.CapacityLimiter(limit)
+
+    async def __aenter__(self) -> None:
+        try:
+            self.limiter.acquire_nowait()  # refused while others wait: no one is overtaken
+        except anyio.WouldBlock:
+            await self.limiter.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.limiter.release()
+
+
 async def send(
     client: httpx.AsyncClient,
     transport: httpx.AsyncBaseTransport | None,
