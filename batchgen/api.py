@@ -44,7 +44,7 @@ from .answers import (
     run_path,
 )
 from .api_files import MAX_REDIRECTS, MIN_DOWNLOAD_RATE, FileClient
-from .api_http import Scrub, Slots, deadline, json_object, raise_for_status, send, translate
+from .api_http import Deadline, Scrub, Slots, Translate, json_object, raise_for_status, send
 from .errors import RunIdRefused, TransientError, UnusableRun
 from .models import DEFAULT_BASE_URL, JobSpec, RunInfo
 from .text import holds_secret
@@ -178,7 +178,7 @@ class RunbaseClient:
         def may_have_left() -> bool:
             return sent
 
-        with translate(self._scrub, may_have_left), deadline(self._request_deadline, may_have_left):
+        with Translate(self._scrub, may_have_left), Deadline(self._request_deadline, may_have_left):
             async with self._api_slots:
                 if before_send is not None:
                     await before_send()
@@ -215,7 +215,7 @@ class RunbaseClient:
         """GET /runs/{id}, the id as one percent-encoded path segment (``RunIdRefused`` if it cannot be).
         ``before_send`` is awaited once a connection slot is ours, just before the request leaves."""
         url = self._run_url(run_path(run_id))
-        with translate(self._scrub, lambda: False), deadline(self._request_deadline, lambda: False):
+        with Translate(self._scrub, lambda: False), Deadline(self._request_deadline, lambda: False):
             async with self._api_slots:
                 if before_send is not None:
                     await before_send()

@@ -16,7 +16,7 @@ import anyio
 import httpx
 
 from .answers import Download, Sink, content_length
-from .api_http import Scrub, Slots, raise_for_download_status, send, translate
+from .api_http import Scrub, Slots, Translate, raise_for_download_status, send
 from .errors import LinkRefused, NotAnImage, OutputUnusable, TransientError
 from .images import IMAGE_TYPES, SNIFF_BYTES, TAIL_BYTES, cut_short, looks_like, sniff_image
 from .text import holds_secret
@@ -84,7 +84,7 @@ class FileClient:
                 self._check_download_url(url)
             except OutputUnusable as exc:
                 return exc.message
-            with translate(self._scrub, lambda: False):
+            with Translate(self._scrub, lambda: False):
                 async with self._file_slots:
                     response = await self._files.head(url)
                     if response.status_code in (405, 501):  # no HEAD here: ask for one byte
@@ -101,7 +101,7 @@ class FileClient:
 
     @asynccontextmanager
     async def _stream(self, url: str) -> AsyncIterator[httpx.Response]:
-        with translate(self._scrub, lambda: False):
+        with Translate(self._scrub, lambda: False):
             async with self._file_slots:
                 # The key-less client's headers: nothing of the API's reaches a file host.
                 request = httpx.Request("GET", url, headers=self._files.headers, extensions=self._extensions)
@@ -124,7 +124,7 @@ class FileClient:
         head = tail = b""
         content_type: str | None = None
         size = 0
-        with translate(self._scrub, lambda: False):
+        with Translate(self._scrub, lambda: False):
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > cap:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,6 +39,7 @@ logger = logging.getLogger("batchgen.api")  # the client's log, wherever its par
 # Exceptions raised before the request left this machine: a create that failed
 # this way certainly made no run.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_MAPPED = (httpx.TransportError, httpx.InvalidURL, httpx.DecodingError)  # what Translate turns into ours
 
 
 class Scrub:
@@ -109,33 +109,52 @@ async def send(
     return response
 
 
-@contextmanager
-def deadline(seconds: float, may_have_left: Callable[[], bool]) -> Iterator[None]:
+class Deadline:
     """An overall limit per API request: httpx's timeouts are per read, and a server
-    that trickles bytes would never trip them."""
-    try:
-        with anyio.fail_after(seconds):
-            yield
-    except TimeoutError as exc:
-        raise TransientError(f"no complete answer within {seconds:.0f} s", maybe_created=may_have_left()) from exc
+    that trickles bytes would never trip them. ``anyio.fail_after`` as one object rather than
+    two generator context managers around a cancel scope (it is entered for every create and poll)."""
+
+    def __init__(self, seconds: float, may_have_left: Callable[[], bool]):
+        self._seconds, self._may_have_left = seconds, may_have_left
+        self._scope = anyio.CancelScope(deadline=anyio.current_time() + seconds)
+
+    def __enter__(self) -> None:
+        self._scope.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        swallowed = bool(self._scope.__exit__(*exc_info))
+        if self._scope.cancelled_caught and anyio.current_time() >= self._scope.deadline:
+            raise TransientError(
+                f"no complete answer within {self._seconds:.0f} s", maybe_created=self._may_have_left()
+            ) from TimeoutError()
+        return swallowed
 
 
-@contextmanager
-def translate(scrub: Scrub, may_have_left: Callable[[], bool]) -> Iterator[None]:
+class Translate:
     """Transport exceptions → ours; the one place that knows which ones mean 'maybe sent'.
 
-    httpx's own and (through ``batchgen.transport``) aiohttp's arrive as httpx exceptions."""
-    try:
-        yield
-    except _NOT_SENT as exc:
-        raise TransientError(f"could not connect: {scrub.describe(exc)}") from exc
-    except httpx.TimeoutException as exc:
-        raise TransientError(f"no answer in time: {scrub.describe(exc)}", maybe_created=may_have_left()) from exc
-    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-        raise OutputUnusable(f"unusable URL: {scrub.describe(exc)}") from exc
-    except httpx.TransportError as exc:  # read/write errors, resets, protocol errors
-        raise TransientError(f"connection failed: {scrub.describe(exc)}", maybe_created=may_have_left()) from exc
-    except httpx.DecodingError as exc:  # the server answered: a create it answered may have made a run
+    httpx's own and (through ``batchgen.transport``) aiohttp's arrive as httpx exceptions.
+    A class, not a generator context manager: it is entered several times for every job."""
+
+    def __init__(self, scrub: Scrub, may_have_left: Callable[[], bool]):
+        self._scrub, self._may_have_left = scrub, may_have_left
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or not isinstance(exc, _MAPPED):
+            return
+        scrub, may_have_left = self._scrub, self._may_have_left
+        if isinstance(exc, _NOT_SENT):
+            raise TransientError(f"could not connect: {scrub.describe(exc)}") from exc
+        if isinstance(exc, httpx.TimeoutException):
+            raise TransientError(f"no answer in time: {scrub.describe(exc)}", maybe_created=may_have_left()) from exc
+        if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
+            raise OutputUnusable(f"unusable URL: {scrub.describe(exc)}") from exc
+        if isinstance(exc, httpx.TransportError):  # read/write errors, resets, protocol errors
+            raise TransientError(f"connection failed: {scrub.describe(exc)}", maybe_created=may_have_left()) from exc
+        # httpx.DecodingError: the server answered, and a create it answered may have made a run
         raise TransientError(f"undecodable response: {scrub.describe(exc)}", maybe_created=may_have_left()) from exc
 
 
