@@ -16,18 +16,14 @@ from typing import Any
 LEDGER_NAME = "batchgen.sqlite"  # the ledger's file in the output folder
 LAST_RUN_NAME = "last-run.json"  # each run's summary, in the output folder
 REPORT_NAME = "report.html"  # the review page `batchgen report` writes, in the output folder
+# Beside the ledger: sqlite's (a folder named like its rollback journal stops sqlite opening the ledger
+# at all) and the run lock. batchgen.ledger.store opens and checks these.
+LEDGER_SIDE_FILES = ("-wal", "-shm", "-journal", ".lock")
 # Names batchgen gives files of its own at the top of the output folder (the ledger with its side files):
 # no job may take one for a folder, nor save a file under one (compared ignoring case).
 OWN_NAMES = frozenset(
     name.lower()
-    for name in (
-        LEDGER_NAME,
-        f"{LEDGER_NAME}-wal",
-        f"{LEDGER_NAME}-shm",
-        f"{LEDGER_NAME}.lock",
-        LAST_RUN_NAME,
-        REPORT_NAME,
-    )
+    for name in (LEDGER_NAME, *(LEDGER_NAME + side for side in LEDGER_SIDE_FILES), LAST_RUN_NAME, REPORT_NAME)
 )
 DEFAULT_BASE_URL = "https://runbase.net/api/v1"  # the API's address when none is given
 

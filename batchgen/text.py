@@ -19,6 +19,7 @@ puts in every message and ``RunInfo`` field that holds server text.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
@@ -46,19 +47,23 @@ _SEPARATORS = frozenset("\u2028\u2029\x85")
 
 def _secret_forms(secrets: Iterable[str]) -> set[str]:
     """Each secret long enough to be one, as written and as URLs and JSON may escape it."""
-    return {
-        form
-        for secret in secrets
-        if len(secret) >= MIN_SECRET_LENGTH
-        for form in (secret, quote(secret, safe=""), quote(secret), json.dumps(secret)[1:-1])
-    }
+    return {form for secret in secrets if len(secret) >= MIN_SECRET_LENGTH for form in _forms(secret)}
+
+
+@functools.lru_cache(maxsize=8)  # a run has one key: its forms are built once, not per text scrubbed
+def _forms(secret: str) -> tuple[str, ...]:
+    return secret, quote(secret, safe=""), quote(secret), json.dumps(secret)[1:-1]
 
 
 def holds_secret(text: str, secrets: Iterable[str]) -> bool:
     """Whether ``text`` holds one of ``secrets`` of at least MIN_REFUSED_SECRET_LENGTH characters, in a
     form ``scrub`` would remove."""
-    long_enough = [secret for secret in secrets if len(secret) >= MIN_REFUSED_SECRET_LENGTH]
-    return any(form in text for form in _secret_forms(long_enough))
+    return any(form in text for form in _refused_forms(tuple(secrets)))
+
+
+@functools.lru_cache(maxsize=8)  # a run has one key: its forms are built once, not per id or URL checked
+def _refused_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_secret_forms(secret for secret in secrets if len(secret) >= MIN_REFUSED_SECRET_LENGTH))
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:

@@ -44,7 +44,7 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
     # client itself. The ones that drive the whole runner take minutes per mutant on this machine and test no
     # answer the contract tests do not.
     "api": (
-        ["batchgen/api.py", "batchgen/answers.py"],
+        ["batchgen/api.py", "batchgen/api_http.py", "batchgen/api_files.py", "batchgen/answers.py"],
         [
             "tests/test_api_contract.py",
             *(
@@ -73,6 +73,8 @@ _HEADER_CASE = (
 )
 _NO_LOCATION = "a missing Location read as None instead of '': `if not location` treats both as no location"
 _API = "batchgen.api.xǁRunbaseClientǁ"
+_FILES = "batchgen.api_files.xǁFileClientǁ"
+_HTTP = "batchgen.api_http.x_"
 SURVIVORS_EXPLAINED: dict[str, str] = {
     "batchgen.ledger.writes.xǁLedgerWritesǁbegin_attempt__mutmut_4": _ID_STEP,
     "batchgen.ledger.writes.xǁLedgerWritesǁjob_satisfied__mutmut_4": _ID_STEP,
@@ -82,28 +84,29 @@ SURVIVORS_EXPLAINED: dict[str, str] = {
     "batchgen.ledger.writes.xǁLedgerWritesǁlost_create__mutmut_11": _MESSAGE,
     "batchgen.ledger.writes.xǁLedgerWritesǁlost_create__mutmut_12": _MESSAGE,
     "batchgen.answers.x_content_length__mutmut_4": _HEADER_CASE,
-    _API + "_check_link__mutmut_19": _HEADER_CASE,
-    _API + "_check_link__mutmut_20": _HEADER_CASE,
-    _API + "_check_link__mutmut_26": _HEADER_CASE,
-    _API + "_check_link__mutmut_33": _HEADER_CASE,
-    _API + "_receive__mutmut_17": _HEADER_CASE,
-    _API + "download__mutmut_15": _HEADER_CASE,
-    _API + "download__mutmut_11": _NO_LOCATION,
-    _API + "download__mutmut_13": _NO_LOCATION,
-    _API + "_error_text__mutmut_3": "a body that is not JSON read as '' instead of None: neither is a dict, so the "
+    _FILES + "_check_link__mutmut_19": _HEADER_CASE,
+    _FILES + "_check_link__mutmut_20": _HEADER_CASE,
+    _FILES + "_check_link__mutmut_26": _HEADER_CASE,
+    _FILES + "_check_link__mutmut_33": _HEADER_CASE,
+    _FILES + "_receive__mutmut_17": _HEADER_CASE,
+    _FILES + "download__mutmut_15": _HEADER_CASE,
+    _FILES + "download__mutmut_11": _NO_LOCATION,
+    _FILES + "download__mutmut_13": _NO_LOCATION,
+    _HTTP + "error_text__mutmut_3": "a body that is not JSON read as '' instead of None: neither is a dict, so the "
     "text is taken from the body either way",
-    _API + "_error_text__mutmut_31": "reads response.text of an empty body too: it is '' already",
-    _API + "_error_text__mutmut_33": "strips tags when the text has '<' or '>' instead of both: the pattern only "
+    _HTTP + "error_text__mutmut_31": "reads response.text of an empty body too: it is '' already",
+    _HTTP + "error_text__mutmut_33": "strips tags when the text has '<' or '>' instead of both: the pattern only "
     "matches a '<' ... '>' pair, so with one of them it changes nothing",
-    _API + "_raise_for_download_status__mutmut_4": "takes a 300 for success: httpx reports every 3xx as a "
+    _HTTP + "raise_for_download_status__mutmut_4": "takes a 300 for success: httpx reports every 3xx as a "
     "redirect, which download() handles (a Location followed, none refused) before this check is reached",
-    _API + "_raise_for_download_status__mutmut_5": "takes a 300 for success: httpx reports every 3xx as a "
+    _HTTP + "raise_for_download_status__mutmut_5": "takes a 300 for success: httpx reports every 3xx as a "
     "redirect, which download() handles (a Location followed, none refused) before this check is reached",
-    _API + "_receive__mutmut_58": "leaves other bytes in the sniffing buffer once the type is known: it is never "
+    _FILES + "_receive__mutmut_58": "leaves other bytes in the sniffing buffer once the type is known: it is never "
     "read again after that",
     _API + "create_run__mutmut_21": "sends the method as 'post': httpx.Request upper-cases the method it is given",
-    _API + "_url__mutmut_21": "a URL in a message is shown as written up to its query instead of rebuilt from its "
-    "parts: the same text, except that a #fragment (never sent to a server, no credential) stays visible",
+    "batchgen.api_http.xǁScrubǁurl__mutmut_21": "a URL in a message is shown as written up to its query instead "
+    "of rebuilt from its parts: the same text, except that a #fragment (never sent to a server, no credential) "
+    "stays visible",
 }
 STATUS = re.compile(r"^\s*(?P<name>[\w.]+__mutmut_\d+): (?P<status>.+)$")
 

@@ -197,6 +197,41 @@ def test_a_poll_gets_the_run_path_under_the_base_url(base):
     assert request.headers["authorization"] == f"Bearer {API_KEY}"
 
 
+@pytest.mark.parametrize("run_id", ["run_1", "a b/c", ".", "..", "...", "ü?#%2e;x", "x" * MAX_RUN_ID_LENGTH])
+@pytest.mark.parametrize("base", [BASE_URL, "http://127.0.0.1:8000", "https://api.example.com:8443/v1/?tenant=a"])
+def test_a_poll_url_is_the_one_httpx_parses_from_the_base_and_the_run_path(base, run_id):
+    """Each poll's URL, built from the base URL's parts without parsing the whole URL again, is the URL httpx
+    makes of the text <base>/<run path>, whatever the id, and still when the base URL carries a query."""
+    server = reply(200, {"id": run_id, "status": "running"})
+
+    async def main() -> RunInfo:
+        async with RunbaseClient(base, API_KEY, transport=server.transport()) as client:
+            return await client.get_run(run_id)
+
+    assert anyio.run(main).run_id == run_id
+    (request,) = server.requests
+    assert request.url == httpx.URL(base.rstrip("/") + "/" + run_path(run_id))
+    assert str(request.url) == str(httpx.URL(base.rstrip("/") + "/" + run_path(run_id)))
+
+
+def test_a_create_body_is_the_json_httpx_would_send():
+    """The create's body, encoded by batchgen, is byte for byte what httpx sends for json=<the request body>, with
+    its Content-Type and Content-Length, non-ASCII text included."""
+    job = JobSpec(job_id="lamp", input=image_input("une lampe « café » 🌙"))
+    server = reply(201, {"id": "run_1", "status": "queued"})
+
+    async def main() -> RunInfo:
+        async with RunbaseClient(BASE_URL, API_KEY, transport=server.transport()) as client:
+            return await client.create_run(job)
+
+    anyio.run(main)
+    (request,) = server.requests
+    expected = httpx.Request("POST", BASE_URL, json=job.request_body())
+    assert request.content == expected.content
+    for header in ("content-type", "content-length"):
+        assert request.headers[header] == expected.headers[header]
+
+
 @pytest.mark.parametrize("run_id", [".", ".."])
 def test_dot_run_ids_are_sent_encoded_so_no_normalisation_can_drop_them(run_id):
     """The ids '.' and '..' go out as %2E segments, never as dot segments a URL parser would remove."""

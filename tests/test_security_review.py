@@ -5,16 +5,19 @@ there between runs; the key never lands in a message."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from batchgen import ExitCode
 from batchgen.api import ALLOW_HTTP, check_key_stays_private
-from batchgen.errors import ApiError
+from batchgen.errors import ApiError, ManifestError
 from batchgen.folder import MADE_BY
 from batchgen.lastrun import LAST_RUN_NAME, read_last_run, write_last_run
 from batchgen.ledger import Ledger
+from batchgen.ledger.store import SIDE_FILES
+from batchgen.manifest import read_manifest
 from batchgen.models import LEDGER_NAME, SavedOutput
 from batchgen.outputs import TEMP_PREFIX, TEMP_SUFFIX, PartialFile, UnsafeName
 from batchgen.report import REPORT_NAME
@@ -317,3 +320,16 @@ def test_the_made_by_mark_is_never_written_through_a_symlink(tmp_path, run):
     assert victim.read_text(encoding="utf-8") == "mine\n"
     assert result.exit_code == ExitCode.LOCAL, result.message
     assert MADE_BY in result.message
+
+
+@pytest.mark.parametrize("side", SIDE_FILES)
+def test_a_folder_named_like_a_ledger_side_file_is_a_problem(tmp_path, side):
+    """A filename whose folder is named like one of the ledger's side files (batchgen.sqlite-journal among them:
+    a folder of that name stops sqlite opening the ledger at all) is a problem at validate, not a folder the
+    run makes."""
+    folder = LEDGER_NAME + side
+    manifest = tmp_path / "m.yaml"
+    (tmp_path / "rows.csv").write_text(f"sku,fn\na,{folder}/a\n", encoding="utf-8")
+    manifest.write_text('rows: rows.csv\njob: {id: "{{ sku }}", prompt: "a lamp", filename: "{{ fn }}"}\n')
+    with pytest.raises(ManifestError, match=f"folder '{re.escape(folder)}' is named like batchgen's own file"):
+        list(read_manifest(manifest).jobs())

@@ -373,7 +373,7 @@ def test_a_deadline_that_ends_the_wait_for_a_slot_is_not_a_send():
         client = RunbaseClient(BASE_URL, API_KEY, transport=Simulator().transport(), timeouts=SHORT, max_connections=1)
         hanging_request = object()
         async with client:
-            await client._api_slots.acquire_on_behalf_of(hanging_request)  # the only slot, taken
+            await client._api_slots.limiter.acquire_on_behalf_of(hanging_request)  # the only slot, taken
             await client.create_run(JOB, before_send=before_send)
 
     with pytest.raises(TransientError, match="no complete answer") as caught:

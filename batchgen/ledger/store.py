@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LedgerBusy, LedgerError
+from ..models import LEDGER_SIDE_FILES
 from ..outputs import NO_FOLLOW
 from .reads import LedgerExports, LedgerReads
 from .schema import READABLE_FROM, SCHEMA_VERSION, check_version, migrate
@@ -47,7 +48,7 @@ try:
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
 
-SIDE_FILES = ("-wal", "-shm", "-journal", ".lock")  # beside the ledger: sqlite's, and the run lock
+SIDE_FILES = LEDGER_SIDE_FILES  # beside the ledger: sqlite's, and the run lock
 
 
 class Ledger(LedgerReads, LedgerExports, LedgerWrites):
