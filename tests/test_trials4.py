@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import anyio
 import pytest
 
 from batchgen import BatchConfig, ExitCode, run_batch_async
+from batchgen.events import Events
 from batchgen.simulator import SimConfig, Simulator
 
 from .conftest import API_KEY, BASE_URL
@@ -35,3 +37,43 @@ async def test_two_creates_answered_with_one_run_id_both_finish(write_manifest, 
     (made,) = stats["runs"]
     (sha,) = {f["sha256"] for f in made["files"]}
     assert _sha256(tmp_path / "out" / "first.png") == sha == _sha256(tmp_path / "out" / "second.png")
+
+
+@pytest.mark.anyio
+async def test_an_api_that_moves_after_its_creates_is_not_said_to_have_created_nothing(write_manifest, tmp_path):
+    """The API answers creates, then redirects every poll: exit 2, and the message says the runs made are recorded
+    for the next run (not 'nothing was created there', not 'stopped by the account'); the next run, at the right
+    address, collects them without a new create."""
+    sim = Simulator(SimConfig(latency=3.0))  # still running when the API moves
+    events, stopped, created, both_created = Events(), [], [], anyio.Event()
+    events.listen(lambda event: stopped.append(event.fields), ["stopped"])
+
+    def on_created(event) -> None:
+        created.append(event)
+        if len(created) == 2:
+            both_created.set()
+
+    events.listen(on_created, ["created"])
+    config = BatchConfig(
+        write_manifest(2), output_dir=tmp_path / "out", api_key=API_KEY, base_url=BASE_URL, progress="none",
+        backoff_base=0.01, transport=sim.transport(), events=events,
+    )  # fmt: skip
+    async with anyio.create_task_group() as tg:
+        results = []
+        tg.start_soon(lambda: _into(results, run_batch_async(config)))
+        with anyio.fail_after(60):
+            await both_created.wait()
+        sim.update_config({"moved_to": "http://elsewhere.runbase.test/api/v1"})
+    (result,) = results
+    assert result.exit_code == ExitCode.USAGE, result.message
+    assert "the 2 runs created before it are recorded" in result.message.lower(), result.message
+    assert "nothing was created" not in result.message.lower(), result.message
+    assert [s["reason"] for s in stopped] == ["wrong API address"], stopped
+    sim.update_config({"moved_to": None})
+    again = await run_batch_async(dataclasses.replace(config, events=None))
+    assert again.exit_code == ExitCode.OK, again.message
+    assert sim.stats()["creates"] == 2
+
+
+async def _into(results: list, coroutine) -> None:
+    results.append(await coroutine)
