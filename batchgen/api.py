@@ -209,7 +209,7 @@ class RunbaseClient:
                 f"the API accepted the run but answered with an unusable id: {exc.message}",
                 status=response.status_code,
             ) from exc
-        return run_info(run_id, data, self._text)
+        return run_info(run_id, data, self._text, str(response.url))
 
     async def get_run(self, run_id: str, *, before_send: Callable[[], Awaitable[None]] | None = None) -> RunInfo:
         """GET /runs/{id}, the id as one percent-encoded path segment (``RunIdRefused`` if it cannot be).
@@ -233,7 +233,7 @@ class RunbaseClient:
                 f"asked about run {self._text(repr(run_id), 80)}, the API answered about "
                 f"{self._text(repr(answered), 80)}: the id does not survive the way to the API"
             )
-        return run_info(run_id, data, self._text)
+        return run_info(run_id, data, self._text, str(response.url))
 
     def _run_url(self, path: str) -> httpx.URL | str:
         """The URL of ``path`` (a run's, from ``run_path``) below the base URL."""

@@ -77,3 +77,15 @@ async def test_an_api_that_moves_after_its_creates_is_not_said_to_have_created_n
 
 async def _into(results: list, coroutine) -> None:
     results.append(await coroutine)
+
+
+def test_relative_output_urls_are_fetched_from_the_api_host_without_the_key(write_manifest, run, tmp_path):
+    """A run whose output URLs are paths (/files/...) has them resolved against the API's URL: the images are
+    saved, byte for byte what the server sent, and the file requests carry no key."""
+    sim = Simulator(SimConfig(latency=0.05, relative_output_urls=True))
+    result = run(write_manifest(2), sim)
+    assert result.exit_code == ExitCode.OK, result.message
+    stats = sim.stats()
+    assert stats["creates"] == 2 and stats["auth_on_files"] == 0, stats
+    served = {f["sha256"] for r in stats["runs"] for f in r["files"]}
+    assert {_sha256(p) for p in (tmp_path / "out").glob("*.png")} == served and len(served) == 2

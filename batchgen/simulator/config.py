@@ -52,6 +52,7 @@ class SimConfig:
     slow_seconds: float = 30.0  # the delay of the "slow" fault
     seed: int = 0  # faults, outcomes, ids and images follow from it
     files_origin: str | None = None  # None: derived from the request's Host
+    relative_output_urls: bool = False  # output URLs as paths (/files/...), served by the API's own host
     refuse_prompts_containing: str | None = None  # such prompts get 400, as a content policy would
     # A create with the model and input of an earlier run of the same key answers that run, unpaid,
     # as a service that deduplicates identical requests does: two creates, one run id.
