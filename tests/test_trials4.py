@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import subprocess
+import sys
 
 import anyio
 import pytest
@@ -12,7 +14,7 @@ from batchgen import BatchConfig, ExitCode, run_batch_async
 from batchgen.events import Events
 from batchgen.simulator import SimConfig, Simulator
 
-from .conftest import API_KEY, BASE_URL
+from .conftest import API_KEY, BASE_URL, batchgen_cli, cli_environment
 
 
 def _sha256(path) -> str:
@@ -89,3 +91,25 @@ def test_relative_output_urls_are_fetched_from_the_api_host_without_the_key(writ
     assert stats["creates"] == 2 and stats["auth_on_files"] == 0, stats
     served = {f["sha256"] for r in stats["runs"] for f in r["files"]}
     assert {_sha256(p) for p in (tmp_path / "out").glob("*.png")} == served and len(served) == 2
+
+
+def test_status_and_export_survive_a_locale_that_cannot_show_the_text(tmp_path):
+    """Under an ASCII locale (PYTHONIOENCODING=ascii), `status` escapes what it cannot show instead of a
+    traceback, and `export` still writes the prompts as UTF-8 (it is data for a file)."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,prompt\ncafe,Café “quoted” — ünïcode\n", encoding="utf-8")
+    out = tmp_path / "out"
+    ran = batchgen_cli("run", str(manifest), "--simulate", "--output", str(out), "--no-progress")
+    assert ran.returncode == ExitCode.OK, ran.stderr
+    ascii_env = {"PYTHONIOENCODING": "ascii"}
+    status = batchgen_cli("status", "--output", str(out), env=ascii_env)
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    assert "jobs:" in status.stdout
+    for fmt in ("csv", "jsonl"):
+        exported = subprocess.run(
+            [sys.executable, "-m", "batchgen", "export", "--output", str(out), "--format", fmt],
+            capture_output=True, env=cli_environment(ascii_env), timeout=60,
+        )  # fmt: skip
+        assert exported.returncode == 0 and b"Traceback" not in exported.stderr, exported.stderr
+        text = exported.stdout.decode("utf-8")
+        assert "Café “quoted” — ünïcode" in text, text
