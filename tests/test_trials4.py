@@ -113,3 +113,16 @@ def test_status_and_export_survive_a_locale_that_cannot_show_the_text(tmp_path):
         assert exported.returncode == 0 and b"Traceback" not in exported.stderr, exported.stderr
         text = exported.stdout.decode("utf-8")
         assert "Café “quoted” — ünïcode" in text, text
+
+
+def test_a_create_answered_303_to_its_run_is_polled_there_not_paid_again(write_manifest, run, tmp_path):
+    """A create answered 303 See Other with the new run's URL under the API's own runs URL (the POST/redirect/
+    GET pattern): the run is taken as made and polled, one create per job, every image saved; before, the
+    batch stopped with exit 2 saying nothing was created, with a run paid for each time it was started."""
+    sim = Simulator(SimConfig(latency=0.05, create_see_other=True))
+    result = run(write_manifest(3), sim)
+    assert result.exit_code == ExitCode.OK, result.message
+    stats = sim.stats()
+    assert stats["creates"] == 3 and result.unknown_creates_total == 0, stats
+    served = {f["sha256"] for r in stats["runs"] for f in r["files"]}
+    assert {_sha256(p) for p in (tmp_path / "out").glob("*.png")} == served and len(served) == 3
