@@ -239,10 +239,11 @@ class RunbaseClient:
         return run_info(run_id, data, self._text, str(response.url))
 
     def _seen_other(self, response: httpx.Response) -> dict[str, Any] | None:
-        """A create answered 303 See Other with one of our own run URLs (``{base}/runs/ID``): the run was
-        made and lives there (the POST/redirect/GET pattern). Its id, as an answer's body would give it;
-        None for any other answer, which the usual rules then read (no redirect is ever followed)."""
-        if response.status_code != 303:
+        """A create answered 303 See Other (or 301/302, which many servers send for it) with one of our own
+        run URLs (``{base}/runs/ID``): the run was made and lives there (the POST/redirect/GET pattern). Its id,
+        as an answer's body would give it; None for any other answer, which the usual rules then read (no
+        redirect is ever followed). 307 and 308 ask for the POST to be sent again elsewhere: not a run made."""
+        if response.status_code not in (301, 302, 303):
             return None
         try:
             target = response.request.url.join(response.headers.get("location", "").strip())

@@ -115,14 +115,26 @@ def test_status_and_export_survive_a_locale_that_cannot_show_the_text(tmp_path):
         assert "Café “quoted” — ünïcode" in text, text
 
 
-def test_a_create_answered_303_to_its_run_is_polled_there_not_paid_again(write_manifest, run, tmp_path):
-    """A create answered 303 See Other with the new run's URL under the API's own runs URL (the POST/redirect/
-    GET pattern): the run is taken as made and polled, one create per job, every image saved; before, the
-    batch stopped with exit 2 saying nothing was created, with a run paid for each time it was started."""
-    sim = Simulator(SimConfig(latency=0.05, create_see_other=True))
+@pytest.mark.parametrize("status", [303, 302])
+def test_a_create_redirected_to_its_run_is_polled_there_not_paid_again(write_manifest, run, tmp_path, status):
+    """A create answered 303 See Other (or 302, as many servers send) with the new run's URL under the API's
+    own runs URL (the POST/redirect/GET pattern): the run is taken as made and polled, one create per job,
+    every image saved; before, the batch stopped with exit 2 saying nothing was created, with a run paid for
+    each time it was started."""
+    sim = Simulator(SimConfig(latency=0.05, create_redirect_to_run=status))
     result = run(write_manifest(3), sim)
     assert result.exit_code == ExitCode.OK, result.message
     stats = sim.stats()
     assert stats["creates"] == 3 and result.unknown_creates_total == 0, stats
     served = {f["sha256"] for r in stats["runs"] for f in r["files"]}
     assert {_sha256(p) for p in (tmp_path / "out").glob("*.png")} == served and len(served) == 3
+
+
+def test_a_create_redirected_with_307_or_elsewhere_is_still_never_followed(write_manifest, run):
+    """307 to a run's URL (send the POST again there) and a 308 to another host are not runs made: exit 2 with
+    the redirect named, and no second create."""
+    for config in (SimConfig(create_redirect_to_run=307), SimConfig(moved_to="http://elsewhere.test/api/v1")):
+        sim = Simulator(config)
+        result = run(write_manifest(2), sim)
+        assert result.exit_code == ExitCode.USAGE and "never follows an API redirect" in result.message
+        assert sim.stats()["creates"] <= 1

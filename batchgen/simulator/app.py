@@ -255,9 +255,9 @@ class Simulator(FileHost):
         if client_gone:
             return
         mode = "full"
-        if run is not None and self.config.create_see_other:  # the POST/redirect/GET pattern
+        if run is not None and self.config.create_redirect_to_run:  # the POST/redirect/GET pattern
             location = f"{API_PREFIX}/runs/{quote(run.id, safe='')}".encode()
-            response = Response(303, b"", headers=[(b"location", location)])
+            response = Response(self.config.create_redirect_to_run, b"", headers=[(b"location", location)])
         if run is not None and fault in ("reset_after_create", "malformed_json"):
             self._lose_answer(run)
             self._inject(fault)

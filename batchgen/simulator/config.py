@@ -57,7 +57,7 @@ class SimConfig:
     # A create with the model and input of an earlier run of the same key answers that run, unpaid,
     # as a service that deduplicates identical requests does: two creates, one run id.
     dedupe_creates: bool = False
-    create_see_other: bool = False  # a create answers 303 See Other to the new run's URL, with no body
+    create_redirect_to_run: int | None = None  # 301, 302 or 303: a create answers that, to the new run's URL
     # Any other GET or HEAD is the web a reference image lives on: answered 200 with an image,
     # except URLs containing one of these, answered 404 (a dead link in a manifest).
     dead_links: tuple[str, ...] = ()
