@@ -99,6 +99,12 @@ def check_base_url(base_url: str) -> None:
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ApiError(f"the API base URL must be an http(s) URL, not {base_url!r}")
+    if "@" in parts.netloc:  # shown without it: what is before the @ may be a password
+        where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+        raise ApiError(
+            f"the API base URL must not hold a user name or password (the part before '@'): give it as {where}; "
+            "the key goes in RUNBASE_API_KEY"
+        )
 
 
 # Names of hosts that do not leave the site: a container's service name has no dot; these suffixes

@@ -138,3 +138,19 @@ def test_a_create_redirected_with_307_or_elsewhere_is_still_never_followed(write
         result = run(write_manifest(2), sim)
         assert result.exit_code == ExitCode.USAGE and "never follows an API redirect" in result.message
         assert sim.stats()["creates"] <= 1
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_a_base_url_holding_a_password_is_refused_without_showing_it(write_manifest, tmp_path, how):
+    """A base URL with user:password@ (on the command line or in RUNBASE_BASE_URL) exits 2 at once with one line
+    that gives the URL without them, never the password; before, aiohttp refused it deep in the batch and the
+    CLI died with a traceback."""
+    url = "http://someone:hunter2-pass@127.0.0.1:9/api/v1"
+    option = ["--base-url", url] if how == "option" else []
+    env = {"RUNBASE_API_KEY": API_KEY, **({"RUNBASE_BASE_URL": url} if how == "environment" else {})}
+    out = tmp_path / "out"
+    ran = batchgen_cli("run", str(write_manifest(1)), "--output", str(out), *option, env=env)
+    assert ran.returncode == ExitCode.USAGE, ran.stderr
+    assert "Traceback" not in ran.stderr and "hunter2" not in ran.stderr, ran.stderr
+    assert "give it as http://127.0.0.1:9/api/v1" in ran.stderr, ran.stderr
+    assert not out.exists()
