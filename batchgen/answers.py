@@ -95,9 +95,14 @@ def run_path(run_id: str) -> str:
 
 
 def check_base_url(base_url: str) -> None:
-    """Refuse a base URL that is not http(s) with a host."""
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    """Refuse a base URL that is not http(s) with a host, a valid port and no user or password."""
+    try:
+        parts = urlsplit(base_url)
+        _ = parts.port  # a port that is not a number from 0 to 65535 raises here, not deep in a transport
+        httpx.URL(base_url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise ApiError(f"the API base URL is not a valid URL ({exc}): {base_url!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in parts.netloc):
         raise ApiError(f"the API base URL must be an http(s) URL, not {base_url!r}")
     if "@" in parts.netloc:  # shown without it: what is before the @ may be a password
         where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"

@@ -154,3 +154,25 @@ def test_a_base_url_holding_a_password_is_refused_without_showing_it(write_manif
     assert "Traceback" not in ran.stderr and "hunter2" not in ran.stderr, ran.stderr
     assert "give it as http://127.0.0.1:9/api/v1" in ran.stderr, ran.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://127.0.0.1:99999/api/v1", "Port out of range"),
+        ("http://127.0.0.1:abc/api/v1", "Port could not be cast"),
+        ("http://[::1/api/v1", "Invalid IPv6 URL"),
+        ("http://exa mple.local/api/v1", "must be an http(s) URL"),
+    ],
+)
+def test_a_malformed_base_url_is_one_line_and_exit_2(write_manifest, tmp_path, url, said):
+    """A base URL with a port out of range or not a number, a broken IPv6 address or a space in the host exits 2
+    with one line naming it, before anything is made; before, the first three died with a traceback (exit 1)
+    and the last tried to resolve the name."""
+    out = tmp_path / "out"
+    ran = batchgen_cli(
+        "run", str(write_manifest(1)), "--output", str(out), "--base-url", url, env={"RUNBASE_API_KEY": API_KEY}
+    )
+    assert ran.returncode == ExitCode.USAGE and "Traceback" not in ran.stderr, ran.stderr
+    assert said in ran.stderr and repr(url) in ran.stderr, ran.stderr
+    assert not out.exists()
