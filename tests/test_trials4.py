@@ -176,3 +176,15 @@ def test_a_malformed_base_url_is_one_line_and_exit_2(write_manifest, tmp_path, u
     assert ran.returncode == ExitCode.USAGE and "Traceback" not in ran.stderr, ran.stderr
     assert said in ran.stderr and repr(url) in ran.stderr, ran.stderr
     assert not out.exists()
+
+
+def test_retry_of_one_unknown_id_says_it_in_the_singular(write_manifest, tmp_path):
+    """`retry --ids nope` on a batch: '1 of the 1 id given is not a job of the current manifest', exit 2, never
+    '1 of the 1 id(s) given are not jobs'; two unknown of three say it in the plural."""
+    out = tmp_path / "out"
+    assert batchgen_cli("run", str(write_manifest(2)), "--simulate", "--output", str(out)).returncode == 0
+    one = batchgen_cli("retry", "--ids", "nope", "--output", str(out))
+    assert one.returncode == ExitCode.USAGE, one.stderr
+    assert "1 of the 1 id given is not a job of the current manifest" in one.stderr, one.stderr
+    two = batchgen_cli("retry", "--ids", "nope,job-000,nada", "--output", str(out))
+    assert "2 of the 3 ids given are not jobs of the current manifest" in two.stderr, two.stderr
