@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
@@ -95,10 +95,21 @@ def run_path(run_id: str) -> str:
 
 
 def check_base_url(base_url: str) -> None:
-    """Refuse a base URL that is not http(s) with a host."""
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    """Refuse a base URL that is not http(s) with a host, a valid port and no user or password."""
+    try:
+        parts = urlsplit(base_url)
+        _ = parts.port  # a port that is not a number from 0 to 65535 raises here, not deep in a transport
+        httpx.URL(base_url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise ApiError(f"the API base URL is not a valid URL ({exc}): {base_url!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in parts.netloc):
         raise ApiError(f"the API base URL must be an http(s) URL, not {base_url!r}")
+    if "@" in parts.netloc:  # shown without it: what is before the @ may be a password
+        where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+        raise ApiError(
+            f"the API base URL must not hold a user name or password (the part before '@'): give it as {where}; "
+            "the key goes in RUNBASE_API_KEY"
+        )
 
 
 # Names of hosts that do not leave the site: a container's service name has no dot; these suffixes
@@ -139,9 +150,10 @@ _PLAIN_STATUSES = frozenset(
 MAX_STATUS_LENGTH = 40
 
 
-def run_info(run_id: str, data: dict[str, Any], text: Callable[..., str]) -> RunInfo:
+def run_info(run_id: str, data: dict[str, Any], text: Callable[..., str], answered_at: str = "") -> RunInfo:
     """A run's answer as batchgen keeps it: its status as a lower-case word and its error, each made safe
-    to store and show by ``text`` (the client's scrubber: ``text(s)`` or ``text(s, limit)``), its output URLs."""
+    to store and show by ``text`` (the client's scrubber: ``text(s)`` or ``text(s, limit)``), its output URLs
+    (a relative one resolved against ``answered_at``, the URL that gave the answer)."""
     status = data.get("status")
     if isinstance(status, str):
         status = status.strip().lower()
@@ -153,7 +165,8 @@ def run_info(run_id: str, data: dict[str, Any], text: Callable[..., str]) -> Run
     if isinstance(error, dict):
         error = error.get("message") or json.dumps(error)
     shown = None if error is None or error == "" else text(str(error))
-    return RunInfo(run_id=run_id, status=status, urls=output_urls(data), error=shown)
+    urls = tuple(absolute_url(url, answered_at) for url in output_urls(data))
+    return RunInfo(run_id=run_id, status=status, urls=urls, error=shown)
 
 
 def output_urls(data: dict[str, Any]) -> tuple[str, ...]:
@@ -170,6 +183,15 @@ def output_urls(data: dict[str, Any]) -> tuple[str, ...]:
     if not isinstance(urls, list):
         return ()
     return tuple(u for u in urls if isinstance(u, str) and u)
+
+
+def absolute_url(url: str, base: str) -> str:
+    """``url`` resolved against ``base`` when it has no scheme (``/files/x.png``, ``//host/x.png``), as a
+    browser would; any other URL as it is (``data:`` and ``file:`` ones are refused later, by their scheme)."""
+    try:
+        return url if not base or urlsplit(url).scheme else urljoin(base, url)
+    except ValueError:  # not a URL at all: the download names it and refuses it
+        return url
 
 
 def content_length(response: httpx.Response) -> int | None:

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -187,9 +188,11 @@ class RunbaseClient:
                     "POST", self._runs_url, headers=self._json_headers, content=content, extensions=self._extensions
                 )
                 response = await send(self._api, self._api_transport, request)
-        raise_for_status(self._scrub, response, creating=True)
-        # Assumption (runbase-api.md): 200, 201 or 202 with at least {"id": "..."}.
-        data = json_object(self._scrub, response, creating=True)
+        data = self._seen_other(response)
+        if data is None:
+            raise_for_status(self._scrub, response, creating=True)
+            # Assumption (runbase-api.md): 200, 201 or 202 with at least {"id": "..."}.
+            data = json_object(self._scrub, response, creating=True)
         run_id = data.get("id")
         if isinstance(run_id, int) and not isinstance(run_id, bool):
             run_id = str(run_id)
@@ -209,7 +212,7 @@ class RunbaseClient:
                 f"the API accepted the run but answered with an unusable id: {exc.message}",
                 status=response.status_code,
             ) from exc
-        return run_info(run_id, data, self._text)
+        return run_info(run_id, data, self._text, str(response.url))
 
     async def get_run(self, run_id: str, *, before_send: Callable[[], Awaitable[None]] | None = None) -> RunInfo:
         """GET /runs/{id}, the id as one percent-encoded path segment (``RunIdRefused`` if it cannot be).
@@ -233,7 +236,27 @@ class RunbaseClient:
                 f"asked about run {self._text(repr(run_id), 80)}, the API answered about "
                 f"{self._text(repr(answered), 80)}: the id does not survive the way to the API"
             )
-        return run_info(run_id, data, self._text)
+        return run_info(run_id, data, self._text, str(response.url))
+
+    def _seen_other(self, response: httpx.Response) -> dict[str, Any] | None:
+        """A create answered 303 See Other (or 301/302, which many servers send for it) with one of our own
+        run URLs (``{base}/runs/ID``): the run was made and lives there (the POST/redirect/GET pattern). Its id,
+        as an answer's body would give it; None for any other answer, which the usual rules then read (no
+        redirect is ever followed). 307 and 308 ask for the POST to be sent again elsewhere: not a run made."""
+        if response.status_code not in (301, 302, 303):
+            return None
+        try:
+            target = response.request.url.join(response.headers.get("location", "").strip())
+        except (httpx.InvalidURL, ValueError):
+            return None
+        runs = self._runs_url
+        prefix = runs.raw_path + b"/"
+        if (target.scheme, target.netloc) != (runs.scheme, runs.netloc) or not target.raw_path.startswith(prefix):
+            return None
+        segment = target.raw_path[len(prefix) :].partition(b"?")[0]
+        if not segment or b"/" in segment:
+            return None
+        return {"id": unquote(segment.decode("ascii", "replace")), "status": "queued"}
 
     def _run_url(self, path: str) -> httpx.URL | str:
         """The URL of ``path`` (a run's, from ``run_path``) below the base URL."""

@@ -10,6 +10,7 @@ from .errors import BatchgenError, LedgerError, ManifestError, Misaddressed
 from .exitcodes import ExitCode
 from .ledger import Ledger
 from .models import BatchStats, Outcome
+from .words import plural
 
 
 @dataclass
@@ -124,12 +125,16 @@ def batch_result(
     elif outcome is Outcome.MANIFEST and isinstance(error, ManifestError):
         code, message = ExitCode.USAGE, manifest_message(error, sent=stats.created + stats.unknown_creates > 0)
     elif isinstance(error, Misaddressed):  # not the account's doing: the address is wrong, fix it and go on
+        made = (  # the address may go wrong after creates got through: their polls are what was refused
+            f"the {stats.created} {plural(stats.created, 'run')} created before it are recorded, and the next run "
+            "collects whichever it did not, without paying again"
+            if stats.created
+            else "nothing was created there"
+        )
         code, message = (
             ExitCode.USAGE,
-            (
-                f"stopped: {error}. Nothing was created there; runs already created were collected, "
-                f"{waiting}. Run the same command again once the address is right."
-            ),
+            f"stopped: {error}. {made[0].upper()}{made[1:]}; {waiting}. Run the same command again once the address "
+            "is right.",
         )
     else:
         code, template = _OUTCOMES[outcome]

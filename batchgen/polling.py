@@ -116,7 +116,8 @@ class Poller:
         self._on_unreachable = on_unreachable  # polls failed for run_timeout: keep the run, buy none
         self._on_fatal = on_fatal
         self._clock = anyio.current_time
-        self.in_flight: dict[str, Run] = {}
+        # By attempt, not run id: a server that deduplicates identical creates answers two with one id.
+        self.in_flight: dict[int, Run] = {}
         self._heap: list[tuple[float, int, Run]] = []
         self._seq = 0
 
@@ -144,7 +145,7 @@ class Poller:
         return run
 
     def track(self, run: Run, delay: float) -> None:
-        self.in_flight[run.run_id] = run
+        self.in_flight[run.attempt_id] = run
         self.schedule(run, delay)
 
     def schedule(self, run: Run, delay: float) -> None:
@@ -154,7 +155,7 @@ class Poller:
         self._changed()
 
     def untrack(self, run: Run) -> None:
-        if self.in_flight.pop(run.run_id, None) is run:
+        if self.in_flight.pop(run.attempt_id, None) is run:
             self.slots.release()
             self.throttle.run_ended()
         self._changed()
@@ -166,7 +167,7 @@ class Poller:
             now = self._clock()
             while self._heap and self._heap[0][0] <= now:
                 due, _, run = heapq.heappop(self._heap)
-                if run.due == due and self.in_flight.get(run.run_id) is run:
+                if run.due == due and self.in_flight.get(run.attempt_id) is run:
                     guard(run)
             wait = self._heap[0][0] - now if self._heap else math.inf
             with anyio.move_on_after(wait):

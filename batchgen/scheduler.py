@@ -40,6 +40,7 @@ from .committer import Committer
 from .creating import CreateOutcome, Creator, Result
 from .errors import (
     BatchgenError,
+    Misaddressed,
     OutputError,
     TransientError,
 )
@@ -222,7 +223,8 @@ class Scheduler:
             self.error = error
         order = list(Stop)
         if self.stop is Stop.RUNNING and stop is not Stop.RUNNING and outcome is not Outcome.DONE:
-            self.events.emit("stopped", reason=outcome.value, error=None if error is None else str(error))
+            reason = "wrong API address" if isinstance(error, Misaddressed) else outcome.value  # not the account's
+            self.events.emit("stopped", reason=reason, error=None if error is None else str(error))
         if order.index(stop) > order.index(self.stop):
             self.stop = stop
         self._changed()

@@ -623,12 +623,27 @@ def test_a_poll_answer_that_is_not_a_json_object_is_transient(body):
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ({"status": " Succeeded ", "output": {"urls": ["u1", "u2"]}}, RunInfo("r", "succeeded", ("u1", "u2"))),
-        ({"status": "succeeded", "output": ["u1"]}, RunInfo("r", "succeeded", ("u1",))),
-        ({"status": "succeeded", "output": {"urls": "u1"}}, RunInfo("r", "succeeded", ("u1",))),
-        ({"status": "succeeded", "output": {"urls": ["u1", "", None, 3, ["u2"]]}}, RunInfo("r", "succeeded", ("u1",))),
-        ({"status": "succeeded", "output": {"urls": {"a": "u1"}}}, RunInfo("r", "succeeded")),
-        ({"status": "succeeded", "output": "u1"}, RunInfo("r", "succeeded")),
+        (
+            {"status": " Succeeded ", "output": {"urls": ["https://f.test/1.png", "https://f.test/2.png"]}},
+            RunInfo("r", "succeeded", ("https://f.test/1.png", "https://f.test/2.png")),
+        ),
+        (
+            {"status": "succeeded", "output": ["https://f.test/1.png"]},
+            RunInfo("r", "succeeded", ("https://f.test/1.png",)),
+        ),
+        (
+            {"status": "succeeded", "output": {"urls": "https://f.test/1.png"}},
+            RunInfo("r", "succeeded", ("https://f.test/1.png",)),
+        ),
+        (
+            {
+                "status": "succeeded",
+                "output": {"urls": ["https://f.test/1.png", "", None, 3, ["https://f.test/2.png"]]},
+            },
+            RunInfo("r", "succeeded", ("https://f.test/1.png",)),
+        ),
+        ({"status": "succeeded", "output": {"urls": {"a": "https://f.test/1.png"}}}, RunInfo("r", "succeeded")),
+        ({"status": "succeeded", "output": "https://f.test/1.png"}, RunInfo("r", "succeeded")),
         ({"status": "succeeded", "output": None}, RunInfo("r", "succeeded")),
         ({"status": "succeeded"}, RunInfo("r", "succeeded")),
         ({"status": 3}, RunInfo("r", "unknown")),

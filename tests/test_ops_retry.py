@@ -152,7 +152,9 @@ def test_retry_ids_from_file_and_usage_errors_change_nothing(tmp_path, serve):
     unknown = batchgen_cli("retry", "--output", str(out), "--ids", "a,zzz,yyy")
     assert unknown.returncode == 2
     assert (
-        "2 of the 3 id(s)" in unknown.stderr and "zzz, yyy" in unknown.stderr and "nothing was marked" in unknown.stderr
+        "2 of the 3 ids given are not jobs" in unknown.stderr
+        and "zzz, yyy" in unknown.stderr
+        and "nothing was marked" in unknown.stderr
     )
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing here\n\n", encoding="utf-8")

@@ -11,6 +11,7 @@ Heavy modules (httpx, anyio, the runner) are imported by handlers, so that
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import signal
 import sys
@@ -41,6 +42,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _main(argv: list[str] | None) -> int:
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # A terminal or locale that cannot show a character (an ASCII or Latin-1 one) gets it escaped, as
+        # standard error does, instead of a traceback. `export` writes UTF-8 whatever the locale (see there).
+        sys.stdout.reconfigure(errors="backslashreplace")
     parser = build_parser()
     typed = sys.argv[1:] if argv is None else argv
     if not typed:

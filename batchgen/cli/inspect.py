@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -230,5 +231,7 @@ def _export(args: argparse.Namespace) -> int:
     from ..exporting import write_csv, write_jsonl
 
     with _open_existing(args) as ledger:
+        if isinstance(sys.stdout, io.TextIOWrapper):  # data for a file or a program: UTF-8, whatever the locale
+            sys.stdout.reconfigure(encoding="utf-8")
         (write_jsonl if args.format == "jsonl" else write_csv)(ledger, sys.stdout)
     return 0

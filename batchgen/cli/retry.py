@@ -121,13 +121,16 @@ def _mark(
 ) -> int:
     from ..errors import UsageError
     from ..regenerate import ERROR_KINDS, mark, missing_jobs
+    from ..words import plural
 
     if wanted is not None:
         known = ledger.jobs_by_id(wanted)
         unknown = [job_id for job_id in wanted if job_id not in known]
         if unknown:
+            one = len(unknown) == 1
             raise UsageError(
-                f"{len(unknown)} of the {len(wanted)} id(s) given are not jobs of the current manifest "
+                f"{len(unknown)} of the {len(wanted)} {plural(len(wanted), 'id')} given "
+                f"{'is not a job' if one else 'are not jobs'} of the current manifest "
                 f"({ledger.manifest or 'none recorded'}): {_listed(unknown)}; nothing was marked"
             )
         job_ids, what = wanted, f"{len(wanted)} job(s) given"

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -50,7 +51,7 @@ API_PREFIX = "/api/v1"
 COUNTERS = (
     "create_requests", "gets", "downloads", "rate_limited_creates", "rate_limited_gets", "unauthorized",
     "payment_required", "forbidden", "bad_requests", "lost_create_answers", "auth_on_files", "adopted",
-    "reference_checks", "moved",
+    "reference_checks", "moved", "deduplicated",
 )  # fmt: skip
 _PLAIN_ID = re.compile(RUN_ID_PREFIX + "[a-z2-7]{50}")
 
@@ -254,6 +255,9 @@ class Simulator(FileHost):
         if client_gone:
             return
         mode = "full"
+        if run is not None and self.config.create_redirect_to_run:  # the POST/redirect/GET pattern
+            location = f"{API_PREFIX}/runs/{quote(run.id, safe='')}".encode()
+            response = Response(self.config.create_redirect_to_run, b"", headers=[(b"location", location)])
         if run is not None and fault in ("reset_after_create", "malformed_json"):
             self._lose_answer(run)
             self._inject(fault)
@@ -280,6 +284,10 @@ class Simulator(FileHost):
             self._counts["forbidden"] += 1
             return self._error(req, 403, "forbidden: the API key's spending cap is exceeded"), None
         with self._lock:
+            earlier = self._same_request(payload, key)
+            if earlier is not None:
+                self._counts["deduplicated"] += 1
+                return Response.json(200, {"id": earlier.id, "status": "queued", "model": DEFAULT_MODEL}), None
             credits = self.config.credits
             if credits is not None and credits <= 0:
                 self._counts["payment_required"] += 1
@@ -291,6 +299,13 @@ class Simulator(FileHost):
         self._run_started(key, run)
         created = {"id": run.id, "status": "queued", "model": DEFAULT_MODEL, "created_at": iso(run.facts.created)}
         return Response.json(201, created), run
+
+    def _same_request(self, payload: dict[str, Any], key: str) -> SimRun | None:
+        """With ``dedupe_creates``, the key's earlier run of exactly this request."""
+        if not self.config.dedupe_creates:
+            return None
+        label = key_label(key)
+        return next((r for r in self.runs.values() if r.input == payload["input"] and r.key == label), None)
 
     def _new_run(self, model: str, api_input: dict[str, Any], key: str) -> SimRun:
         # A run's fate comes from the seed, its input and how many times this process created

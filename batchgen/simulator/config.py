@@ -52,7 +52,12 @@ class SimConfig:
     slow_seconds: float = 30.0  # the delay of the "slow" fault
     seed: int = 0  # faults, outcomes, ids and images follow from it
     files_origin: str | None = None  # None: derived from the request's Host
+    relative_output_urls: bool = False  # output URLs as paths (/files/...), served by the API's own host
     refuse_prompts_containing: str | None = None  # such prompts get 400, as a content policy would
+    # A create with the model and input of an earlier run of the same key answers that run, unpaid,
+    # as a service that deduplicates identical requests does: two creates, one run id.
+    dedupe_creates: bool = False
+    create_redirect_to_run: int | None = None  # 301, 302 or 303: a create answers that, to the new run's URL
     # Any other GET or HEAD is the web a reference image lives on: answered 200 with an image,
     # except URLs containing one of these, answered 404 (a dead link in a manifest).
     dead_links: tuple[str, ...] = ()

@@ -52,6 +52,8 @@ class FileHost:
         # Links are minted per answer and live output_ttl seconds from then: a client holding
         # an expired link can GET the run again for fresh ones.
         origin = (self.config.files_origin or files_origin(req.headers.get("host", ""))).rstrip("/")
+        if self.config.relative_output_urls:
+            origin = ""
         ttl = self.config.output_ttl
         expires = f"{NO_EXPIRY if ttl is None else wall + ttl:.3f}"
         return [
