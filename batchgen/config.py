@@ -19,6 +19,7 @@ from .manifest import iter_jobs
 from .models import LEDGER_NAME
 from .pricing import job_prices
 from .scheduler import NOT_FOUND_GRACE
+from .words import plural
 
 SIMULATED_BASE_URL = "http://api.runbase.test/api/v1"
 
@@ -110,7 +111,7 @@ def _check_priced(config: BatchConfig) -> None:
         if prices.of(job) is None
     )
     if unpriced:
-        kinds = ", ".join(f"{kind} ({n} job(s))" for kind, n in unpriced.most_common(3))
+        kinds = ", ".join(f"{kind} ({n} {plural(n, 'job')})" for kind, n in unpriced.most_common(3))
         raise UsageError(f"--max-credits: no price for {kinds}; add them to --price (or a 'default=' price)")
 
 

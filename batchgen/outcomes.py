@@ -93,7 +93,8 @@ def _manifest_read(ledger: Ledger) -> bool:
 def _done_message(failed: int, stats: BatchStats) -> tuple[int, str]:
     if failed:
         return ExitCode.JOBS_FAILED, (
-            f"{failed} job(s) failed for good; `batchgen status` says why, and `batchgen retry --failed` "
+            f"{failed} {plural(failed, 'job')} failed for good; `batchgen status` says why, "
+            "and `batchgen retry --failed` "
             "marks them to be made again by the next run"
         )
     if stats.created == 0 and stats.downloads == 0 and stats.reused == 0:
@@ -117,9 +118,12 @@ def batch_result(
     except LedgerError:  # the ledger may be what failed; report without its counts
         counts, unknown = {}, 0
     left = counts.get("pending", 0) + counts.get("running", 0)
-    waiting = f"{left} job(s) wait"
+    waiting = f"{left} {plural(left, 'job waits', 'jobs wait')}"
     if not _manifest_read(ledger):
-        waiting = f"{left} job(s) read so far wait, and so do the manifest's rows not read yet"
+        waiting = (
+            f"{left} {plural(left, 'job')} read so far {plural(left, 'waits', 'wait')}, "
+            "and so do the manifest's rows not read yet"
+        )
     if outcome is Outcome.DONE:
         code, message = _done_message(counts.get("failed", 0), stats)
     elif outcome is Outcome.MANIFEST and isinstance(error, ManifestError):

@@ -265,7 +265,7 @@ def _chunks(jobs: Iterable[JobSpec]) -> Iterator[list[JobSpec]]:
 
 def describe(result: Plan) -> list[str]:
     """The plan as lines for a terminal."""
-    lines = [f"{result.jobs} job(s) in the manifest"]
+    lines = [f"{result.jobs} {plural(result.jobs, 'job')} in the manifest"]
     skipped = [
         (result.done, "already done"),
         (result.in_flight, "with a run already in flight (collected, not paid again)"),

@@ -27,6 +27,7 @@ from .folder import OutputFolder
 from .ledger import Ledger
 from .models import AttemptStatus, JobState, SavedOutput
 from .outputs import UnsafeName, in_plain_folders, lookup_below, output_path
+from .words import plural
 
 HASH_CHUNK = 1 << 20
 
@@ -44,11 +45,14 @@ class Repair:
     def describe(self) -> str:
         parts = []
         if self.images_adopted:
-            parts.append(f"{self.images_adopted} image(s) already in the folder adopted")
+            parts.append(f"{self.images_adopted} {plural(self.images_adopted, 'image')} already in the folder adopted")
         if self.runs_reopened:
-            parts.append(f"{self.runs_reopened} run(s) it had lost polled again")
+            parts.append(f"{self.runs_reopened} {plural(self.runs_reopened, 'run')} it had lost polled again")
         if self.lost_creates:
-            parts.append(f"{self.lost_creates} create(s) without an answer counted as possible double charges")
+            parts.append(
+                f"{self.lost_creates} {plural(self.lost_creates, 'create')} "
+                "without an answer counted as possible double charges"
+            )
         return "the ledger was behind the output folder's journal: " + ", ".join(parts) + "; nothing paid twice"
 
 

@@ -53,6 +53,7 @@ from .reusing import Reuser
 from .scheduler import INTERRUPT_GRACE, Scheduler, Stop
 from .syncing import ManifestSync
 from .throttle import Throttle
+from .words import plural
 
 # Said when a batch is interrupted before its first create (Outcome.INTERRUPTED's message counts the jobs that
 # wait, and the manifest's rows may not be in the ledger yet).
@@ -121,7 +122,7 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
             dead = scheduler.references.dead
             url, why = next(iter(dead.items()))
             notes.append(
-                f"{len(dead)} reference image URL(s) did not answer, so their jobs failed unpaid "
+                f"{len(dead)} reference image {plural(len(dead), 'URL')} did not answer, so their jobs failed unpaid "
                 f"(e.g. {url}: {why}); fix them and run `batchgen retry --failed --error-kind reference`"
             )
         notes += _left_behind(ledger, left_behind, config)
@@ -141,7 +142,8 @@ def _left_behind(ledger: Ledger, before: int, config: BatchConfig) -> list[str]:
     if dropped <= 0:
         return []
     return [
-        f"{dropped} job(s) with images in {config.output_dir} are not in {config.manifest} (an earlier or "
+        f"{dropped} {plural(dropped, 'job')} with images in {config.output_dir} {plural(dropped, 'is', 'are')} "
+        f"not in {config.manifest} (an earlier or "
         "another manifest's): their images stay there, but status, export and report show this manifest's jobs"
     ]
 
@@ -168,7 +170,8 @@ def _prepare(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> tuple
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise OutputError(
-                f"the output folder {config.output_dir} already holds {len(foreign)} image(s) that batchgen "
+                f"the output folder {config.output_dir} already holds {len(foreign)} {plural(len(foreign), 'image')} "
+                "that batchgen "
                 f"has no record of ({shown}); a job could be named like one of them. Use another --output, "
                 "or pass --allow-unknown-files to write among them (a file under a job's name is then moved "
                 "to .batchgen/replaced/, never overwritten)"
@@ -191,7 +194,8 @@ def _prepare(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> tuple
         what += [f"{len(check.changed)} changed"] if check.changed else []
         example = (check.missing or check.changed)[0]
         notes.append(
-            f"{' and '.join(what)} file(s) in {config.output_dir} (e.g. {example}): "
+            f"{' and '.join(what)} {plural(len(check.missing) + len(check.changed), 'file')} "
+            f"in {config.output_dir} (e.g. {example}): "
             f"{check.reopened} fetched again from their runs"
             + (f", {len(check.lost)} with no run to fetch from (`batchgen retry --missing`)" if check.lost else "")
         )

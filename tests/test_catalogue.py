@@ -187,7 +187,7 @@ def test_missing_column_names_manifest_line_row_and_column_once(tmp_path):
     assert [(p.line, p.field) for p in problems] == [(4, "prompt"), (4, "prompt")]
     assert "products.csv row 2" in problems[0].message and "'Nme'" in problems[0].message
     assert "did you mean 'Name'?" in problems[0].message
-    assert problems[1].message == "... and the same on 2 more row(s)"
+    assert problems[1].message == "... and the same on 2 more rows"
     problem = problems_of(catalogue(tmp_path, "job: {prompt: \"{{ row['Image src'] }}\"}\n"))[0]
     assert "no column 'Image src'" in problem.message and "did you mean 'Image Src'?" in problem.message
 

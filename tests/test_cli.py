@@ -136,7 +136,7 @@ def test_an_api_that_moved_stops_the_batch_naming_its_new_address(tmp_path, serv
     result = run_cli(manifest, out, "--concurrency", "2", env=env_for(old))
     assert_exit(result, 2)
     assert f"redirects to {new.base_url}/runs" in result.stderr
-    assert "RUNBASE_BASE_URL" in result.stderr and "6 job(s) wait" in result.stderr
+    assert "RUNBASE_BASE_URL" in result.stderr and "6 jobs wait" in result.stderr
     assert 1 <= old.simulator.stats()["moved"] <= 2
     assert requests_seen(new) == 0
     assert all(record["state"] == "pending" for record in export_records(out))

@@ -68,7 +68,7 @@ def test_a_lost_ledger_pays_for_nothing_again(write_manifest, tmp_path, serve, h
         ledger.unlink()
     result = cli_run(manifest, out, server)
     assert result.returncode == 0, result.stderr
-    assert "12 image(s) already in the folder adopted" in result.stderr
+    assert "12 images already in the folder adopted" in result.stderr
     assert server.simulator.stats()["creates"] == 12
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before
     status = json.loads(batchgen_cli("status", "--output", str(out), "--json").stdout)
@@ -95,8 +95,8 @@ def test_a_ledger_rolled_back_polls_the_runs_it_forgot(write_manifest, tmp_path,
     result = run(manifest, sim)
     assert result.exit_code == ExitCode.OK, result.message
     assert sim.stats()["creates"] == 6
-    assert "3 image(s) already in the folder adopted" in result.notes[0]
-    assert "3 run(s) it had lost polled again" in result.notes[0]
+    assert "3 images already in the folder adopted" in result.notes[0]
+    assert "3 runs it had lost polled again" in result.notes[0]
     files_match_their_own_runs(out, sim)
 
 
@@ -446,7 +446,7 @@ def test_a_deleted_or_changed_file_is_fetched_again_for_free(write_manifest, tmp
     assert records["job-000"]["outputs"] == [] and records["job-000"]["missing_outputs"]
     result = cli_run(manifest, out, server)
     assert result.returncode == 0, result.stderr
-    assert "1 missing and 1 changed file(s)" in result.stderr and "2 fetched again" in result.stderr
+    assert "1 missing and 1 changed files" in result.stderr and "2 fetched again" in result.stderr
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == original
     assert server.simulator.stats()["creates"] == 3
 

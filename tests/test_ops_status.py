@@ -97,7 +97,7 @@ def test_attempts_of_jobs_dropped_from_the_manifest_are_not_counted(tmp_path, se
     write_jobs(manifest, ["one", "two"])
     again = batchgen_cli("run", str(manifest), "--output", str(out), "--no-progress", env=env_for(server))
     assert again.returncode == 0
-    assert f"1 job(s) with images in {out} are not in {manifest}" in again.stderr  # told once, when dropped
+    assert f"1 job with images in {out} is not in {manifest}" in again.stderr  # told once, when dropped
     once_more = batchgen_cli("run", str(manifest), "--output", str(out), "--no-progress", env=env_for(server))
     assert "are not in" not in once_more.stderr
     status = json.loads(batchgen_cli("status", "--output", str(out), "--json").stdout)

@@ -97,7 +97,9 @@ def test_dry_run_counts_only_what_would_be_paid_now(write_manifest, tmp_path, ru
     )  # the same API as the batches above: an image is reused only from the service that made it
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    assert "5 job(s)" in text and "1 already done" in text and "1 identical" in text and "1 reusing" in text
+    assert (
+        "5 jobs in the manifest" in text and "1 already done" in text and "1 identical" in text and "1 reusing" in text
+    )
     assert "runs that would be created now: 2" in text and "credits: 3" in text
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
     assert after == before  # nothing written (sqlite may add its empty side files for a reader)

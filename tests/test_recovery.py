@@ -27,7 +27,7 @@ def test_an_image_changed_in_place_after_a_clean_finish_is_fetched_again(write_m
         image.truncate(10)
     result = run(manifest)
     assert result.exit_code == ExitCode.OK, result.message
-    assert any("1 changed file(s)" in note and "1 fetched again" in note for note in result.notes), result.notes
+    assert any("1 changed file" in note and "1 fetched again" in note for note in result.notes), result.notes
     assert sha256((out / "job-001.png").read_bytes()) == sent["product photo number 1"]
     assert sim.stats()["create_requests"] == 3
 

@@ -25,7 +25,7 @@ def test_a_dead_reference_fails_its_jobs_unpaid_and_the_rest_go_on(write_manifes
     result = run(write_manifest(jobs=jobs_with(urls)), sim)
     assert result.exit_code == ExitCode.JOBS_FAILED
     assert sim.stats()["creates"] == 2 and sim.stats()["reference_checks"] == 2
-    assert any("reference image URL(s) did not answer" in note for note in result.notes)
+    assert any("reference image URL did not answer" in note for note in result.notes)
     with Ledger(tmp_path / "out" / "batchgen.sqlite", readonly=True) as ledger:
         failed = {r["job_id"]: r for r in ledger.iter_export() if r["state"] == "failed"}
     assert set(failed) == {"a", "b"}
@@ -57,7 +57,7 @@ def test_validate_check_urls_says_which_links_it_could_not_tell(write_manifest, 
     urls = {"a": "http://127.0.0.1:9/lamp.png", "b": f"{host}/img/here.png"}
     result = batchgen_cli("validate", str(write_manifest(jobs=jobs_with(urls))), "--check-urls")
     assert result.returncode == 0, result.stderr
-    assert "1 reference image URL(s) could not be checked from here" in result.stderr
+    assert "1 reference image URL could not be checked from here" in result.stderr
     assert "2 jobs, valid" in result.stdout
 
 

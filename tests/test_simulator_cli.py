@@ -66,7 +66,7 @@ def test_an_address_not_of_this_machine_is_one_clear_line():
 @pytest.mark.parametrize(
     ("args", "complaint"),
     [
-        (["--fault", "http_501=1"], "unknown fault(s) http_501"),
+        (["--fault", "http_501=1"], "unknown fault http_501"),
         (["--fault", "slow=often"], "NAME=PROBABILITY"),
         (["--fault", "slow=2"], "between 0 and 1"),
         (["--outputs-per-run", "3-1"], "outputs_per_run"),

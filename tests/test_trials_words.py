@@ -4,15 +4,19 @@ status, report."""
 from __future__ import annotations
 
 import re
+import tokenize
+from pathlib import Path
 
 import pytest
 
+import batchgen
 from batchgen import ExitCode
 from batchgen.words import plural
 
 from .conftest import batchgen_cli
 from .manifest_files import problems_of, write
 
+PARENTHESISED = re.compile(r"[a-z]{2,}\(s\)(?=[\s.,;:!?'\")]|$)")
 ONE_THEN_PLURAL = re.compile(r"(?<![\d.,])1 (runs|files|jobs|credits|retries)\b")
 
 
@@ -57,3 +61,24 @@ def test_a_manifest_problem_counts_one_in_the_singular(tmp_path):
     assert "the header has 1 column (" in problem.message, problem.message
     problems = problems_of(write(tmp_path, "b.csv", "id,prompt\n" + "../x,p\n" * 1001))
     assert problems[-1].message == "... and 1 more problem not listed"
+
+
+def test_validate_counts_one_problem_in_the_singular(tmp_path):
+    """The last line of a refused manifest: 'batchgen: 1 problem in m.csv', not '1 problem(s)'."""
+    result = batchgen_cli("validate", str(write(tmp_path, "m.csv", "id,prompt\n../x,p\n")))
+    assert result.returncode == ExitCode.USAGE
+    assert f"batchgen: 1 problem in {tmp_path / 'm.csv'}; nothing was sent" in result.stderr, result.stderr
+
+
+def test_no_message_counts_with_a_parenthesised_plural():
+    """Every count in batchgen's messages goes through plural(): no 'job(s)', 'image(s)' or 'file(s)' is left
+    in the text of its source ('http(s)', a scheme, is not a count)."""
+    source = Path(batchgen.__file__).parent
+    found = []
+    for path in sorted(source.rglob("*.py")):
+        with path.open("rb") as file:
+            for token in tokenize.tokenize(file.readline):
+                text = token.string.replace("http(s)", "")
+                if token.type == tokenize.STRING and PARENTHESISED.search(text):
+                    found.append(f"{path.relative_to(source)}:{token.start[0]}: {token.string[:80]}")
+    assert not found, "\n".join(found)

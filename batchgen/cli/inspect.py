@@ -135,13 +135,14 @@ def _print_status(report: dict[str, Any]) -> None:
     if errors["top"]:
         print(
             f"errors:   the most common ({errors['shown']} of {errors['distinct']} shown), "
-            f"with how many jobs each, of {errors['jobs']} job(s) with an error:"
+            f"with how many jobs each, of {errors['jobs']} {plural(errors['jobs'], 'job')} with an error:"
         )
         width = len(str(errors["top"][0]["jobs"]))
         for item in errors["top"]:
             kind = _kind_words(item["kind"], ERROR_KINDS)
             print(f"  {item['jobs']:>{width}}  [{kind}] {_shorten(item['error'])} (e.g. {item['example']})")
-    print(f"possible double charges: {report['possible_double_charges']} create(s) sent whose answer never came")
+    unknown = report["possible_double_charges"]
+    print(f"possible double charges: {unknown} {plural(unknown, 'create')} sent whose answer never came")
     session = report["last_session"]
     if session:
         print("last run: " + _session_line(session))
@@ -166,16 +167,20 @@ def _session_line(session: dict[str, Any]) -> str:
 
 def _next_line(report: dict[str, Any]) -> str:
     jobs, command = report["jobs"], report["next_command"]
+    left = jobs["pending"] + jobs["running"]
     lines = []
     if not report["manifest_read"]:
         lines.append(f"{command}   # reads the rest of the manifest and finishes its jobs")
-    elif jobs["pending"] + jobs["running"]:
-        lines.append(f"{command}   # finishes the {jobs['pending'] + jobs['running']} job(s) left")
+    elif left:
+        lines.append(f"{command}   # finishes the {left} {plural(left, 'job')} left")
     if report["retry_command"]:
         lines.append(f"{report['retry_command']} && {command}   # tries the failures that may go through now")
     rejected = report["failed_by_kind"].get("rejected", 0)
     if rejected:
-        lines.append(f"# {rejected} job(s) were refused by the API for their input: change them in the manifest")
+        lines.append(
+            f"# {rejected} {plural(rejected, 'job was', 'jobs were')} refused by the API for their input: "
+            "change them in the manifest"
+        )
     if not lines:
         lines.append(f"nothing to do: every job succeeded ({command} again after changing the manifest)")
     lines.append("batchgen report" + _location_options(report) + "   # a gallery to review the images")

@@ -133,7 +133,7 @@ def _mark(
                 f"{'is not a job' if one else 'are not jobs'} of the current manifest "
                 f"({ledger.manifest or 'none recorded'}): {_listed(unknown)}; nothing was marked"
             )
-        job_ids, what = wanted, f"{len(wanted)} job(s) given"
+        job_ids, what = wanted, f"{len(wanted)} {plural(len(wanted), 'job')} given"
     elif args.missing:
         job_ids, what = missing_jobs(ledger, output_dir), "jobs whose image is missing"
     else:
@@ -142,7 +142,7 @@ def _mark(
         failed = sum(by_kind.values())
         detail = ", ".join(f"{n} {ERROR_KINDS.get(str(k), str(k)).split(':')[0]}" for k, n in sorted(
             by_kind.items(), key=lambda item: -item[1]))  # fmt: skip
-        what = f"{failed} failed job(s)" + (f" ({detail})" if detail else "")
+        what = f"{failed} failed {plural(failed, 'job')}" + (f" ({detail})" if detail else "")
         if kinds is not None:
             what += f", of which {len(job_ids)} of kind {', '.join(k.replace('_', '-') for k in kinds)}"
     if not job_ids:
@@ -154,9 +154,15 @@ def _mark(
     if marked.versions:
         where = output_dir / ".batchgen" / "versions"
         kept = "would be kept" if args.dry_run else "kept"
-        print(f"batchgen: {len(marked.versions)} earlier image(s) {kept} under {where}/ (see `batchgen report`)")
+        print(
+            f"batchgen: {len(marked.versions)} earlier {plural(len(marked.versions), 'image')} "
+            f"{kept} under {where}/ (see `batchgen report`)"
+        )
     if marked.gone:
-        print(f"batchgen: {len(marked.gone)} listed file(s) were already gone from the folder: {_listed(marked.gone)}")
+        print(
+            f"batchgen: {len(marked.gone)} listed {plural(len(marked.gone), 'file was', 'files were')} "
+            f"already gone from the folder: {_listed(marked.gone)}"
+        )
     if marked.in_flight:
         print(
             f"batchgen: left alone, a run is in flight for them (the next run collects it): {_listed(marked.in_flight)}"

@@ -298,7 +298,8 @@ def _print_summary(log: Log, result: BatchResult, summary: dict[str, Any], *, qu
         )
         if result.unknown_creates_total:
             log.line(
-                f"{result.unknown_creates_total} create(s) never answered (may have been charged "
+                f"{result.unknown_creates_total} {plural(result.unknown_creates_total, 'create')} "
+                "never answered (may have been charged "
                 "without a result); see `batchgen status`"
             )
         if result.output_dir is not None and c.get("succeeded") and not quiet:
@@ -330,7 +331,10 @@ def _validate(args: argparse.Namespace) -> int:
 def _problems(args: argparse.Namespace, exc: ManifestError) -> int:
     for problem in exc.problems:
         print(problem, file=sys.stderr)
-    print(f"batchgen: {len(exc.problems)} problem(s) in {args.manifest}; nothing was sent", file=sys.stderr)
+    print(
+        f"batchgen: {len(exc.problems)} {plural(len(exc.problems), 'problem')} in {args.manifest}; nothing was sent",
+        file=sys.stderr,
+    )
     return EXIT_USAGE
 
 
@@ -349,7 +353,8 @@ def _print_dead_links(args: argparse.Namespace) -> int:
     dead, unknown = anyio.run(check)
     if unknown:
         print(
-            f"batchgen: {unknown} reference image URL(s) could not be checked from here (no answer, a timeout or "
+            f"batchgen: {unknown} reference image {plural(unknown, 'URL')} could not be checked from here "
+            "(no answer, a timeout or "
             "a server error); run will try them, as the API may reach them",
             file=sys.stderr,
         )
@@ -358,7 +363,8 @@ def _print_dead_links(args: argparse.Namespace) -> int:
         print(f"dead reference image: {url} ({link.reason}); used by {', '.join(link.jobs)}{more}", file=sys.stderr)
     if dead:
         print(
-            f"batchgen: {len(dead)} reference image URL(s) of {args.manifest} do not answer: `run` would fail "
+            f"batchgen: {len(dead)} reference image {plural(len(dead), 'URL')} of {args.manifest} "
+            f"{plural(len(dead), 'does', 'do')} not answer: `run` would fail "
             "their jobs without paying for them; fix those URLs",
             file=sys.stderr,
         )

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from ..models import DEFAULT_MODEL, JOB_FIELDS
+from ..words import plural
 from .fields import check_aspect_ratio, check_quality, split_urls
 from .problems import Invalid, Problems, close_names, closest
 from .records import REPORTED, Record
@@ -391,7 +392,7 @@ class _MissingColumns:
 
     def report_rest(self) -> None:
         for (line, key, _message), more in self.more.items():
-            self.problems.add(line, key, f"... and the same on {more} more row(s)")
+            self.problems.add(line, key, f"... and the same on {more} more {plural(more, 'row')}")
 
 
 def _column_hint(name: str, columns: list[str]) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..words import plural
 from .data import CardState, FileStatus, JobRecord, ReportData, Summary, fix_command
 
 # ESC [ ... final, ESC ] ... BEL/ST, and two-byte ESC sequences: what terminals interpret.
@@ -271,7 +272,7 @@ def _rate(value: float | None) -> str:
 def _images_note(s: Summary) -> str:
     if s.images_in_last_run is None:
         return "the last run did not finish" if s.last_run else ""
-    return f"{s.images_in_last_run:,} image(s) saved in the last run"
+    return f"{s.images_in_last_run:,} {plural(s.images_in_last_run, 'image')} saved in the last run"
 
 
 def _when(epoch: float) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..words import plural
 from .catalogue import ALL_FAULTS
 from .limits import LimitSettings, RateSchedule, RetryAfter
 
@@ -65,7 +66,9 @@ class SimConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.faults) - set(ALL_FAULTS))
         if unknown:
-            raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(ALL_FAULTS)}")
+            raise ValueError(
+                f"unknown {plural(len(unknown), 'fault')} {', '.join(unknown)}; known: {', '.join(ALL_FAULTS)}"
+            )
         for name, probability in self.faults.items():
             _check_share(f"fault {name}", probability)
         for name in ("failure_rate", "stuck_rate"):
