@@ -12,6 +12,8 @@ from docs_common import Result, assemble, newest, num, pct, series, table
 from docs_reliability import reliability_counts
 from docs_results import grid_summary, share_429
 
+from batchgen.words import plural
+
 # -- README.md -----------------------------------------------------------------------------------------
 
 
@@ -42,7 +44,8 @@ def readme_performance(results: list[Result]) -> str:
         columns.append((with_baseline, "baseline"))
     label = {"batchgen": "batchgen", "baseline": "hand-written"}
     header = ["scenario"] + [
-        f"{label[client]} T/T\\* at `{result.commit}` ({num(series_runs(result))} run(s))" for result, client in columns
+        f"{label[client]} T/T\\* at `{result.commit}` ({num(series_runs(result))} {plural(series_runs(result), 'run')})"
+        for result, client in columns
     ]
     lines = [
         [scenario_name(latest, s)] + [cell(row(result, s, client), s > 1) for result, client in columns]
@@ -164,10 +167,11 @@ def readme_grid(results: list[Result]) -> str:
             shapes = f"{points} of the grid's limit shapes (those at {', '.join(rates)}/s)"
         sentences.append(
             f"Pacing against {shapes}, without `--rate`, at `{result.commit}` ({num(result.raw.get('repeat'))} "
-            f"run(s) per point, `bench/run.py --grid`): {met} of {points} points meet every target of the grid "
+            f"{plural(result.raw.get('repeat') or 0, 'run')} per point, `bench/run.py --grid`): "
+            f"{met} of {points} points meet every target of the grid "
             f"(T/T\\* ≤ 1.10, ≤ 3 % of creates answered 429, settled within 5 s); T/T\\* from "
             f"{num(ratios[0], 2)} to {num(ratios[-1], 2)}, median {num(ratios[len(ratios) // 2], 2)}; "
-            f"{num(violations)} request(s) sent before a 429's Retry-After allowed."
+            f"{num(violations)} {plural(violations, 'request')} sent before a 429's Retry-After allowed."
         )
     text = " ".join(sentences) + " The tables, with the targets each point misses, are in `bench/RESULTS.md`."
     pictured = next((r for r in runs if r.raw.get("figures")), None)

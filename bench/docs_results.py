@@ -23,6 +23,8 @@ from docs_common import (
     table,
 )
 
+from batchgen.words import plural
+
 # -- bench/RESULTS.md ------------------------------------------------------------------------------------
 
 
@@ -277,7 +279,7 @@ def pacing_grid(results: list[Result]) -> str:
              for name, m in medians.items()),
         )  # fmt: skip
         repeat = result.raw.get("repeat")
-        runs = f"Medians of {repeat} run(s) per point." if repeat else ""
+        runs = f"Medians of {repeat} {plural(repeat, 'run')} per point." if repeat else ""
         traces = trace_table(medians)
         pictures = [
             f"![{name}: creates per second against the server's limit](results/{Path(path).name})"

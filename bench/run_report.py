@@ -145,7 +145,7 @@ def markdown_report(info: dict, rows: list[Row], s6: dict | None, s7: dict | Non
         runs = max(r.runs for r in rows)
         out += [
             "",
-            f"Medians of {runs} run(s) per row." if runs > 1 else "One run per row.",
+            f"Medians of {runs} runs per row." if runs > 1 else "One run per row.",
             "",
             markdown_table(rows),
             "",
