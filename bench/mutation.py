@@ -44,7 +44,7 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
     # client itself. The ones that drive the whole runner take minutes per mutant on this machine and test no
     # answer the contract tests do not.
     "api": (
-        ["batchgen/api.py", "batchgen/api_http.py", "batchgen/api_files.py", "batchgen/answers.py"],
+        ["batchgen/api/__init__.py", "batchgen/api/sending.py", "batchgen/api/files.py", "batchgen/api/answers.py"],
         [
             "tests/test_api_contract.py",
             *(
@@ -73,8 +73,8 @@ _HEADER_CASE = (
 )
 _NO_LOCATION = "a missing Location read as None instead of '': `if not location` treats both as no location"
 _API = "batchgen.api.xǁRunbaseClientǁ"
-_FILES = "batchgen.api_files.xǁFileClientǁ"
-_HTTP = "batchgen.api_http.x_"
+_FILES = "batchgen.api.files.xǁFileClientǁ"
+_HTTP = "batchgen.api.sending.x_"
 SURVIVORS_EXPLAINED: dict[str, str] = {
     "batchgen.ledger.writes.xǁLedgerWritesǁbegin_attempt__mutmut_4": _ID_STEP,
     "batchgen.ledger.writes.xǁLedgerWritesǁjob_satisfied__mutmut_4": _ID_STEP,
@@ -83,7 +83,7 @@ SURVIVORS_EXPLAINED: dict[str, str] = {
     "batchgen.ledger.writes.xǁLedgerWritesǁrecover__mutmut_17": _MESSAGE,
     "batchgen.ledger.writes.xǁLedgerWritesǁlost_create__mutmut_11": _MESSAGE,
     "batchgen.ledger.writes.xǁLedgerWritesǁlost_create__mutmut_12": _MESSAGE,
-    "batchgen.answers.x_content_length__mutmut_4": _HEADER_CASE,
+    "batchgen.api.answers.x_content_length__mutmut_4": _HEADER_CASE,
     _FILES + "_check_link__mutmut_19": _HEADER_CASE,
     _FILES + "_check_link__mutmut_20": _HEADER_CASE,
     _FILES + "_check_link__mutmut_26": _HEADER_CASE,
@@ -104,7 +104,7 @@ SURVIVORS_EXPLAINED: dict[str, str] = {
     _FILES + "_receive__mutmut_58": "leaves other bytes in the sniffing buffer once the type is known: it is never "
     "read again after that",
     _API + "create_run__mutmut_21": "sends the method as 'post': httpx.Request upper-cases the method it is given",
-    "batchgen.api_http.xǁScrubǁurl__mutmut_21": "a URL in a message is shown as written up to its query instead "
+    "batchgen.api.sending.xǁScrubǁurl__mutmut_21": "a URL in a message is shown as written up to its query instead "
     "of rebuilt from its parts: the same text, except that a #fragment (never sent to a server, no credential) "
     "stays visible",
 }

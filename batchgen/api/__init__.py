@@ -1,8 +1,8 @@
 """The Runbase client: create a run, get a run, download an output.
 
-This module and its two parts are the only ones that see HTTP: ``batchgen.api_http`` (a
+This package is the only part of batchgen that sees HTTP: the client here, ``batchgen.api.sending`` (a
 request sent straight to its transport; answers and transport exceptions mapped to batchgen's
-errors) and ``batchgen.api_files`` (downloads and link checks through the key-less client).
+errors) and ``batchgen.api.files`` (downloads and link checks through the key-less client).
 Every answer and every transport exception
 becomes either a parsed value (``RunInfo``, ``Download``) or an error from
 ``batchgen.errors``, so the scheduler reasons about *what happened* (rate limited,
@@ -29,6 +29,9 @@ from urllib.parse import unquote
 
 import httpx
 
+from ..errors import RunIdRefused, TransientError, UnusableRun
+from ..models import DEFAULT_BASE_URL, JobSpec, RunInfo
+from ..text import holds_secret
 from .answers import (
     ALLOW_HTTP,
     MAX_RETRY_AFTER,
@@ -44,14 +47,11 @@ from .answers import (
     run_info,
     run_path,
 )
-from .api_files import MAX_REDIRECTS, MIN_DOWNLOAD_RATE, FileClient
-from .api_http import Deadline, Scrub, Slots, Translate, json_object, raise_for_status, send
-from .errors import RunIdRefused, TransientError, UnusableRun
-from .models import DEFAULT_BASE_URL, JobSpec, RunInfo
-from .text import holds_secret
+from .files import MAX_REDIRECTS, MIN_DOWNLOAD_RATE, FileClient
+from .sending import Deadline, Scrub, Slots, Translate, json_object, raise_for_status, send
 
 if TYPE_CHECKING:
-    from .transport import Network
+    from ..transport import Network
 
 __all__ = [  # what other modules take from here; the rest of the answers' vocabulary is batchgen.answers
     "ALLOW_HTTP",
@@ -105,12 +105,12 @@ class RunbaseClient:
         if transport is None:
             # Imported here: aiohttp loads the system's CA certificates on import, a cost the
             # in-process simulator (and every command that sends nothing) need not pay.
-            from .transport import network_transport
+            from ..transport import network_transport
 
             api_transport, files_transport = network_transport(limits, network), network_transport(limits, network)
         else:
             api_transport = files_transport = transport
-        # Create, poll and download go straight to these transports (``api_http.send``); None: httpx's own
+        # Create, poll and download go straight to these transports (``sending.send``); None: httpx's own
         # transport, with the environment's proxies, which only the client itself applies.
         self._api_transport = api_transport
         self._api = httpx.AsyncClient(

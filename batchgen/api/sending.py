@@ -1,7 +1,7 @@
 """Part of ``batchgen.api``: a request sent straight to its transport, and what comes back
 (answers, transport exceptions, deadlines) turned into batchgen's errors.
 
-``batchgen.api`` (create, poll) and ``batchgen.api_files`` (downloads, link checks) use these;
+``batchgen.api`` (create, poll) and ``batchgen.api.files`` (downloads, link checks) use these;
 no other module maps HTTP to batchgen's exceptions. Every server text in a message passes
 through ``Scrub``: the key and Authorization values removed, one line, short, printable.
 """
@@ -17,8 +17,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from .answers import error_texts, parse_retry_after
-from .errors import (
+from ..errors import (
     BadRequest,
     Forbidden,
     LinkRefused,
@@ -31,8 +30,9 @@ from .errors import (
     TransientError,
     Unauthorized,
 )
-from .models import DEFAULT_BASE_URL
-from .text import server_text
+from ..models import DEFAULT_BASE_URL
+from ..text import server_text
+from .answers import error_texts, parse_retry_after
 
 logger = logging.getLogger("batchgen.api")  # the client's log, wherever its parts live
 

@@ -15,11 +15,11 @@ from urllib.parse import urljoin, urlsplit
 import anyio
 import httpx
 
+from ..errors import LinkRefused, NotAnImage, OutputUnusable, TransientError
+from ..images import IMAGE_TYPES, SNIFF_BYTES, TAIL_BYTES, cut_short, looks_like, sniff_image
+from ..text import holds_secret
 from .answers import Download, Sink, content_length
-from .api_http import Scrub, Slots, Translate, raise_for_download_status, send
-from .errors import LinkRefused, NotAnImage, OutputUnusable, TransientError
-from .images import IMAGE_TYPES, SNIFF_BYTES, TAIL_BYTES, cut_short, looks_like, sniff_image
-from .text import holds_secret
+from .sending import Scrub, Slots, Translate, raise_for_download_status, send
 
 MAX_REDIRECTS = 5
 # A download may take as long as the API deadline plus this many seconds per byte received:

@@ -18,9 +18,9 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
-from .errors import ApiError, RunIdRefused
-from .models import RunInfo
-from .text import server_text
+from ..errors import ApiError, RunIdRefused
+from ..models import RunInfo
+from ..text import server_text
 
 MAX_RETRY_AFTER = 3600.0
 MAX_RUN_ID_LENGTH = 2048  # ids are opaque: a signed token of several hundred characters is one
