@@ -188,3 +188,27 @@ def test_retry_of_one_unknown_id_says_it_in_the_singular(write_manifest, tmp_pat
     assert "1 of the 1 id given is not a job of the current manifest" in one.stderr, one.stderr
     two = batchgen_cli("retry", "--ids", "nope,job-000,nada", "--output", str(out))
     assert "2 of the 3 ids given are not jobs of the current manifest" in two.stderr, two.stderr
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["run", "{manifest}", "--simulate", "--output", ""],
+        ["run", "", "--simulate"],
+        ["status", "--output", ""],
+        ["report", "--output", ""],
+        ["retry", "--failed", "--output", "", "--ids-from", ""],
+    ],
+    ids=["run --output ''", "run ''", "status --output ''", "report --output ''", "retry --ids-from ''"],
+)
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(write_manifest, tmp_path, words):
+    """`--output "$OUT"` with OUT unset in a cron script: an empty path meant the current folder, so a night's
+    images, ledger and report landed wherever cron started. It is refused (exit 2) naming the argument, and
+    nothing is written where the command ran."""
+    manifest = write_manifest(2)
+    cwd = tmp_path / "cron-home"
+    cwd.mkdir()
+    result = batchgen_cli(*(w.format(manifest=manifest) for w in words), cwd=cwd)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert "the path is empty (an unset variable in a script?)" in result.stderr
+    assert list(cwd.iterdir()) == []

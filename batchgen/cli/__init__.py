@@ -114,9 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_location(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--output", type=Path, default=Path("output"), metavar="DIR", help="output folder (default: output)"
+        "--output", type=given_path, default=Path("output"), metavar="DIR", help="output folder (default: output)"
     )
-    parser.add_argument("--ledger", type=Path, metavar="PATH", help=f"ledger file (default: DIR/{LEDGER_NAME})")
+    parser.add_argument("--ledger", type=given_path, metavar="PATH", help=f"ledger file (default: DIR/{LEDGER_NAME})")
+
+
+def given_path(text: str) -> Path:
+    """A path from the command line. An empty one (a script's unset variable: ``--output "$OUT"``) is refused:
+    taken as it is, it would mean the current folder, and a night's images would land wherever cron started."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the path is empty (an unset variable in a script?)")
+    return Path(text)
 
 
 def positive_int(text: str) -> int:

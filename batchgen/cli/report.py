@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..words import plural
-from . import LEDGER_NAME
+from . import LEDGER_NAME, given_path
 
 DEFAULT_OUTPUT = Path("output")
 REPORT_NAME = "report.html"  # batchgen.report.REPORT_NAME; repeated so --help needs no heavy import
@@ -26,18 +26,21 @@ def add_parsers(commands: Any) -> None:
         ),
     )
     report.add_argument(
-        "--output", type=Path, metavar="DIR", help="output folder: its ledger and images are shown (default output/)"
+        "--output",
+        type=given_path,
+        metavar="DIR",
+        help="output folder: its ledger and images are shown (default output/)",
     )
     report.add_argument(
         "--ledger",
-        type=Path,
+        type=given_path,
         metavar="PATH",
         help=f"ledger file (default OUTPUT/{LEDGER_NAME}); without --output, images are looked for in the folder "
         "the ledger recorded, else beside the ledger",
     )
     report.add_argument(
         "--out",
-        type=Path,
+        type=given_path,
         metavar="FILE",
         help=f"where to write the page (default OUTPUT/{REPORT_NAME}; inside the output folder it can be zipped "
         "with the images)",

@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import EXIT_LOCAL, EXIT_USAGE, LEDGER_NAME, add_location
+from . import EXIT_LOCAL, EXIT_USAGE, LEDGER_NAME, add_location, given_path
 
 if TYPE_CHECKING:
     from ..ledger import Ledger
@@ -61,8 +61,8 @@ def add_parsers(commands: Any) -> None:
         "--ids", action="append", metavar="ID[,ID...]", help="these jobs, by id; repeatable (default: none)"
     )
     which.add_argument(
-        "--ids-from", type=Path, metavar="FILE", help="the job ids in FILE, one a line or comma-separated; - reads "
-        "standard input (default: none)"
+        "--ids-from", type=given_path, metavar="FILE", help="the job ids in FILE, one a line or comma-separated; "
+        "- reads standard input (default: none)"
     )  # fmt: skip
     which.add_argument(
         "--missing",

@@ -14,13 +14,12 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import __version__
 from ..exitcodes import ExitCode, exit_code_help
 from ..words import plural
-from . import EXIT_LOCAL, EXIT_USAGE, add_location, positive_float, positive_int
+from . import EXIT_LOCAL, EXIT_USAGE, add_location, given_path, positive_float, positive_int
 
 if TYPE_CHECKING:
     from ..errors import ManifestError
@@ -51,7 +50,7 @@ def add_parsers(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = run.add_argument
-    add("manifest", type=Path, help="YAML, CSV or JSONL manifest")
+    add("manifest", type=given_path, help="YAML, CSV or JSONL manifest")
     add_location(run)
     add("--concurrency", type=positive_int, default=8, metavar="N", help="runs in flight at most (default: 8)")
     add("--rate", type=positive_float, metavar="R", help="run creations per second at most, if you know your "
@@ -74,11 +73,11 @@ def add_parsers(commands: Any) -> None:
     add("--quiet", "-q", action="store_true", help="write only the final summary (default: off)")
     add("--log-format", choices=("text", "json"), default="text", help="text: lines for people, timestamped "
         "when not on a terminal; json: one JSON object per event (default: text)")  # fmt: skip
-    add("--log-file", type=Path, metavar="PATH", help="append the log to PATH instead of standard error, which "
+    add("--log-file", type=given_path, metavar="PATH", help="append the log to PATH instead of standard error, which "
         "then gets only the final summary (default: standard error)")  # fmt: skip
     add("--no-reuse", action="store_true", help="pay for every job's own run, even when an identical request's "
         "image is at hand (default: off: such images are copied)")  # fmt: skip
-    add("--reuse-index", type=Path, metavar="PATH", help="the index of images by request shared by your batches "
+    add("--reuse-index", type=given_path, metavar="PATH", help="the index of images by request shared by your batches "
         "(default: $BATCHGEN_CACHE_DIR/reuse.sqlite, else ~/.cache/batchgen/reuse.sqlite)")  # fmt: skip
     add("--allow-unknown-files", action="store_true", help="write into an output folder that holds images "
         "batchgen has no record of (default: off: refused)")  # fmt: skip
@@ -102,7 +101,7 @@ def add_parsers(commands: Any) -> None:
         description="Check a manifest and print its job count and what a run would create and cost, "
         "or every problem with its place (exit 2). Sends nothing.",
     )
-    check.add_argument("manifest", type=Path, help="YAML, CSV or JSONL manifest")
+    check.add_argument("manifest", type=given_path, help="YAML, CSV or JSONL manifest")
     check.add_argument("--check-urls", action="store_true", help="also ask every distinct reference image URL "
         "once and list the dead ones with the jobs using them (default: off)")  # fmt: skip
     add_location(check)
