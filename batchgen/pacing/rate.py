@@ -20,9 +20,9 @@ TIME_BUDGET = 0.02  # share of time that failed probes may cost
 REFUSAL_BUDGET = 0.01  # share of requests that failed probes may cost
 PROBE_GROWTH = 0.077  # probe pace = bound · exp(a·t²): ×1.08 after 1 s, ×2 after 3 s
 EPS_MIN, EPS_MAX = 0.0, 0.05  # bounds of the arrival-time uncertainty the fit allows for, seconds
+COLLAPSE = 4.0  # a 429 that leaves the fit's top this many times under the pace it was sent at restarts it
 # Accepts no bucket explains, not believed one by one, at this many moments at least DISBELIEF_GAP
 # apart within DISBELIEF_WINDOW seconds: no one stall explains them all, the fit itself is wrong.
-COLLAPSE = 4.0  # a 429 that leaves the fit's top this many times under the pace it was sent at restarts it
 DISBELIEF, DISBELIEF_GAP, DISBELIEF_WINDOW = 3, 0.25, 5.0
 
 
