@@ -47,6 +47,11 @@ MAX_CREATE_TRIES = 6  # transient failures of one create before the job fails
 # Creates failing in a row across the whole batch, with no success between them, that
 # mean the API itself is down rather than one job's input upsetting it.
 API_DOWN_STREAK = 2 * MAX_CREATE_TRIES
+# Creates sent whose answers were lost, in a row across the batch with no run id answered between
+# them: each may have made a run that is charged, so an API that loses every answer (a proxy that
+# drops them, a gateway timing out) would be paid for up to --max-attempts runs for every job.
+# Stop instead; a lost answer now and then (a reset) is retried as before.
+LOST_STREAK = 5
 
 
 class Result(enum.Enum):
@@ -99,6 +104,7 @@ class Creator:
         self.poke = poke  # queued writes no one waits for: flush them soon anyway
         self.budgets = budgets  # (budget, cost of a job) pairs: --max-runs, --max-credits
         self._failure_streak = 0  # transient create failures since the last success
+        self._lost_streak = 0  # creates whose answers were lost since a run id was last answered
 
     async def create(self, job: PendingJob) -> CreateOutcome:
         """Create a run for ``job``; see the module docstring for what can become of it."""
@@ -139,9 +145,12 @@ class Creator:
                     if exc.maybe_created and sent.attempt_id is not None:
                         attempts += 1
                         self.stats.unknown_creates += 1
+                        self._lost_streak += 1
                         give_up = attempts >= self.max_attempts
                         error = f"the create was sent but its answer lost; the run may exist: {exc.message}"
                         sent.end(AttemptStatus.UNKNOWN, error, job_failed=give_up, kind="unknown")
+                        if self._lost_streak >= LOST_STREAK:
+                            return self._answers_lost(spec, attempts, exc, failed=give_up)
                         if give_up:
                             self.events.emit(
                                 "failed", job_id=spec.job_id, run_id=None, error=error, error_kind="unknown"
@@ -196,9 +205,22 @@ class Creator:
                 attempt_id = sent.created(info.run_id)
                 attempts += 1
                 self.gate.open()
-                self._failure_streak = 0
+                self._failure_streak = self._lost_streak = 0
                 self.stats.created += 1
                 return CreateOutcome(Result.CREATED, PendingJob(spec, attempts), attempt_id, info.run_id)
+
+    def _answers_lost(self, spec: JobSpec, attempts: int, exc: TransientError, *, failed: bool) -> CreateOutcome:
+        """LOST_STREAK answers lost in a row: stop the batch before buying more runs nobody hears of."""
+        if failed:
+            self.stats.failed += 1
+            self.events.emit("failed", job_id=spec.job_id, run_id=None, error=exc.message, error_kind="unknown")
+        streak = self._lost_streak
+        error = TransientError(
+            f"{streak} creates in a row were sent and got no answer (the last: {exc.message.rstrip('. ')}); each "
+            "may have made a run that is charged (counted as possible double charges), so no more were sent",
+            status=exc.status,
+        )
+        return CreateOutcome(Result.API_DOWN, PendingJob(spec, attempts), error=error)
 
     async def _reserve(self, spec: JobSpec) -> list[tuple[Budget, float]] | CapReached:
         """Reserve this create's cost in every budget, or say which one is used up."""

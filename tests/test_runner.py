@@ -9,7 +9,7 @@ import pytest
 
 from batchgen import ExitCode
 from batchgen.api import RunbaseClient
-from batchgen.creating import API_DOWN_STREAK
+from batchgen.creating import API_DOWN_STREAK, LOST_STREAK
 from batchgen.ledger import Ledger
 from batchgen.manifest import load_jobs
 from batchgen.simulator import SimConfig, Simulator
@@ -191,6 +191,38 @@ def test_lost_create_answers_are_counted_as_possible_double_charges(write_manife
     assert lost > 0
     assert result.unknown_creates_total == lost == result.stats.unknown_creates
     assert sim.stats()["creates"] == 12 + lost
+
+
+@pytest.mark.parametrize("concurrency", [1, 16])
+def test_an_api_that_loses_every_create_answer_is_not_paid_for_every_job(write_manifest, run, concurrency):
+    """Every create makes a run and loses its answer: the batch stops after LOST_STREAK of them in a row
+    (exit 6, each counted as a possible double charge) instead of buying --max-attempts runs for every
+    job; the jobs wait, and once the answers come back the next run finishes them."""
+    sim = Simulator(SimConfig(latency=0.02, faults={"reset_after_create": 1.0}))
+    manifest = write_manifest(40)
+    first = run(manifest, sim, concurrency=concurrency)
+    assert first.exit_code == ExitCode.UNAVAILABLE, first.message
+    assert "answer" in first.message and "no more were sent" in first.message
+    bought = sim.stats()["creates"]
+    # The gentle start lets one job try until a create works: exactly the streak, whatever the concurrency.
+    assert bought == LOST_STREAK == first.unknown_creates_total
+    assert first.counts["pending"] >= 40 - 2
+    sim.config.faults = {}
+    second = run(manifest, sim, concurrency=concurrency)
+    assert second.exit_code in (ExitCode.OK, ExitCode.JOBS_FAILED), second.message
+    assert second.counts["pending"] == 0
+    assert sim.stats()["creates"] - bought <= 40
+
+
+def test_lost_answers_between_runs_made_do_not_stop_the_batch(write_manifest, run):
+    """The streak counts lost answers with no run id answered between them: many more than the streak
+    in all, each paid for and retried, and the batch finishes."""
+    sim = Simulator(SimConfig(latency=0.02, faults={"reset_after_create": 0.3}, seed=1))
+    result = run(write_manifest(30), sim, concurrency=1, max_attempts=10)
+    assert result.exit_code == ExitCode.OK, result.message
+    lost = sim.stats()["lost_create_answers"]
+    assert lost >= LOST_STREAK  # more than the streak in all, never that many in a row
+    assert result.unknown_creates_total == lost
 
 
 def test_malformed_and_truncated_answers_are_retried(write_manifest, run, tmp_path):
