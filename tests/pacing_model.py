@@ -197,6 +197,7 @@ def run_model(
     ceiling: float | None = None,
     one_way: float = 0.005,
     jitter: float = 0.0,
+    late: float = 0.0,
     seed: int = 0,
     stall: tuple[float, float] = (0.0, 0.0),
     pacer: Pacer | None = None,
@@ -204,7 +205,9 @@ def run_model(
     horizon: float = 3600.0,
 ) -> Outcome:
     """One batch of ``n`` runs of ``latency`` seconds through ``pacer`` against a server with
-    ``limits``. A pacer passed in must read ``clock[0]``, the simulated time."""
+    ``limits``. A pacer passed in must read ``clock[0]``, the simulated time. The client wakes
+    from each wait up to ``late`` seconds after it asked to (an event loop's timers are late by
+    a millisecond or more when it is busy)."""
     rng = random.Random(seed)
     server = ModelServer(limits)
     clock = clock if clock is not None else [0.0]
@@ -240,6 +243,8 @@ def run_model(
 
     def wake(t: float) -> None:
         t = max(t, clock[0] + 1e-6)  # a slot due within float rounding of now
+        if late and math.isfinite(t):
+            t += rng.uniform(0, late)
         if t < state["wake"] and math.isfinite(t):
             state["wake"] = t
             at(t, step)

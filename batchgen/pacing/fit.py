@@ -121,6 +121,20 @@ class BucketFit:
                 pace = min(pace, 1 / (eps + (2 - self.b_lo[i]) / r))
         return max(pace, least)
 
+    def closest(self, pace: float, eps: float) -> float:
+        """The least gap between two requests (sent at ``pace`` on average, so each surviving
+        bucket at or above the pace is full) that every such bucket at its smallest size takes
+        without a refusal, arrivals wandering by up to ``eps``: none for a bucket of two or more,
+        ``(2 - B)/R + eps`` for a smaller one (as in ``tolerable``)."""
+        gap = 0.0
+        for i in reversed(self.alive):
+            r = GRID[i]
+            if r < pace:
+                break
+            if self.b_lo[i] < 2:
+                gap = max(gap, eps + (2 - self.b_lo[i]) / r)
+        return gap
+
     def held(self, pause: float) -> float:
         """Tokens every surviving bucket surely holds after ``pause`` seconds from empty: the
         least over them of its smallest size and what its rate refills (a low rate may come

@@ -37,7 +37,7 @@ class Pacer:
         self._recent: deque[float] = deque()  # when counted requests left, lately
         self._rtts: deque[float] = deque(maxlen=RTT_SAMPLES)  # round trips of creates, lately
         self._answers = 0
-        self.last_left = -math.inf  # when the last counted request's bytes left
+        self.leave_next = -math.inf  # when the next counted request's bytes may leave, on the pace's schedule
         self._before_suspect: RateControl | None = None
 
     @property
@@ -81,7 +81,7 @@ class Pacer:
         if credited:
             self.credit -= 1
         elif counted:
-            self.next_slot = max(now, self.next_slot) + 1 / self.rate.pace
+            self.next_slot = _on_schedule(self.next_slot, now, self.rate.slack()) + 1 / self.rate.pace
         if counted:
             self._recent.append(now)
         send = Send(kind, now, self.in_flight, counted, self.rate.pace, credited=credited)
@@ -96,11 +96,12 @@ class Pacer:
         """Seconds a request that has its slot must still wait before its bytes leave: a pause
         that began meanwhile, or the pace's spacing from the last counted request that left
         (a delay all requests share, a commit or a busy moment, must not bunch what the pace
-        spaced: a small bucket refuses requests that arrive closer than its refill)."""
+        spaced: a small bucket refuses requests that arrive closer than its refill). The
+        spacing keeps to the pace's schedule within ``RateControl.slack``."""
         now = self.clock()
         wait = self.pause_until - now
         if send.counted and not send.credited:
-            wait = max(wait, self.last_left + 1 / self.rate.pace - now)
+            wait = max(wait, self.leave_next - now)
         return max(0.0, wait)
 
     def paused(self) -> bool:
@@ -113,7 +114,8 @@ class Pacer:
         now = self.clock()
         send.at, send.left = now, True
         if send.counted:
-            self.last_left = now
+            behind = 0.0 if send.credited else self.rate.slack()  # (the credited go at once; the next is spaced)
+            self.leave_next = _on_schedule(self.leave_next, now, behind) + 1 / self.rate.pace
             # The fit reads answers in the order their requests left: one that got its slot
             # earlier but left later is fed after those that left before it.
             if self._unfed and self._unfed[-1] is not send:
@@ -216,3 +218,10 @@ class Pacer:
             elif send.result is Result.REFUSED:
                 self.rate.refused(send, now, self.pause_until - now, repeat=send.repeat)
         self.rate.settle(now)
+
+
+def _on_schedule(due: float, now: float, slack: float) -> float:
+    """When a request due at ``due`` and sent ``now`` counts as sent: at ``due`` if it is at most
+    ``slack`` late (the schedule holds, and the next one catches up), else now (the sender was
+    idle or held up: the schedule starts again, never a burst to make up for lost time)."""
+    return due if now - slack <= due <= now else now
