@@ -136,6 +136,35 @@ async def test_file_unavailable_answers_503_to_file_fetches_only():
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("fault", "statuses"), [("file_forbidden", {403}), ("file_gone", {404, 410})])
+async def test_a_refusing_file_host_refuses_fresh_links_too(fault, statuses):
+    """file_forbidden and file_gone: every fetch of every link is refused, those of a fresh answer too,
+    while creates and polls go through."""
+    sim, clock = make(faults={fault: 1.0}, output_ttl=60.0)
+    async with api_client(sim) as client, files_client(sim) as files:
+        run_id = (await create(client)).json()["id"]
+        links = [(await finished(client, clock, run_id))["output"]["urls"][0]]
+        clock.advance(1.0)
+        links.append((await client.get(f"/runs/{run_id}")).json()["output"]["urls"][0])
+        answers = [await files.get(url) for url in links for _ in range(3)]
+    assert links[0] != links[1]
+    assert {a.status_code for a in answers} <= statuses and sim.stats()["faults"] == {fault: 6}
+    assert sim.stats()["downloads"] == 0
+
+
+@pytest.mark.anyio
+async def test_later_output_gone_kills_every_output_but_the_first():
+    """later_output_gone: a run's first output is served, each later one answers 410 on every fetch."""
+    sim, clock = make(faults={"later_output_gone": 1.0}, outputs_per_run=3)
+    async with api_client(sim) as client, files_client(sim) as files:
+        run = await finished(client, clock, (await create(client)).json()["id"])
+        answers = [await files.get(url) for url in run["output"]["urls"] * 2]
+    assert [a.status_code for a in answers] == [200, 410, 410] * 2
+    assert answers[0].content.startswith(PNG_SIGNATURE)
+    assert sim.stats()["faults"] == {"later_output_gone": 4} and sim.stats()["downloads"] == 2
+
+
+@pytest.mark.anyio
 async def test_huge_body_streams_without_a_length():
     """body_huge streams huge_body_bytes that start like a PNG, with no Content-Length to refuse it by."""
     size = 3 * 1024 * 1024 + 5

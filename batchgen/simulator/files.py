@@ -20,6 +20,8 @@ from .wire import TEXT, Request, Response, Send
 REFERENCE_PNG = png(4, 4, b"reference image", b"reference")
 NO_EXPIRY = 32503680000.0  # the `expires` of links when output_ttl is None: the year 3000
 _FILE_NAME = re.compile(r"(\d+)\.png")
+# Refusals of the file host that fresh links do not cure: what it answers under each fault.
+REFUSALS = {"file_forbidden": (403, b"access denied"), "file_gone": (410, b"gone")}
 
 
 class FileHost:
@@ -77,7 +79,9 @@ class FileHost:
         if float(expires) < wall:
             return await Response(403, b"link expired", TEXT).send(send)
         url_key = f"{run.plain_id}/{n}?expires={expires}&sig={sig}"
-        eligible: tuple[str, ...] = ("file_unavailable", "truncated")
+        eligible: tuple[str, ...] = ("file_unavailable", "truncated", *REFUSALS)
+        if n > 0:
+            eligible = ("later_output_gone", *eligible)
         if "hop" not in query:  # the target of a redirect is served straight
             eligible += ("redirect", "redirect_bad_scheme")
             if url_key not in self._fetched_urls:
@@ -88,6 +92,12 @@ class FileHost:
         if fault in ("expire_first_fetch", "file_unavailable"):
             self._inject(fault)
             status, text = (403, b"link expired") if fault == "expire_first_fetch" else (503, b"unavailable")
+            return await Response(status, text, TEXT).send(send)
+        if fault in REFUSALS or fault == "later_output_gone":
+            self._inject(fault)
+            status, text = REFUSALS.get(fault, (410, b"gone"))
+            if fault == "file_gone" and self._draws.rng.random() < 0.5:
+                status, text = 404, b"not found"
             return await Response(status, text, TEXT).send(send)
         if fault in ("redirect", "redirect_bad_scheme"):
             self._inject(fault)
