@@ -131,6 +131,11 @@ class RateLimited(TransientError):
         self.retry_after = retry_after
 
 
+class FilesRefused(TransientError):
+    """The file host refused the outputs of several runs in a row, fresh links too: the batch stops
+    buying runs whose images it could not download (``batchgen.saving.REFUSED_STREAK``)."""
+
+
 class AccountError(ApiError):
     """The account cannot create runs; more requests only burn the rate limit."""
 

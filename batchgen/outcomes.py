@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BatchgenError, LedgerError, ManifestError, Misaddressed
+from .errors import BatchgenError, FilesRefused, LedgerError, ManifestError, Misaddressed
 from .exitcodes import ExitCode
 from .ledger import Ledger
 from .models import BatchStats, Outcome
@@ -139,6 +139,13 @@ def batch_result(
             ExitCode.USAGE,
             f"stopped: {error}. {made[0].upper()}{made[1:]}; {waiting}. Run the same command again once the address "
             "is right.",
+        )
+    elif isinstance(error, FilesRefused):  # the API works, its file host does not serve this machine
+        code, message = (
+            ExitCode.UNAVAILABLE,
+            f"stopped: {error}; no more runs were bought. {waiting[0].upper()}{waiting[1:]}; the runs already made "
+            "are kept, and the next run downloads their images without paying again. Run the same command again "
+            "once the file host serves this machine.",
         )
     else:
         code, template = _OUTCOMES[outcome]

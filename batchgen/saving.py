@@ -10,6 +10,14 @@ What a refusal means decides what is tried next (``batchgen.errors``):
 * ``OutputUnusable`` (over the size cap, a ``data:``/``file:`` URL or a redirect to
   one, a redirect loop) and a run that succeeded without URLs even when fetched again:
   the job fails with the reason, and no new run is paid for (``retry=False``).
+* A run of several outputs some of which stay refused: the images that came are kept
+  (``SaveFailed.saved``) and the job fails naming the dead ones; a new run would make all
+  of them again, new images in place of those saved, so none is bought unless asked.
+* A run all of whose links stay refused says ``refused``: the scheduler holds it until a
+  download shows the host serves others (the links were the run's), or until
+  ``REFUSED_STREAK`` runs in a row are refused with no download between them
+  (``host_refusing``): the host refuses this client, not one job, and each new run would
+  be paid for nothing.
 * Transient failures (5xx, resets, truncated bodies, a host too slow) are retried
   with backoff, a bounded number of times. If they go on, the run's image exists and is
   paid for: a new run would pay again, so the run is kept open for the next session to
@@ -31,6 +39,7 @@ from .api import RunbaseClient
 from .errors import (
     AccountError,
     DownloadRefused,
+    FilesRefused,
     JobError,
     LinkRefused,
     NotAnImage,
@@ -41,21 +50,38 @@ from .errors import (
 from .models import BatchStats, JobSpec, RunInfo, SavedOutput
 from .outputs import PartialFile, UnsafeName, output_name
 from .throttle import Throttle, backoff
+from .words import plural
 
 MAX_DOWNLOAD_TRIES = 5
 REFRESH_TRIES = 3
 LISTING_TRIES = 6  # asks, backing off (about 8-16 s in all), for the URLs of a run that succeeded without them
+# Runs whose links the file host refused even when fresh, in a row across the batch with no download
+# between them: the host refuses this client (a block, a lost bucket), and every job would buy
+# --max-attempts runs that deliver nothing. Stop instead; a dead link now and then is retried as before.
+REFUSED_STREAK = 5
 
 
 class SaveFailed(Exception):
     """The run's outputs could not be saved; ``retry`` says whether a new run might do better,
     ``keep_run`` that the run itself should be fetched again later instead."""
 
-    def __init__(self, message: str, *, retry: bool = True, keep_run: bool = False):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry: bool = True,
+        keep_run: bool = False,
+        saved: list[SavedOutput] | None = None,
+        refused: bool = False,
+        host_refusing: FilesRefused | None = None,
+    ):
         super().__init__(message)
         self.message = message
-        self.retry = retry and not keep_run
+        self.saved = saved or []  # outputs that did come: kept and recorded, not paid for again
+        self.retry = retry and not keep_run and not self.saved
         self.keep_run = keep_run
+        self.refused = refused  # every link of the run stayed refused: counted in OutputSaver.refused_streak
+        self.host_refusing = host_refusing  # REFUSED_STREAK such runs in a row: stop buying runs
 
 
 class OutputSaver:
@@ -78,6 +104,7 @@ class OutputSaver:
         # Outputs saved whose host declared another type than their bytes (the bytes decided).
         self.type_mismatches = 0
         self.last_type_mismatch: str | None = None
+        self.refused_streak = 0  # runs whose links stayed refused since a download last came whole
 
     async def save(self, spec: JobSpec, info: RunInfo) -> list[SavedOutput]:
         run_id = info.run_id
@@ -89,6 +116,7 @@ class OutputSaver:
             if not urls:
                 raise SaveFailed(f"run {run_id} succeeded without output URLs", retry=False)
         saved: list[SavedOutput] = []
+        dead: list[str] = []  # outputs whose links stayed refused, fresh ones too
         n = tries = 0
         while n < len(urls):
             where = f"output {n + 1} of run {run_id}"
@@ -98,16 +126,19 @@ class OutputSaver:
             except OutputUnusable as exc:
                 raise SaveFailed(f"{where} cannot be saved: {exc.message}", retry=False) from exc
             except (LinkRefused, NotAnImage) as exc:
-                # Signed URLs expire and storage hosts put up sign-in pages: fresh URLs once, for free.
-                a_new_run_may_help = isinstance(exc, LinkRefused)
-                if refreshed:
-                    raise SaveFailed(f"{where}: {exc.message}", retry=a_new_run_may_help) from exc
-                refreshed = True
-                self.stats.url_refreshes += 1
-                fresh = await self._refresh(run_id)
-                if fresh is None or len(fresh.urls) != len(urls):
-                    raise SaveFailed(f"{where}: {exc.message}; no fresh URLs", retry=a_new_run_may_help) from exc
-                urls = list(fresh.urls)
+                no_fresh = ""
+                if not refreshed:  # signed URLs expire and storage hosts put up sign-in pages: fresh URLs once, free
+                    refreshed = True
+                    self.stats.url_refreshes += 1
+                    fresh = await self._refresh(run_id)
+                    if fresh is not None and len(fresh.urls) == len(urls):
+                        urls = list(fresh.urls)
+                        continue
+                    no_fresh = "; no fresh URLs"
+                if isinstance(exc, NotAnImage):  # a new run would be answered the same way
+                    raise SaveFailed(f"{where}: {exc.message}{no_fresh}", retry=False, saved=saved) from exc
+                dead.append(f"{where}: {exc.message}{no_fresh}")
+                n, tries = n + 1, 0
             except DownloadRefused as exc:  # a kind without its own rule: refuse, pay for nothing more
                 raise SaveFailed(f"{where}: {exc.message}", retry=False) from exc
             except TransientError as exc:
@@ -118,7 +149,29 @@ class OutputSaver:
                 await anyio.sleep(backoff(tries, base=self.backoff_base))
             except UnsafeName as exc:
                 raise SaveFailed(str(exc), retry=False) from exc
+        if dead:
+            raise self._refused(run_id, dead, saved)
         return saved
+
+    def _refused(self, run_id: str, dead: list[str], saved: list[SavedOutput]) -> SaveFailed:
+        """What to do with a run some of whose links stayed refused."""
+        if saved:  # the host serves this run: a new run would make all its images again, new ones in place of these
+            names = ", ".join(output.path for output in saved)
+            came = plural(len(saved), "the image that came is", "the images that came are")
+            return SaveFailed(
+                f"{'; '.join(dead)}. Of its {len(saved) + len(dead)} images, {came} saved ({names}) and no new run "
+                "was bought: `batchgen retry --failed` makes them all again with one",
+                saved=saved,
+            )
+        self.refused_streak += 1
+        streak = self.refused_streak
+        stop = None
+        if streak >= REFUSED_STREAK:
+            stop = FilesRefused(
+                f"the file host refused the images of {streak} runs in a row, fresh links from the API too "
+                f"(the last: {dead[0]})"
+            )
+        return SaveFailed("; ".join(dead), refused=True, host_refusing=stop)
 
     async def _download(self, spec: JobSpec, run_id: str, url: str, n: int) -> SavedOutput:
         on_file = self.on_file
@@ -126,6 +179,7 @@ class OutputSaver:
         with PartialFile(self.output_dir, spec.job_id, before_rename) as part:
             download = await self.client.download(url, part)
             self.stats.downloads += 1
+            self.refused_streak = 0
             name = output_name(spec.stem, n, download.extension)
             saved = part.commit(name, n, download.content_type)
         if download.type_mismatch is not None:

@@ -40,6 +40,7 @@ from .committer import Committer
 from .creating import CreateOutcome, Creator, Result
 from .errors import (
     BatchgenError,
+    FilesRefused,
     Misaddressed,
     OutputError,
     TransientError,
@@ -166,6 +167,7 @@ class Scheduler:
         self._creating = 0  # submitters inside a create (waiting for the pace, or on the wire)
         self._saving = 0
         self._retry: deque[PendingJob] = deque()
+        self._parked: list[tuple[Run, str]] = []  # runs whose links were refused, until it shows whose fault it is
         self._leaders: dict[str, str] = {}  # spec hash -> the job making that request's image now
         self._followers: dict[str, list[PendingJob]] = {}  # spec hash -> jobs waiting to reuse it
         self._changed_event = anyio.Event()
@@ -224,6 +226,7 @@ class Scheduler:
         order = list(Stop)
         if self.stop is Stop.RUNNING and stop is not Stop.RUNNING and outcome is not Outcome.DONE:
             reason = "wrong API address" if isinstance(error, Misaddressed) else outcome.value  # not the account's
+            reason = "the file host refuses every image" if isinstance(error, FilesRefused) else reason
             self.events.emit("stopped", reason=reason, error=None if error is None else str(error))
         if order.index(stop) > order.index(self.stop):
             self.stop = stop
@@ -274,6 +277,9 @@ class Scheduler:
                         if self._active_jobs == 0 and not self._reading_manifest:
                             self._end(Stop.FINISHED, Outcome.DONE)  # nothing left anywhere
                             return
+                        if self._parked and self._active_jobs == len(self._parked):
+                            self._unpark()  # nothing else in flight can show whether the host refuses everything
+                            continue
                         await changed.wait()
                         continue
                     job = page.popleft()
@@ -433,6 +439,24 @@ class Scheduler:
         self._end(Stop.RUNNING, Outcome.RUNS_KEPT, TransientError(error))
         self._job_finished(run.job)
 
+    def _park(self, run: Run, error: str, host_refusing: FilesRefused | None) -> None:
+        """Every link of the run stayed refused: the run's fault, or the file host refusing this machine?
+        Its attempt stays open until a download comes (``_unpark``: a new run, as for any failed run) or
+        REFUSED_STREAK runs in a row are refused: then buy no more runs the host will not let us download,
+        and keep them all open for the next session, which downloads them without paying again."""
+        self._parked.append((run, error))
+        if host_refusing is None:
+            return
+        for parked, reason in self._parked:
+            self._keep_run(parked, reason, "download")
+        self._parked.clear()
+        self._end(Stop.HALTING, Outcome.UNAVAILABLE, host_refusing)
+
+    def _unpark(self) -> None:
+        parked, self._parked = self._parked, []
+        for run, error in parked:
+            self._run_failed(run, error, kind="download")
+
     # -- saving ---------------------------------------------------------------------
 
     async def _save_loop(self, receive: MemoryObjectReceiveStream[tuple[Run, RunInfo]]) -> None:
@@ -440,6 +464,8 @@ class Scheduler:
             async for run, info in receive:
                 try:
                     await self._save(run, info)
+                    if self._parked and self.saver.refused_streak == 0:
+                        self._unpark()  # a download came: the host serves, the parked runs' links were their own
                 finally:
                     self._saving -= 1
                     self._changed()
@@ -450,6 +476,10 @@ class Scheduler:
         except SaveFailed as exc:
             if exc.keep_run:
                 return self._keep_run(run, exc.message, "download")
+            if exc.refused and not run.refetch:
+                return self._park(run, exc.message, exc.host_refusing)
+            if exc.saved:  # the images that came are listed with the job, which fails naming the dead ones
+                self.ledger.job_succeeded(run.attempt_id, run.job.spec.job_id, exc.saved)
             return self._run_failed(run, exc.message, retry=exc.retry, kind="download")
         if self.sidecars:
             self._write_sidecars(run.job.spec, run.run_id, saved, "run")
