@@ -11,6 +11,7 @@ from batchgen.ledger import Ledger
 from batchgen.saving import REFUSED_STREAK
 from batchgen.simulator import SimConfig, Simulator
 
+from .conftest import batchgen_cli
 from .served import assert_saved_as_served, image_files, served_files, sha256
 
 JOBS = 20
@@ -92,3 +93,10 @@ def test_a_dead_output_of_several_keeps_the_others_and_buys_no_run(write_manifes
     sim.config.faults = {}
     again = run(manifest, sim)
     assert again.exit_code == ExitCode.JOBS_FAILED and sim.stats()["creates"] == 4
+
+    # Asked to, the next run makes them again; the images that came first are kept as earlier versions.
+    assert batchgen_cli("retry", "--failed", "--output", str(tmp_path / "out")).returncode == 0
+    assert run(manifest, sim).exit_code == ExitCode.OK and sim.stats()["creates"] == 8
+    assert_saved_as_served(tmp_path / "out", sim.stats(), succeeded=4)
+    kept = {sha256(path) for path in (tmp_path / "out" / ".batchgen" / "versions").rglob("*.png")}
+    assert kept == {output["sha256"] for record in records for output in record["outputs"]}
