@@ -277,7 +277,7 @@ class Scheduler:
                         if self._active_jobs == 0 and not self._reading_manifest:
                             self._end(Stop.FINISHED, Outcome.DONE)  # nothing left anywhere
                             return
-                        if self._parked and self._active_jobs == len(self._parked):
+                        if self._parked and self._active_jobs == len(self._parked) + self._following():
                             self._unpark()  # nothing else in flight can show whether the host refuses everything
                             continue
                         await changed.wait()
@@ -451,6 +451,10 @@ class Scheduler:
             self._keep_run(parked, reason, "download")
         self._parked.clear()
         self._end(Stop.HALTING, Outcome.UNAVAILABLE, host_refusing)
+
+    def _following(self) -> int:
+        """Jobs waiting for an identical request's image (``_reused``)."""
+        return sum(map(len, self._followers.values()))
 
     def _unpark(self) -> None:
         parked, self._parked = self._parked, []

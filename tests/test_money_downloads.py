@@ -100,3 +100,13 @@ def test_a_dead_output_of_several_keeps_the_others_and_buys_no_run(write_manifes
     assert_saved_as_served(tmp_path / "out", sim.stats(), succeeded=4)
     kept = {sha256(path) for path in (tmp_path / "out" / ".batchgen" / "versions").rglob("*.png")}
     assert kept == {output["sha256"] for record in records for output in record["outputs"]}
+
+
+def test_a_refused_run_that_identical_jobs_wait_for_does_not_hold_the_batch(write_manifest, run):
+    """Jobs asking for the same request wait for the one making it; when its run is refused and nothing
+    else is in flight, it is tried again at once, and after it the others, instead of waiting forever."""
+    sim = Simulator(SimConfig(latency=0.02, faults={"file_forbidden": 1.0}))
+    jobs = [{"id": f"same-{i}", "prompt": "one lamp"} for i in range(3)]
+    result = run(write_manifest(jobs=jobs), sim, max_attempts=1)
+    assert result.exit_code == ExitCode.JOBS_FAILED, result.message
+    assert sim.stats()["creates"] == 3 == result.stats.failed_runs
