@@ -40,6 +40,13 @@ def test_a_file_host_that_refuses_every_link_stops_the_batch(
         assert "failed" not in ledger.attempt_counts()
     assert image_files(tmp_path / "out") == set()
 
+    # Run again while the host still refuses: the kept runs are polled first, refused and kept again; at most
+    # the slots they free buy a run before the streak is seen again.
+    again = run(manifest, sim, concurrency=concurrency)
+    assert again.exit_code == ExitCode.UNAVAILABLE, again.message
+    assert sim.stats()["creates"] - bought <= concurrency
+    bought = sim.stats()["creates"]
+
     sim.config.faults = {}
     second = run(manifest, sim, concurrency=concurrency)
     assert second.exit_code == ExitCode.OK, second.message
