@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import __version__
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from ..planning import Plan
     from ..runner import BatchResult
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what stops a run: Ctrl-C, and a shutdown or systemd stopping it
 ENVIRONMENT = """environment:
   RUNBASE_API_KEY     the API key (required unless --simulate); sent only to the API, never written anywhere
   RUNBASE_BASE_URL    the API's base URL when --base-url is not given (default https://runbase.net/api/v1)
@@ -172,7 +176,10 @@ def _run(args: argparse.Namespace) -> int:
             pid=os.getpid(),
         )
     try:
-        result = _run_batch(args, progress, events)
+        try:
+            result = _run_batch(args, progress, events)
+        except KeyboardInterrupt:  # before the runner handles signals itself: while its modules load
+            result = _interrupted_starting(args)
         finished = time.time()
         summary = _summary(args, result, started, finished, refused.count)
         for target in (log, summary_log):
@@ -188,8 +195,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_batch(args: argparse.Namespace, progress: str, events: Events) -> BatchResult:
-    from ..runner import run_batch
-
+    with _signals_held() as held:  # KeyboardInterrupt raised inside an import can be swallowed there, and lost
+        from ..runner import run_batch
+    if held:
+        raise KeyboardInterrupt
     return run_batch(
         args.manifest,
         output_dir=args.output,
@@ -215,6 +224,27 @@ def _run_batch(args: argparse.Namespace, progress: str, events: Events) -> Batch
         check_references=not args.skip_url_check,
         events=events,
     )
+
+
+@contextmanager
+def _signals_held() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM noted, not raised, in the block: the list says whether one came."""
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: held.append(signum)) for signum in SIGNALS}
+    try:
+        yield held
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+def _interrupted_starting(args: argparse.Namespace) -> BatchResult:
+    from ..models import Outcome
+    from ..outcomes import BatchResult
+
+    message = "interrupted while starting, before anything was sent; nothing was lost. Run the same command again."
+    return BatchResult(Outcome.INTERRUPTED, ExitCode.INTERRUPTED, message, output_dir=args.output)
 
 
 class _Counter:

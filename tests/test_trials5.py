@@ -1,0 +1,54 @@
+"""What a newcomer and an independent server found in the fifth round of trials: each test is one finding."""
+
+from __future__ import annotations
+
+import json
+import signal
+import textwrap
+
+from batchgen import ExitCode
+from batchgen.lastrun import LAST_RUN_NAME
+
+from .conftest import killed_at_end, start_cli, wait_until
+
+# Loaded by the CLI's interpreter (PYTHONPATH): the first import of batchgen.runner waits, as on a slow disk or
+# a cold cache, after writing HOLD_MARK, until HOLD_RELEASE exists, so that a signal lands while it loads.
+SLOW_IMPORT = """\
+import os, sys, time
+
+class Hold:
+    def find_spec(self, name, path=None, target=None):
+        if name == "batchgen.runner":
+            sys.meta_path.remove(self)
+            open(os.environ["HOLD_MARK"], "w").close()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not os.path.exists(os.environ["HOLD_RELEASE"]):
+                time.sleep(0.01)
+        return None
+
+sys.meta_path.insert(0, Hold())
+"""
+
+
+def test_ctrl_c_while_the_runner_loads_says_how_to_go_on(tmp_path):
+    """SIGINT after 'running ...' is printed but before the runner handles signals (its modules, httpx and
+    anyio, still loading: half a second on a busy machine) ends like every other interruption: exit 130 with
+    'run the same command again', no traceback, and last-run.json says so for a monitor; it said only
+    'batchgen: interrupted' and left last-run.json alone."""
+    hook, mark, release, out = tmp_path / "hook", tmp_path / "held", tmp_path / "release", tmp_path / "out"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(SLOW_IMPORT), encoding="utf-8")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,prompt\nlamp-1,a lamp\n", encoding="utf-8")
+    out.mkdir()
+    env = {"PYTHONPATH": str(hook), "HOLD_MARK": str(mark), "HOLD_RELEASE": str(release)}
+    args = ("run", str(manifest), "--simulate", "--output", str(out), "--no-progress")
+    with killed_at_end(start_cli(*args, env=env)) as proc:
+        wait_until(mark.exists, timeout=60, what="the runner's import")
+        proc.send_signal(signal.SIGINT)
+        release.touch()
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.INTERRUPTED, stderr
+    assert "Traceback" not in stderr
+    assert "run the same command again" in stderr.lower(), stderr
+    assert json.loads((out / LAST_RUN_NAME).read_text(encoding="utf-8"))["exit_code"] == ExitCode.INTERRUPTED
