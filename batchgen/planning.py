@@ -46,6 +46,8 @@ class Plan:
     failed: int = 0  # failed for good (run --retry-failed to try them again)
     reusable: int = 0  # an earlier batch made the very same request
     duplicates: int = 0  # an identical job earlier in this manifest makes its image
+    changed: int = 0  # of the runs: jobs the ledger holds with another prompt or options
+    again: int = 0  # of the runs: jobs the ledger holds as they are (marked by retry, failed, left unfinished)
     lines: dict[tuple[str, str, str], Line] = field(default_factory=dict)  # (model, quality, ratio) -> runs
 
     @property
@@ -126,6 +128,11 @@ def plan(
                 if spec_hash in indexed and reuse_index is not None and _reusable(reuse_index, spec_hash):
                     result.reusable += 1
                     continue
+                if recorded is not None:
+                    if recorded[0] == spec_hash:
+                        result.again += 1
+                    else:
+                        result.changed += 1
                 result.add(job, prices)
     finally:
         if ledger is not None:
@@ -276,7 +283,13 @@ def describe(result: Plan) -> list[str]:
     for count, what in skipped:
         if count:
             lines.append(f"  {count} {what}")
-    lines.append(f"runs that would be created now: {result.runs}")
+    kinds = [
+        (result.runs - result.changed - result.again, "new"),
+        (result.changed, "changed in the manifest"),
+        (result.again, "retried or left unfinished"),
+    ]
+    told = ", ".join(f"{count} {what}" for count, what in kinds if count) if result.changed or result.again else ""
+    lines.append(f"runs that would be created now: {result.runs}" + (f" ({told})" if told else ""))
     width = max((len(f"{model}  quality {q}  {r}") for model, q, r in result.lines), default=0)
     for (model, quality, ratio), line in sorted(result.lines.items()):
         label = f"{model}  quality {quality}  {ratio}".ljust(width)

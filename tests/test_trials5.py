@@ -9,7 +9,7 @@ import textwrap
 from batchgen import ExitCode
 from batchgen.lastrun import LAST_RUN_NAME
 
-from .conftest import killed_at_end, start_cli, wait_until
+from .conftest import BASE_URL, batchgen_cli, killed_at_end, start_cli, wait_until
 
 # Loaded by the CLI's interpreter (PYTHONPATH): the first import of batchgen.runner waits, as on a slow disk or
 # a cold cache, after writing HOLD_MARK, until HOLD_RELEASE exists, so that a signal lands while it loads.
@@ -52,3 +52,19 @@ def test_ctrl_c_while_the_runner_loads_says_how_to_go_on(tmp_path):
     assert "Traceback" not in stderr
     assert "run the same command again" in stderr.lower(), stderr
     assert json.loads((out / LAST_RUN_NAME).read_text(encoding="utf-8"))["exit_code"] == ExitCode.INTERRUPTED
+
+
+def test_dry_run_says_which_runs_are_new_changed_or_made_again(write_manifest, tmp_path, run):
+    """As the README promises, the plan tells runs for new jobs from those for jobs whose prompt changed and
+    those made again (here marked by `retry`): it said only 'runs that would be created now: 3'."""
+    jobs = [{"id": "lamp", "prompt": "a red lamp"}, {"id": "vase", "prompt": "a blue vase"}]
+    assert run(write_manifest(jobs=[*jobs, {"id": "cup", "prompt": "a cup"}])).exit_code == ExitCode.OK
+    out = str(tmp_path / "out")
+    assert batchgen_cli("retry", "--output", out, "--ids", "lamp").returncode == ExitCode.OK
+    jobs[1]["prompt"] = "a tall blue vase"
+    manifest = write_manifest(jobs=[*jobs, {"id": "cup", "prompt": "a cup"}, {"id": "chair", "prompt": "a chair"}])
+    plan = batchgen_cli("run", str(manifest), "--output", out, "--dry-run", "--base-url", BASE_URL)
+    assert plan.returncode == ExitCode.OK, plan.stderr
+    assert "1 already done" in plan.stdout
+    expected = "runs that would be created now: 3 (1 new, 1 changed in the manifest, 1 retried or left unfinished)"
+    assert expected in plan.stdout, plan.stdout
