@@ -9,7 +9,7 @@ import textwrap
 from batchgen import ExitCode
 from batchgen.lastrun import LAST_RUN_NAME
 
-from .conftest import BASE_URL, batchgen_cli, killed_at_end, start_cli, wait_until
+from .conftest import BASE_URL, batchgen_cli, export_records, killed_at_end, start_cli, wait_until
 
 # Loaded by the CLI's interpreter (PYTHONPATH): the first import of batchgen.runner waits, as on a slow disk or
 # a cold cache, after writing HOLD_MARK, until HOLD_RELEASE exists, so that a signal lands while it loads.
@@ -68,3 +68,18 @@ def test_dry_run_says_which_runs_are_new_changed_or_made_again(write_manifest, t
     assert "1 already done" in plan.stdout
     expected = "runs that would be created now: 3 (1 new, 1 changed in the manifest, 1 retried or left unfinished)"
     assert expected in plan.stdout, plan.stdout
+
+
+def test_retry_of_an_id_typed_in_another_case_or_as_its_file_names_the_id(tmp_path):
+    """Ids are unique ignoring case and the folder shows them as files: `retry --ids THR-1005,out/mug-7~2.png`
+    is still refused (exit 2, nothing marked) but ends 'did you mean thr-1005, mug-7?'; it gave no hint."""
+    manifest, out = tmp_path / "m.yaml", tmp_path / "out"
+    manifest.write_text(
+        "jobs:\n  - {id: thr-1005, prompt: a throw}\n  - {id: mug-7, prompt: a mug}\n",
+        encoding="utf-8",
+    )
+    assert batchgen_cli("run", str(manifest), "--simulate", "--output", str(out)).returncode == ExitCode.OK
+    typed = batchgen_cli("retry", "--ids", "THR-1005,out/mug-7~2.png,nope", "--output", str(out))
+    assert typed.returncode == ExitCode.USAGE, typed.stderr
+    assert typed.stderr.rstrip().endswith("nothing was marked; did you mean thr-1005, mug-7?"), typed.stderr
+    assert {record["state"] for record in export_records(out)} == {"succeeded"}  # nothing was marked

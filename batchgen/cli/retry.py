@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from ..images import IMAGE_TYPES
 from . import EXIT_LOCAL, EXIT_USAGE, LEDGER_NAME, add_location, given_path
 
 if TYPE_CHECKING:
     from ..ledger import Ledger
+
+# A job's files: its images and its sidecar. An id typed as one of them is told the id it names.
+IMAGE_SUFFIXES = tuple(f".{ext}" for ext in (*IMAGE_TYPES.values(), "jpeg", "json"))
 
 KIND_HELP = (
     "rate-limit, server-error, download, run-failed, rejected (bad request / content policy), "
@@ -132,6 +136,7 @@ def _mark(
                 f"{len(unknown)} of the {len(wanted)} {plural(len(wanted), 'id')} given "
                 f"{'is not a job' if one else 'are not jobs'} of the current manifest "
                 f"({ledger.manifest or 'none recorded'}): {_listed(unknown)}; nothing was marked"
+                + _meant(ledger, unknown)
             )
         job_ids, what = wanted, f"{len(wanted)} {plural(len(wanted), 'job')} given"
     elif args.missing:
@@ -225,6 +230,20 @@ def _next_command(ledger: Ledger, output_dir: Path) -> str:
             last_run=read_last_run(output_dir),
         )
     )
+
+
+def _meant(ledger: Ledger, unknown: list[str]) -> str:
+    """'; did you mean ...' for ids typed in another case, or as a file of their job (home/thr-1005~2.png):
+    the ids as the manifest spells them."""
+    stems = []
+    for typed in unknown:
+        name = PurePosixPath(typed.replace("\\", "/")).name
+        if name.lower().endswith(IMAGE_SUFFIXES):
+            name = name.rsplit(".", 1)[0].split("~", 1)[0]  # lamp~2.png: the further image of job lamp
+        stems.append(name)
+    found = ledger.ids_ignoring_case(stems)
+    meant = list(dict.fromkeys(found[stem.lower()] for stem in stems if stem.lower() in found))
+    return f"; did you mean {_listed(meant)}?" if meant else ""
 
 
 def _listed(items: list[str]) -> str:

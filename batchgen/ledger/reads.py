@@ -222,6 +222,20 @@ class LedgerReads:
                 found[job_id] = (spec_hash, state)
         return found
 
+    def ids_ignoring_case(self, names: Iterable[str]) -> dict[str, str]:
+        """{name in lower case: the job id it matches ignoring case} in the current manifest (ids are unique so)."""
+        found: dict[str, str] = {}
+        wanted = list(dict.fromkeys(name.lower() for name in names))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for (job_id,) in self._query(
+                f"SELECT job_id FROM jobs WHERE generation = ? AND lower(job_id) IN ({marks})",
+                (self.generation, *chunk),
+            ):
+                found[job_id.lower()] = job_id
+        return found
+
     def attempts_by_id(self, attempt_ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
         """{attempt_id: (status, run_id)} for those of ``attempt_ids`` the ledger has."""
         found: dict[int, tuple[str, str | None]] = {}
