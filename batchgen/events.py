@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
+from .text import scrub
+
 KINDS = ("created", "succeeded", "failed", "retried", "throttled", "stopped", "kept")
-REDACTED = "[redacted]"
-_BEARER = re.compile(r"(?i)\b(bearer|authorization:?)(\s+)[^\s\"'<>,;)}\]]+")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
@@ -99,9 +99,7 @@ class Scrubber:
         self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        text = _BEARER.sub(lambda m: f"{m[1]}{m[2]}{REDACTED}", text)
+        text = scrub(text, self.secrets)  # text.py's rules, which leave a token already redacted as it is
         return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 256 else f"\\u{ord(m[0]):04x}", text)
 
     def value(self, value: Any) -> Any:

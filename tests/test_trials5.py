@@ -9,7 +9,7 @@ import textwrap
 from batchgen import ExitCode
 from batchgen.lastrun import LAST_RUN_NAME
 
-from .conftest import BASE_URL, batchgen_cli, export_records, killed_at_end, start_cli, wait_until
+from .conftest import API_KEY, BASE_URL, batchgen_cli, env_for, export_records, killed_at_end, start_cli, wait_until
 
 # Loaded by the CLI's interpreter (PYTHONPATH): the first import of batchgen.runner waits, as on a slow disk or
 # a cold cache, after writing HOLD_MARK, until HOLD_RELEASE exists, so that a signal lands while it loads.
@@ -83,3 +83,19 @@ def test_retry_of_an_id_typed_in_another_case_or_as_its_file_names_the_id(tmp_pa
     assert typed.returncode == ExitCode.USAGE, typed.stderr
     assert typed.stderr.rstrip().endswith("nothing was marked; did you mean thr-1005, mug-7?"), typed.stderr
     assert {record["state"] for record in export_records(out)} == {"succeeded"}  # nothing was marked
+
+
+def test_a_key_echoed_by_the_api_reads_bearer_redacted_once_in_the_log(write_manifest, serve):
+    """A 400 whose body echoes the request's headers is stored as 'authorization: Bearer [redacted]'; the log
+    line printed it as 'authorization: [redacted] [redacted]' (and 'Bearer [redacted]]' before a space), its
+    own second scrub taking the word 'Bearer', then '[redacted', for tokens. The line now says what the
+    ledger says, and the key is in neither."""
+    server = serve(faults={"echo_headers": 1.0}, refuse_prompts_containing="refuse")
+    manifest = write_manifest(jobs=[{"id": "bad", "prompt": "refuse this"}])
+    out = manifest.parent / "out"
+    done = batchgen_cli("run", str(manifest), "--output", str(out), "--no-progress", env=env_for(server))
+    assert done.returncode == ExitCode.JOBS_FAILED, done.stderr
+    (error,) = [record["error"] for record in export_records(out)]
+    assert "authorization: Bearer [redacted]" in error and API_KEY not in error + done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if "job bad failed for good" in line]
+    assert line.endswith(error), line
