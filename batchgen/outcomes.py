@@ -94,8 +94,7 @@ def _done_message(failed: int, stats: BatchStats) -> tuple[int, str]:
     if failed:
         return ExitCode.JOBS_FAILED, (
             f"{failed} {plural(failed, 'job')} failed for good; `batchgen status` says why, "
-            "and `batchgen retry --failed` "
-            "marks them to be made again by the next run"
+            f"and `batchgen retry --failed` marks {plural(failed, 'it', 'them')} to be made again by the next run"
         )
     if stats.created == 0 and stats.downloads == 0 and stats.reused == 0:
         return ExitCode.OK, "nothing to do: every job in the manifest has already succeeded"

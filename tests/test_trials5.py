@@ -99,3 +99,18 @@ def test_a_key_echoed_by_the_api_reads_bearer_redacted_once_in_the_log(write_man
     assert "authorization: Bearer [redacted]" in error and API_KEY not in error + done.stderr
     (line,) = [line for line in done.stderr.splitlines() if "job bad failed for good" in line]
     assert line.endswith(error), line
+
+
+def test_one_job_is_spoken_of_as_it_in_the_summary_status_and_retry(write_manifest, serve):
+    """With one failed job the summary said 'retry --failed marks them', status '1 job was refused by the API
+    for their input: change them', and retry of one id 'next, to make them (each a new, paid run)'."""
+    server = serve(refuse_prompts_containing="refuse")
+    manifest = write_manifest(jobs=[{"id": "bad", "prompt": "refuse this"}, {"id": "good", "prompt": "a lamp"}])
+    out = str(manifest.parent / "out")
+    done = batchgen_cli("run", str(manifest), "--output", out, "--no-progress", env=env_for(server))
+    assert done.returncode == ExitCode.JOBS_FAILED, done.stderr
+    assert "`batchgen retry --failed` marks it to be made again" in done.stderr, done.stderr
+    status = batchgen_cli("status", "--output", out)
+    assert "1 job was refused by the API for its input: change it in the manifest" in status.stdout, status.stdout
+    retry = batchgen_cli("retry", "--output", out, "--ids", "good")
+    assert "batchgen: next, to make it (a new, paid run): batchgen run" in retry.stdout, retry.stdout

@@ -178,8 +178,8 @@ def _next_line(report: dict[str, Any]) -> str:
     rejected = report["failed_by_kind"].get("rejected", 0)
     if rejected:
         lines.append(
-            f"# {rejected} {plural(rejected, 'job was', 'jobs were')} refused by the API for their input: "
-            "change them in the manifest"
+            f"# {rejected} {plural(rejected, 'job was', 'jobs were')} refused by the API for "
+            f"{plural(rejected, 'its input: change it', 'their input: change them')} in the manifest"
         )
     if not lines:
         lines.append(f"nothing to do: every job succeeded ({command} again after changing the manifest)")

@@ -170,12 +170,14 @@ def _mark(
         )
     if marked.in_flight:
         print(
-            f"batchgen: left alone, a run is in flight for them (the next run collects it): {_listed(marked.in_flight)}"
+            f"batchgen: left alone, a run is in flight for {plural(len(marked.in_flight), 'it', 'them')} "
+            f"(the next run collects it): {_listed(marked.in_flight)}"
         )
     if args.dry_run:
         print("batchgen: --dry-run: nothing was changed")
     elif marked.jobs:
-        print(f"batchgen: next, to make them (each a new, paid run): {_next_command(ledger, output_dir)}")
+        them = plural(len(marked.jobs), "it (a new, paid run)", "them (each a new, paid run)")
+        print(f"batchgen: next, to make {them}: {_next_command(ledger, output_dir)}")
     return 0
 
 
