@@ -10,6 +10,7 @@ from batchgen import ExitCode
 from batchgen.lastrun import LAST_RUN_NAME
 
 from .conftest import API_KEY, BASE_URL, batchgen_cli, env_for, export_records, killed_at_end, start_cli, wait_until
+from .test_newcomer import catalogue_with
 
 # Loaded by the CLI's interpreter (PYTHONPATH): the first import of batchgen.runner waits, as on a slow disk or
 # a cold cache, after writing HOLD_MARK, until HOLD_RELEASE exists, so that a signal lands while it loads.
@@ -114,3 +115,13 @@ def test_one_job_is_spoken_of_as_it_in_the_summary_status_and_retry(write_manife
     assert "1 job was refused by the API for its input: change it in the manifest" in status.stdout, status.stdout
     retry = batchgen_cli("retry", "--output", out, "--ids", "good")
     assert "batchgen: next, to make it (a new, paid run): batchgen run" in retry.stdout, retry.stdout
+
+
+def test_a_missing_column_counts_the_rows_it_fails_on_not_their_variants(tmp_path):
+    """The README's catalogue (6 products, 2 aspect ratios each) with `{{ Nme }}`: 'row 2: ... did you mean
+    'Name'?' then '... and the same on 5 more rows'; it said 11 more rows, counting each variant as a row."""
+    manifest = catalogue_with(tmp_path, "{{ Name }}:", "{{ Nme }}:")
+    checked = batchgen_cli("validate", str(manifest))
+    assert checked.returncode == ExitCode.USAGE, checked.stderr
+    assert "catalogue-products.csv row 2: 'Nme' is not a column" in checked.stderr, checked.stderr
+    assert "field 'prompt': ... and the same on 5 more rows" in checked.stderr, checked.stderr

@@ -378,15 +378,17 @@ class _MissingColumns:
 
     def __init__(self, problems: Problems, shown: str):
         self.problems, self.shown = problems, shown
-        self.seen: set[tuple[int, str, str]] = set()
+        self.seen: dict[tuple[int, str, str], str] = {}  # -> the prefix (the row) it was last met on
         self.more: dict[tuple[int, str, str], int] = {}
 
     def add(self, line: int, field: str, message: str, column: str | None, prefix: str, columns: list[str]) -> None:
         key = (line, field, message)
         if key in self.seen:
-            self.more[key] = self.more.get(key, 0) + 1
+            if self.seen[key] != prefix:  # rows are counted, not each variant and copy of a row
+                self.seen[key] = prefix
+                self.more[key] = self.more.get(key, 0) + 1
             return
-        self.seen.add(key)
+        self.seen[key] = prefix
         hint = _column_hint(column, columns) if column is not None else ""
         self.problems.add(line, field, prefix + message + hint)
 
