@@ -43,13 +43,14 @@ def local_error(exc: BaseException, output_dir: Path) -> str:
 
 
 # Why a batch ended → its exit code and what to tell the user. Messages may use {error} (what
-# stopped it) and {waiting} (the jobs still to do); DONE's depends on the counts and is built below.
+# stopped it), {waiting} (the jobs still to do) and {kept} (what becomes of their runs); DONE's depends on
+# the counts and is built below.
 _OUTCOMES: dict[Outcome, tuple[int, str]] = {
     Outcome.DONE: (ExitCode.OK, ""),
     Outcome.RUNS_KEPT: (
         ExitCode.UNAVAILABLE,
-        "the API or its file host kept failing ({error}); {waiting}, their runs kept: the next run "
-        "polls them and downloads their images without paying again. Run the same command again later.",
+        "the API or its file host kept failing ({error}); {waiting}, {kept} without paying again. "
+        "Run the same command again later.",
     ),
     Outcome.ACCOUNT: (
         ExitCode.ACCOUNT,
@@ -148,7 +149,12 @@ def batch_result(
         )
     else:
         code, template = _OUTCOMES[outcome]
-        message = template.format(error=error, waiting=waiting)
+        kept = plural(
+            left,
+            "its run kept: the next run polls it and downloads its image",
+            "their runs kept: the next run polls them and downloads their images",
+        )
+        message = template.format(error=error, waiting=waiting, kept=kept)
     return BatchResult(
         outcome=outcome,
         exit_code=code,

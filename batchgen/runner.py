@@ -192,11 +192,11 @@ def _prepare(config: BatchConfig, ledger: Ledger, folder: OutputFolder) -> tuple
     if check.missing or check.changed:
         what = [f"{len(check.missing)} missing"] if check.missing else []
         what += [f"{len(check.changed)} changed"] if check.changed else []
-        example = (check.missing or check.changed)[0]
+        files = len(check.missing) + len(check.changed)
+        example = f"{'' if files == 1 else 'e.g. '}{(check.missing or check.changed)[0]}"
         notes.append(
-            f"{' and '.join(what)} {plural(len(check.missing) + len(check.changed), 'file')} "
-            f"in {config.output_dir} (e.g. {example}): "
-            f"{check.reopened} fetched again from their runs"
+            f"{' and '.join(what)} {plural(files, 'file')} in {config.output_dir} ({example}): "
+            f"{check.reopened} fetched again from {plural(check.reopened, 'its run', 'their runs')}"
             + (f", {len(check.lost)} with no run to fetch from (`batchgen retry --missing`)" if check.lost else "")
         )
     return sync, notes

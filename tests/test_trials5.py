@@ -8,6 +8,7 @@ import textwrap
 
 from batchgen import ExitCode
 from batchgen.lastrun import LAST_RUN_NAME
+from batchgen.simulator import SimConfig, Simulator
 
 from .conftest import API_KEY, BASE_URL, batchgen_cli, env_for, export_records, killed_at_end, start_cli, wait_until
 from .test_newcomer import catalogue_with
@@ -125,3 +126,20 @@ def test_a_missing_column_counts_the_rows_it_fails_on_not_their_variants(tmp_pat
     assert checked.returncode == ExitCode.USAGE, checked.stderr
     assert "catalogue-products.csv row 2: 'Nme' is not a column" in checked.stderr, checked.stderr
     assert "field 'prompt': ... and the same on 5 more rows" in checked.stderr, checked.stderr
+
+
+def test_one_kept_run_and_one_file_fetched_again_are_said_in_the_singular(write_manifest, run, tmp_path):
+    """One job whose image the file host would not serve ended '1 job waits, their runs kept: the next run
+    polls them and downloads their images'; one changed file was '1 changed file (e.g. lamp.png): 1 fetched
+    again from their runs'. Both now speak of it and its run."""
+    sim = Simulator(SimConfig(latency=0.02, faults={"file_unavailable": 1.0}))
+    manifest = write_manifest(jobs=[{"id": "lamp", "prompt": "a lamp"}])
+    kept = run(manifest, sim)
+    assert kept.exit_code == ExitCode.UNAVAILABLE, kept.message
+    assert "1 job waits, its run kept: the next run polls it and downloads its image without paying" in kept.message
+    sim.config.faults = {}
+    assert run(manifest, sim).exit_code == ExitCode.OK
+    image = tmp_path / "out" / "lamp.png"
+    image.write_bytes(image.read_bytes() + b"edited")
+    again = run(manifest, sim)
+    assert f"1 changed file in {tmp_path / 'out'} (lamp.png): 1 fetched again from its run" in again.notes, again.notes
