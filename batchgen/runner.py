@@ -121,9 +121,11 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
         if scheduler.references is not None and scheduler.references.dead:
             dead = scheduler.references.dead
             url, why = next(iter(dead.items()))
+            one = len(dead) == 1
             notes.append(
-                f"{len(dead)} reference image {plural(len(dead), 'URL')} did not answer, so their jobs failed unpaid "
-                f"(e.g. {url}: {why}); fix them and run `batchgen retry --failed --error-kind reference`"
+                f"{len(dead)} reference image {plural(len(dead), 'URL')} did not answer, so "
+                f"{'its' if one else 'their'} jobs failed unpaid ({'' if one else 'e.g. '}{url}: {why}); "
+                f"fix {'it' if one else 'them'} and run `batchgen retry --failed --error-kind reference`"
             )
         notes += _left_behind(ledger, left_behind, config)
         result = batch_result(
@@ -144,7 +146,8 @@ def _left_behind(ledger: Ledger, before: int, config: BatchConfig) -> list[str]:
     return [
         f"{dropped} {plural(dropped, 'job')} with images in {config.output_dir} {plural(dropped, 'is', 'are')} "
         f"not in {config.manifest} (an earlier or "
-        "another manifest's): their images stay there, but status, export and report show this manifest's jobs"
+        f"another manifest's): {plural(dropped, 'its images stay', 'their images stay')} there, but status, export "
+        "and report show this manifest's jobs"
     ]
 
 

@@ -71,5 +71,5 @@ def test_validate_check_urls_lists_dead_links_with_their_jobs(write_manifest, se
     assert "gone.png (HTTP 404" in result.stderr and "used by a, b" in result.stderr
     assert "here.png" not in result.stderr
     assert "valid" not in result.stdout  # a manifest whose jobs would fail is not called valid
-    assert "`run` would fail their jobs without paying for them" in result.stderr
+    assert "`run` would fail its jobs without paying for them; fix that URL" in result.stderr
     assert server.simulator.stats()["reference_checks"] == 2

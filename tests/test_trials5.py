@@ -143,3 +143,27 @@ def test_one_kept_run_and_one_file_fetched_again_are_said_in_the_singular(write_
     image.write_bytes(image.read_bytes() + b"edited")
     again = run(manifest, sim)
     assert f"1 changed file in {tmp_path / 'out'} (lamp.png): 1 fetched again from its run" in again.notes, again.notes
+
+
+def test_one_dead_reference_url_and_one_job_left_behind_are_said_in_the_singular(write_manifest, run, tmp_path):
+    """One dead reference URL ended 'did not answer, so their jobs failed unpaid (e.g. URL: ...); fix them', and
+    one job dropped from the manifest 'is not in m.yaml ...: their images stay there'."""
+    sim = Simulator(SimConfig(latency=0.02, dead_links=("gone",)))
+    url = "https://shop.example/img/gone.jpg"
+    jobs = [{"id": "a", "prompt": "a lamp"}, {"id": "b", "prompt": "a mug", "image_urls": [url]}]
+    first = run(write_manifest(jobs=jobs), sim)
+    (note,) = [note for note in first.notes if "did not answer" in note]
+    assert note.startswith(f"1 reference image URL did not answer, so its jobs failed unpaid ({url}: "), note
+    assert note.endswith("; fix it and run `batchgen retry --failed --error-kind reference`"), note
+    manifest = write_manifest(jobs=[{"id": "c", "prompt": "a chair"}])
+    (note,) = [note for note in run(manifest, sim).notes if "is not in" in note]
+    assert ": its images stay there, but status" in note, note
+
+
+def test_validate_says_it_of_one_reference_url_it_could_not_check(write_manifest, tmp_path):
+    """validate --check-urls with one unreachable reference said 'run will try them, as the API may reach
+    them'."""
+    manifest = write_manifest(jobs=[{"id": "a", "prompt": "a lamp", "image_urls": ["http://127.0.0.1:9/lamp.png"]}])
+    checked = batchgen_cli("validate", str(manifest), "--check-urls")
+    assert checked.returncode == ExitCode.OK, checked.stderr
+    assert "run will try it, as the API may reach it" in checked.stderr, checked.stderr

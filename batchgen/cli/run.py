@@ -381,20 +381,21 @@ def _print_dead_links(args: argparse.Namespace) -> int:
 
     dead, unknown = anyio.run(check)
     if unknown:
+        them = plural(unknown, "it", "them")
         print(
             f"batchgen: {unknown} reference image {plural(unknown, 'URL')} could not be checked from here "
-            "(no answer, a timeout or "
-            "a server error); run will try them, as the API may reach them",
+            f"(no answer, a timeout or a server error); run will try {them}, as the API may reach {them}",
             file=sys.stderr,
         )
     for url, link in dead.items():
         more = f" and {link.uses - len(link.jobs)} more" if link.uses > len(link.jobs) else ""
         print(f"dead reference image: {url} ({link.reason}); used by {', '.join(link.jobs)}{more}", file=sys.stderr)
     if dead:
+        its, that = plural(len(dead), "its", "their"), plural(len(dead), "that URL", "those URLs")
         print(
             f"batchgen: {len(dead)} reference image {plural(len(dead), 'URL')} of {args.manifest} "
-            f"{plural(len(dead), 'does', 'do')} not answer: `run` would fail "
-            "their jobs without paying for them; fix those URLs",
+            f"{plural(len(dead), 'does', 'do')} not answer: `run` would fail {its} jobs without paying for them; "
+            f"fix {that}",
             file=sys.stderr,
         )
     return len(dead)
