@@ -78,8 +78,11 @@ class Problem:
 class ManifestError(BatchgenError):
     """The manifest cannot be used; ``problems`` lists everything found, in order."""
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], count: int | None = None):
         self.problems = list(problems)
+        # How many problems there are: those listed, less the lines that only add to another ('... and the same
+        # on 5 more rows'), plus those not listed. All that are listed when not given.
+        self.count = len(self.problems) if count is None else count
         first = str(self.problems[0]) if self.problems else "invalid manifest"
         more = len(self.problems) - 1
         super().__init__(first + (f" (and {more} more)" if more > 0 else ""))

@@ -8,6 +8,7 @@ import textwrap
 
 from batchgen import ExitCode
 from batchgen.lastrun import LAST_RUN_NAME
+from batchgen.manifest.problems import MAX_PROBLEMS
 from batchgen.simulator import SimConfig, Simulator
 
 from .conftest import API_KEY, BASE_URL, batchgen_cli, env_for, export_records, killed_at_end, start_cli, wait_until
@@ -167,3 +168,20 @@ def test_validate_says_it_of_one_reference_url_it_could_not_check(write_manifest
     checked = batchgen_cli("validate", str(manifest), "--check-urls")
     assert checked.returncode == ExitCode.OK, checked.stderr
     assert "run will try it, as the API may reach it" in checked.stderr, checked.stderr
+
+
+def test_validate_counts_the_problems_there_are_not_the_lines_it_prints(write_manifest, tmp_path):
+    """1,500 rows with a bad quality said '1001 problems' (1,000 listed, then '... and 500 more problems not
+    listed' counted as one); the README's catalogue with two missing columns said '4 problems', counting each
+    '... and the same on 5 more rows' as one. They are 1500 and 2."""
+    many = tmp_path / "many.csv"
+    many.write_text("id,prompt,quality\n" + "".join(f"j{i},p{i},best\n" for i in range(1500)), encoding="utf-8")
+    listed = batchgen_cli("validate", str(many))
+    assert listed.returncode == ExitCode.USAGE, listed.stderr
+    assert f"... and {1500 - MAX_PROBLEMS} more problems not listed" in listed.stderr, listed.stderr[-500:]
+    assert listed.stderr.rstrip().endswith(f"1500 problems in {many}; nothing was sent"), listed.stderr[-500:]
+    manifest = catalogue_with(tmp_path, "{{ Name }}:", "{{ Nme }}:")
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace("Categories |", "Category |"), encoding="utf-8")
+    two = batchgen_cli("validate", str(manifest))
+    assert two.stderr.count("... and the same on 5 more rows") == 2, two.stderr
+    assert two.stderr.rstrip().endswith(f"2 problems in {manifest}; nothing was sent"), two.stderr

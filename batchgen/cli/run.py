@@ -361,7 +361,7 @@ def _problems(args: argparse.Namespace, exc: ManifestError) -> int:
     for problem in exc.problems:
         print(problem, file=sys.stderr)
     print(
-        f"batchgen: {len(exc.problems)} {plural(len(exc.problems), 'problem')} in {args.manifest}; nothing was sent",
+        f"batchgen: {exc.count} {plural(exc.count, 'problem')} in {args.manifest}; nothing was sent",
         file=sys.stderr,
     )
     return EXIT_USAGE

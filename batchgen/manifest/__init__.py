@@ -85,7 +85,7 @@ class Manifest:
         opened = self._problems_at_open
         assert opened is not None
         problems = Problems(opened.path, opened.where_kind)
-        problems.listed, problems.unlisted = list(opened.listed), opened.unlisted
+        problems.listed, problems.unlisted, problems.asides = list(opened.listed), opened.unlisted, opened.asides
         records = self._records
         if records is None:  # the file could not be opened as a manifest: that is in the problems
             records = _no_records

@@ -394,7 +394,7 @@ class _MissingColumns:
 
     def report_rest(self) -> None:
         for (line, key, _message), more in self.more.items():
-            self.problems.add(line, key, f"... and the same on {more} more {plural(more, 'row')}")
+            self.problems.add_aside(line, key, f"... and the same on {more} more {plural(more, 'row')}")
 
 
 def _column_hint(name: str, columns: list[str]) -> str:

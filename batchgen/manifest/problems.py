@@ -30,12 +30,19 @@ class Problems:
         self.path, self.where_kind, self.limit = path, where_kind, limit
         self.listed: list[Problem] = []
         self.unlisted = 0
+        self.asides = 0  # lines listed that only add to a problem listed before them
 
     def add(self, line: int | None, field: str | None, message: str, where_kind: str | None = None) -> None:
         if len(self.listed) < self.limit:
             self.listed.append(Problem(self.path, line, field, message, where_kind or self.where_kind))
         else:
             self.unlisted += 1
+
+    def add_aside(self, line: int | None, field: str | None, message: str) -> None:
+        """A line that says more of a problem already added (where else it holds), not a problem of its own."""
+        if len(self.listed) < self.limit:
+            self.listed.append(Problem(self.path, line, field, message, self.where_kind))
+            self.asides += 1
 
     def __bool__(self) -> bool:
         return bool(self.listed or self.unlisted)
@@ -47,7 +54,7 @@ class Problems:
         if self.unlisted:
             more = f"... and {self.unlisted} more {plural(self.unlisted, 'problem')} not listed"
             listed.append(Problem(self.path, None, None, more, self.where_kind))
-        raise ManifestError(listed)
+        raise ManifestError(listed, count=len(self.listed) - self.asides + self.unlisted)
 
 
 def describe(value: Any) -> str:
