@@ -118,20 +118,28 @@ class TransientError(ApiError):
 
     ``maybe_created`` is True when a create request may have reached the server
     although no answer came back (a read timeout, a reset after sending): the
-    run may exist and be paid for.
+    run may exist and be paid for. ``retry_after`` is the wait in seconds the server asked
+    for, if it said (a 429 or 503 of a file host).
     """
 
-    def __init__(self, message: str, *, status: int | None = None, maybe_created: bool = False):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        maybe_created: bool = False,
+        retry_after: float | None = None,
+    ):
         super().__init__(message, status=status)
         self.maybe_created = maybe_created
+        self.retry_after = retry_after
 
 
 class RateLimited(TransientError):
     """429. ``retry_after`` is the server's wait in seconds, or None when it gave none."""
 
     def __init__(self, message: str, *, retry_after: float | None = None):
-        super().__init__(message, status=429)
-        self.retry_after = retry_after
+        super().__init__(message, status=429, retry_after=retry_after)
 
 
 class FilesRefused(TransientError):

@@ -53,6 +53,7 @@ from .throttle import Throttle, backoff
 from .words import plural
 
 MAX_DOWNLOAD_TRIES = 5
+MAX_FILE_WAIT = 60.0  # the longest a file host's Retry-After is waited for, seconds
 REFRESH_TRIES = 3
 LISTING_TRIES = 6  # asks, backing off (about 8-16 s in all), for the URLs of a run that succeeded without them
 # Runs whose links the file host refused even when fresh, in a row across the batch with no download
@@ -146,7 +147,10 @@ class OutputSaver:
                 if tries >= MAX_DOWNLOAD_TRIES:
                     raise SaveFailed(f"{where}: download kept failing: {exc.message}", keep_run=True) from exc
                 self.stats.retries += 1
-                await anyio.sleep(backoff(tries, base=self.backoff_base))
+                # A file host's 429 or 503 may say how long to wait: never sooner, and at most a minute
+                # (tries stay bounded: after them the run is kept for the next session, not bought again).
+                asked = min(exc.retry_after or 0.0, MAX_FILE_WAIT)
+                await anyio.sleep(max(asked, backoff(tries, base=self.backoff_base)))
             except UnsafeName as exc:
                 raise SaveFailed(str(exc), retry=False) from exc
         if dead:

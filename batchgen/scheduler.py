@@ -447,10 +447,11 @@ class Scheduler:
         self._parked.append((run, error))
         if host_refusing is None:
             return
+        # Runs kept for the next session (what `status` says of this one), and no more bought: the API works.
+        self._end(Stop.HALTING, Outcome.RUNS_KEPT, host_refusing)
         for parked, reason in self._parked:
             self._keep_run(parked, reason, "download")
         self._parked.clear()
-        self._end(Stop.HALTING, Outcome.UNAVAILABLE, host_refusing)
 
     def _following(self) -> int:
         """Jobs waiting for an identical request's image (``_reused``)."""

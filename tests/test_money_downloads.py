@@ -8,6 +8,7 @@ import pytest
 
 from batchgen import ExitCode
 from batchgen.ledger import Ledger
+from batchgen.models import Outcome
 from batchgen.saving import REFUSED_STREAK
 from batchgen.simulator import SimConfig, Simulator
 
@@ -30,6 +31,7 @@ def test_a_file_host_that_refuses_every_link_stops_the_batch(
     manifest = write_manifest(JOBS)
     first = run(manifest, sim, concurrency=concurrency)
     assert first.exit_code == ExitCode.UNAVAILABLE, first.message
+    assert first.outcome is Outcome.RUNS_KEPT  # what `status` says of it: the API works, its runs are kept
     assert f"refused the images of {REFUSED_STREAK} runs in a row" in first.message
     assert answered in first.message and "no more runs were bought" in first.message
     bought = sim.stats()["creates"]
@@ -117,3 +119,16 @@ def test_a_refused_run_that_identical_jobs_wait_for_does_not_hold_the_batch(writ
     result = run(write_manifest(jobs=jobs), sim, max_attempts=1)
     assert result.exit_code == ExitCode.JOBS_FAILED, result.message
     assert sim.stats()["creates"] == 3 == result.stats.failed_runs
+
+
+def test_a_file_hosts_retry_after_is_waited_for(write_manifest, run, tmp_path):
+    """A file host answering 429 with Retry-After: 1 on downloads: each file is fetched again no sooner
+    than it asked (the simulator counts fetches before then), and every image comes, as served."""
+    sim = Simulator(SimConfig(latency=0.02, faults={"file_rate_limited": 0.5}, seed=4))
+    result = run(write_manifest(6), sim)
+    assert result.exit_code == ExitCode.OK, result.message
+    stats = sim.stats()
+    assert stats["faults"]["file_rate_limited"] > 0
+    assert stats["file_retry_after_violations"] == 0
+    assert stats["creates"] == 6
+    assert_saved_as_served(tmp_path / "out", stats, succeeded=6)

@@ -149,7 +149,16 @@ class RunbaseClient:
             request_deadline=self._request_deadline,
             max_download_bytes=max_download_bytes,
             extensions=self._extensions,
+            authorize=self._authorization_for,
         )
+        self._origin = _origin(self._api_url)
+
+    def _authorization_for(self, url: str) -> dict[str, str] | None:
+        """The API's Authorization header for ``url`` when it is on the API's own origin (scheme, host and
+        port, as the API's own requests go), else None: no other host ever gets the key."""
+        if _origin(url) != self._origin:
+            return None
+        return {"Authorization": self._api.headers["authorization"]}
 
     def __repr__(self) -> str:
         return f"RunbaseClient(base_url={self.base_url!r})"
@@ -273,3 +282,13 @@ class RunbaseClient:
     async def check_link(self, url: str) -> str | None:
         """Whether a reference image URL answers, asked like a download (``FileClient.check_link``)."""
         return await self._file_client.check_link(url)
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of a URL, the port made explicit; None for one that cannot be read."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        return None
+    port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme)
+    return (parsed.scheme, parsed.host.lower(), port) if parsed.host else None

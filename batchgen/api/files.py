@@ -2,12 +2,15 @@
 
 ``RunbaseClient.download`` and ``check_link`` are these. The client here talks to whatever host
 an output URL names, so it carries no Authorization at all, refuses a URL that holds the key,
-and follows redirects by hand, checking each hop's scheme.
+and follows redirects by hand, checking each hop's scheme. One exception, which the API's rules
+allow (the key goes to the API's own host and nowhere else): an output on the API's own origin
+(scheme, host and port) that answers 401 is asked again once with the API's Authorization, as
+an API that serves its outputs behind the key needs; a redirect from there goes on without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -40,8 +43,10 @@ class FileClient:
         request_deadline: float,
         max_download_bytes: int,
         extensions: dict[str, Any],
+        authorize: Callable[[str], dict[str, str] | None] = lambda url: None,
     ):
         self._files, self._files_transport, self._scrub = client, transport, scrub
+        self._authorize = authorize  # the API's Authorization for a URL on its own origin, else None
         self._file_slots = Slots(slots)
         self._request_deadline = request_deadline
         self.max_download_bytes = max_download_bytes
@@ -54,15 +59,18 @@ class FileClient:
         known to be an image."""
         started = anyio.current_time()
         with anyio.CancelScope(deadline=started + self._request_deadline) as scope:
+            auth: dict[str, str] | None = None  # the key: only on the API's own origin, only once it asked
             for _ in range(MAX_REDIRECTS + 1):
                 self._check_download_url(url)
-                async with self._stream(url) as response:
+                async with self._stream(url, auth) as response:
                     if response.is_redirect:
                         location = response.headers.get("location", "")
                         if not location:
                             raise LinkRefused(f"redirect without a location from {self._scrub.url(url)}")
-                        url = urljoin(url, location)
+                        url, auth = urljoin(url, location), None
                         continue
+                    if response.status_code == 401 and auth is None and (auth := self._authorize(url)) is not None:
+                        continue  # the API serves this output behind its key: once more, with it
                     raise_for_download_status(self._scrub, response, url)
                     return await self._receive(response, url, sink, scope, started)
             raise OutputUnusable(f"more than {MAX_REDIRECTS} redirects for {self._scrub.url(url)}")
@@ -100,11 +108,13 @@ class FileClient:
         return f"more than {MAX_REDIRECTS} redirects from {self._scrub.url(url)}"
 
     @asynccontextmanager
-    async def _stream(self, url: str) -> AsyncIterator[httpx.Response]:
+    async def _stream(self, url: str, auth: dict[str, str] | None = None) -> AsyncIterator[httpx.Response]:
         with Translate(self._scrub, lambda: False):
             async with self._file_slots:
-                # The key-less client's headers: nothing of the API's reaches a file host.
-                request = httpx.Request("GET", url, headers=self._files.headers, extensions=self._extensions)
+                # The key-less client's headers: nothing of the API's reaches a file host (``auth`` only
+                # for the API's own origin, see the module docstring).
+                headers = self._files.headers if auth is None else {**self._files.headers, **auth}
+                request = httpx.Request("GET", url, headers=headers, extensions=self._extensions)
                 response = await send(self._files, self._files_transport, request, stream=True)
                 try:
                     yield response

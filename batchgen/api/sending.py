@@ -211,7 +211,8 @@ def raise_for_download_status(scrub: Scrub, response: httpx.Response, url: str) 
     if 200 <= status < 300:
         return
     if status == 429 or status >= 500 or status == 408:
-        raise TransientError(f"HTTP {status} downloading {scrub.url(url)}", status=status)
+        wait = parse_retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
+        raise TransientError(f"HTTP {status} downloading {scrub.url(url)}", status=status, retry_after=wait)
     raise LinkRefused(f"HTTP {status} downloading {scrub.url(url)}", status=status)
 
 

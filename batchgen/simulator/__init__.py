@@ -30,6 +30,7 @@ Modules, one job each:
   ``rate_limited_creates``, ``rate_limited_gets``, ``unauthorized``, ``payment_required``,
   ``forbidden``, ``bad_requests``, ``lost_create_answers`` (runs made whose answer was lost),
   ``auth_on_files`` (file fetches that carried an Authorization header: a leaked key),
+  ``file_retry_after_violations`` (fetches of a file before its 429's Retry-After allowed),
   ``adopted`` (runs another process created that this one answered for);
 * ``creates`` (runs created here), ``credits``, ``now``, ``faults`` {name: injections; the
   per-run ones once per run at create, ``not_found_after_create`` also once per 404},

@@ -51,7 +51,7 @@ API_PREFIX = "/api/v1"
 COUNTERS = (
     "create_requests", "gets", "downloads", "rate_limited_creates", "rate_limited_gets", "unauthorized",
     "payment_required", "forbidden", "bad_requests", "lost_create_answers", "auth_on_files", "adopted",
-    "reference_checks", "moved", "deduplicated",
+    "reference_checks", "moved", "deduplicated", "file_retry_after_violations",
 )  # fmt: skip
 _PLAIN_ID = re.compile(RUN_ID_PREFIX + "[a-z2-7]{50}")
 
@@ -89,6 +89,7 @@ class Simulator(FileHost):
         self._history = LimitHistory(self.config.limits(), 0.0)
         self._create_log: list[list[Any]] = []
         self._fetched_urls: set[str] = set()
+        self._file_holds: dict[str, float] = {}  # file URL -> until when its 429 asked the client to wait
         self._terminal_seen = 0
         self._max_in_flight = 0
 

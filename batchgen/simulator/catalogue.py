@@ -28,6 +28,8 @@ CATALOGUE: dict[str, str] = {
     "png_octet_stream": "a file fetch answers the real PNG labelled application/octet-stream (not a fault to refuse)",
     "body_cut_image": "a file fetch answers 200 with the first half of the PNG, Content-Length matching what is sent",
     "file_unavailable": "a file fetch answers 503: the storage host is down while the API is not",
+    "file_rate_limited": "a file fetch answers 429 with Retry-After: 1, the file host's own limit (fetching that file "
+    "again sooner counts in file_retry_after_violations)",
     "file_forbidden": "a file fetch answers 403 'access denied': the file host blocks this client, fresh links too",
     "file_gone": "a file fetch answers 404 or 410 (drawn per fetch): the file host lost every file, fresh links too",
     "later_output_gone": "a fetch of a run's second or later output answers 410: one image of several is dead",
@@ -44,7 +46,7 @@ RUN_FAULTS = ("odd_run_id", "not_found_after_create", "output_data_url", "output
 OFF_PATH_FAULTS = (
     "echo_headers", "control_chars", "body_html_login", "body_xml_error", "body_empty", "body_svg_script",
     "body_huge", "body_bin", "png_octet_stream", "body_cut_image", *RUN_FAULTS,
-    "file_forbidden", "file_gone", "later_output_gone",
+    "file_forbidden", "file_gone", "later_output_gone", "file_rate_limited",
 )  # fmt: skip
 # The network and server faults a client survives by retrying. Kept apart from OFF_PATH_FAULTS
 # so that a random fault plan drawn from FAULTS keeps meaning what it meant before those existed.

@@ -54,6 +54,9 @@ class SimConfig:
     seed: int = 0  # faults, outcomes, ids and images follow from it
     files_origin: str | None = None  # None: derived from the request's Host
     relative_output_urls: bool = False  # output URLs as paths (/files/...), served by the API's own host
+    # Files answered 401 without the API key, as an API that serves its outputs behind the key at its own
+    # address does (with relative_output_urls); on another origin, a host no client may give the key to.
+    files_behind_key: bool = False
     refuse_prompts_containing: str | None = None  # such prompts get 400, as a content policy would
     # A create with the model and input of an earlier run of the same key answers that run, unpaid,
     # as a service that deduplicates identical requests does: two creates, one run id.

@@ -33,6 +33,7 @@ class FileHost:
     _draws: FaultDraws
     _counts: Counter[str]
     _fetched_urls: set[str]
+    _file_holds: dict[str, float]
     _by_plain: dict[str, SimRun]
 
     def _inject(self, fault: str) -> str:  # pragma: no cover - Simulator's
@@ -66,8 +67,13 @@ class FileHost:
     # --- output files ---
 
     async def _download(self, req: Request, send: Send) -> None:
-        if "authorization" in req.headers:
+        same_origin = self.config.relative_output_urls
+        if "authorization" in req.headers and not (same_origin and self.config.files_behind_key):
             self._counts["auth_on_files"] += 1  # the client leaked its API key to the files host
+        key, expected = req.bearer(), self.config.api_key
+        if self.config.files_behind_key and (key is None or (expected is not None and key != expected)):
+            self._counts["unauthorized"] += 1
+            return await Response(401, b"missing API key", TEXT).send(send)
         run, n = self._file_run(req.segments)
         wall = self._clock()
         if run is None or n >= run.facts.outputs or run.status(wall) != "succeeded":
@@ -79,7 +85,9 @@ class FileHost:
         if float(expires) < wall:
             return await Response(403, b"link expired", TEXT).send(send)
         url_key = f"{run.plain_id}/{n}?expires={expires}&sig={sig}"
-        eligible: tuple[str, ...] = ("file_unavailable", "truncated", *REFUSALS)
+        if wall < self._file_holds.get(f"{run.plain_id}/{n}", -1.0):
+            self._counts["file_retry_after_violations"] += 1
+        eligible: tuple[str, ...] = ("file_unavailable", "truncated", "file_rate_limited", *REFUSALS)
         if n > 0:
             eligible = ("later_output_gone", *eligible)
         if "hop" not in query:  # the target of a redirect is served straight
@@ -93,6 +101,10 @@ class FileHost:
             self._inject(fault)
             status, text = (403, b"link expired") if fault == "expire_first_fetch" else (503, b"unavailable")
             return await Response(status, text, TEXT).send(send)
+        if fault == "file_rate_limited":
+            self._inject(fault)
+            self._file_holds[f"{run.plain_id}/{n}"] = wall + 1.0
+            return await Response(429, b"slow down", TEXT, [(b"retry-after", b"1")]).send(send)
         if fault in REFUSALS or fault == "later_output_gone":
             self._inject(fault)
             status, text = REFUSALS.get(fault, (410, b"gone"))
