@@ -50,8 +50,8 @@ class Run:
     due: float = 0.0
     errors: int = 0
     polls: int = 0
-    last_poll_age: float = 0.0
-    first_delay: float = 0.0
+    last_poll_age: float = 0.0  # its age when the last poll's request left
+    sent_age: float = 0.0  # its age when this poll's request left: when the server looked
     adopted: bool = False  # created by an earlier session: its first poll teaches nothing
     refetch: bool = False  # open only to fetch files that went missing: a failure never buys a new run
     not_found_since: float | None = None
@@ -124,8 +124,7 @@ class Poller:
     def created(self, job: PendingJob, attempt_id: int, run_id: str) -> Run:
         """A run this session created: first polled after the planner's first delay."""
         run = Run(job, attempt_id, run_id, self._clock())
-        run.first_delay = self.planner.next_poll(0.0)
-        self.track(run, run.first_delay)
+        self.track(run, self.planner.next_poll(0.0))
         return run
 
     def adopt(self, open_run: OpenRun) -> Run:
@@ -175,8 +174,13 @@ class Poller:
 
     async def poll(self, run: Run) -> None:
         ticket = await self.throttle.wait_poll()
+
+        async def leaving() -> None:
+            await self.throttle.wait_to_send(ticket)
+            run.sent_age = self._clock() - run.created_at
+
         try:
-            info = await self.client.get_run(run.run_id, before_send=lambda: self.throttle.wait_to_send(ticket))
+            info = await self.client.get_run(run.run_id, before_send=leaving)
         except RateLimited as exc:
             self.stats.rate_limited += 1
             pause = self.throttle.rate_limited(exc.retry_after, create=False, ticket=ticket)
@@ -229,16 +233,18 @@ class Poller:
         run.errors = 0
         run.not_found_since = run.failing_since = None
         age = self._clock() - run.created_at
+        # What the run's status says is about the moment the poll left, not when it was due (a
+        # poll waits for the pace when polls count against the limit) nor when the answer came.
+        seen = run.sent_age or age
         if not run.adopted:
             if run.polls == 0:
-                # The delay it was scheduled at: the age at the answer also counts our own lag.
-                self.planner.first_poll_result(info.finished, run.first_delay)
+                self.planner.first_poll_result(info.finished, seen)
             elif info.finished:
-                self.planner.finished_between(run.last_poll_age, age)
+                self.planner.finished_between(run.last_poll_age, seen)
             else:
-                self.planner.still_running(age)
+                self.planner.still_running(seen)
         run.polls += 1
-        run.last_poll_age = age
+        run.last_poll_age = seen
         if info.succeeded:
             self._on_succeeded(run, info)
         elif info.failed:
