@@ -149,12 +149,13 @@ class Creator:
                         give_up = attempts >= self.max_attempts
                         error = f"the create was sent but its answer lost; the run may exist: {exc.message}"
                         sent.end(AttemptStatus.UNKNOWN, error, job_failed=give_up, kind="unknown")
-                        if self._lost_streak >= LOST_STREAK:
-                            return self._answers_lost(spec, attempts, exc, failed=give_up)
                         if give_up:
                             self.events.emit(
                                 "failed", job_id=spec.job_id, run_id=None, error=error, error_kind="unknown"
                             )
+                        if self._lost_streak >= LOST_STREAK:
+                            return self._answers_lost(spec, attempts, exc, failed=give_up)
+                        if give_up:
                             return CreateOutcome(Result.FAILED, PendingJob(spec, attempts))
                     else:
                         sent.forget()
@@ -211,9 +212,8 @@ class Creator:
 
     def _answers_lost(self, spec: JobSpec, attempts: int, exc: TransientError, *, failed: bool) -> CreateOutcome:
         """LOST_STREAK answers lost in a row: stop the batch before buying more runs nobody hears of."""
-        if failed:
+        if failed:  # (its 'failed' event is emitted): counted here, as the scheduler counts a FAILED outcome
             self.stats.failed += 1
-            self.events.emit("failed", job_id=spec.job_id, run_id=None, error=exc.message, error_kind="unknown")
         streak = self._lost_streak
         error = TransientError(
             f"{streak} creates in a row were sent and got no answer (the last: {exc.message.rstrip('. ')}); each "

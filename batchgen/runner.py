@@ -121,11 +121,11 @@ async def run_batch_async(config: BatchConfig) -> BatchResult:
         if scheduler.references is not None and scheduler.references.dead:
             dead = scheduler.references.dead
             url, why = next(iter(dead.items()))
-            one = len(dead) == 1
+            n = len(dead)
             notes.append(
-                f"{len(dead)} reference image {plural(len(dead), 'URL')} did not answer, so "
-                f"{'its' if one else 'their'} jobs failed unpaid ({'' if one else 'e.g. '}{url}: {why}); "
-                f"fix {'it' if one else 'them'} and run `batchgen retry --failed --error-kind reference`"
+                f"{n} reference image {plural(n, 'URL')} did not answer, so {plural(n, 'its', 'their')} jobs failed "
+                f"unpaid ({plural(n, '', 'e.g. ')}{url}: {why}); fix {plural(n, 'it', 'them')} and run "
+                "`batchgen retry --failed --error-kind reference`"
             )
         notes += _left_behind(ledger, left_behind, config)
         result = batch_result(
